@@ -1,0 +1,91 @@
+"""Build pixelfly's C core and its two bindings.
+
+* ``pixelfly_core``: static library of the torch-free C11 core (``csrc/core``, ``csrc/cpu``).
+* ``pixelfly._C``: CPython + NumPy C-API module for layouts, masks and the budget.
+* ``pixelfly._ops``: PyTorch C++ extension registering the block-sparse ops (CPU).
+* ``pixelfly._ops_cuda``: the CUDA kernels, built only when torch has CUDA *and* nvcc is
+  found (set ``PIXELFLY_CUDA=0`` to skip, ``=1`` to require). The build says which.
+
+Build against an installed torch without build isolation::
+
+    pip install --no-build-isolation .
+"""
+import glob
+import os
+import sys
+
+import numpy as np
+from setuptools import Extension, setup
+from setuptools.command.build_clib import build_clib
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - message for a user without torch
+    sys.exit("pixelfly: torch must be installed before building (pip install torch==2.13.0), "
+             "then build with --no-build-isolation")
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+INCLUDE = os.path.join("csrc", "include")
+CORE_SOURCES = sorted(glob.glob("csrc/core/*.c") + glob.glob("csrc/cpu/*.c"))
+ALL_SOURCES = sorted(glob.glob("csrc/**/*.*", recursive=True))
+C_FLAGS = ["-O3", "-std=c11", "-fPIC", "-Wall", "-Wextra", "-fno-math-errno"]
+CXX_FLAGS = ["-O3", "-std=c++17", "-fPIC"]
+
+
+class BuildCoreLib(build_clib):
+    """build_clib that honours per-library cflags and include_dirs."""
+
+    def build_libraries(self, libraries):
+        for name, info in libraries:
+            objects = self.compiler.compile(
+                info["sources"], output_dir=self.build_temp,
+                include_dirs=info.get("include_dirs"), extra_postargs=info.get("cflags"),
+                depends=ALL_SOURCES, debug=self.debug)
+            self.compiler.create_static_lib(objects, name, output_dir=self.build_clib,
+                                            debug=self.debug)
+
+
+def cuda_wanted():
+    flag = os.environ.get("PIXELFLY_CUDA", "auto")
+    has_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if flag == "0":
+        print("pixelfly: PIXELFLY_CUDA=0, skipping the CUDA kernels")
+        return False
+    if not has_cuda:
+        why = "torch has no CUDA" if torch.version.cuda is None else "nvcc (CUDA_HOME) not found"
+        if flag == "1":
+            sys.exit(f"pixelfly: PIXELFLY_CUDA=1 but {why}")
+        print(f"pixelfly: {why}; building the CPU kernels only (CUDA tensors will get a clear error)")
+        return False
+    print(f"pixelfly: building CUDA kernels with {cpp_extension.CUDA_HOME}")
+    return True
+
+
+def extensions():
+    exts = [
+        # torch-free: a plain C extension that links only the core and NumPy.
+        Extension(
+            "pixelfly._C", sorted(glob.glob("csrc/python/*.c")),
+            include_dirs=[INCLUDE, np.get_include()], depends=ALL_SOURCES,
+            extra_compile_args=["-O2", "-std=c11", "-DNPY_NO_DEPRECATED_API=NPY_1_20_API_VERSION"]),
+        cpp_extension.CppExtension(
+            "pixelfly._ops", sorted(glob.glob("csrc/torch/*.cpp")),
+            include_dirs=[INCLUDE], depends=ALL_SOURCES,
+            extra_compile_args={"cxx": CXX_FLAGS}),
+    ]
+    if cuda_wanted():
+        exts.append(cpp_extension.CUDAExtension(
+            "pixelfly._ops_cuda", sorted(glob.glob("csrc/cuda/*.cu")),
+            include_dirs=[os.path.join(ROOT, INCLUDE)], depends=ALL_SOURCES,
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17"]}))
+    return exts
+
+
+setup(
+    libraries=[("pixelfly_core", {"sources": CORE_SOURCES, "include_dirs": [INCLUDE],
+                                  "cflags": C_FLAGS})],
+    ext_modules=extensions(),
+    cmdclass={"build_clib": BuildCoreLib,
+              "build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)},
+)
