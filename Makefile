@@ -58,7 +58,7 @@ test-py: build
 test: test-c test-cuda-compile test-py
 
 bench: build
-	$(PY) -m benchmarks.bench_linear --json bench-results/linear.json
+	$(PY) -m benchmarks.bench_linear --json bench-results/linear.json --plot bench-results/linear.png
 
 clean:
 	rm -rf build csrc/tests/bin pixelfly/*.so *.egg-info

@@ -30,7 +30,7 @@ INCLUDE = os.path.join("csrc", "include")
 CORE_SOURCES = sorted(glob.glob("csrc/core/*.c") + glob.glob("csrc/cpu/*.c"))
 ALL_SOURCES = sorted(glob.glob("csrc/**/*.*", recursive=True))
 C_FLAGS = ["-O3", "-std=c11", "-fPIC", "-Wall", "-Wextra", "-fno-math-errno"]
-CXX_FLAGS = ["-O3", "-std=c++17", "-fPIC"]
+CXX_FLAGS = ["-O3", "-std=c++20", "-fPIC"]
 
 
 class BuildCoreLib(build_clib):

@@ -143,7 +143,9 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
 /* csrc/cpu/bsmm.c. Weight B: out x in, blocks b1 x b2 stored compactly as
  * [nnz, b1, b2] (row-major inside a block) in CSR order. */
 
-typedef enum { PF_FLOAT32 = 0, PF_BFLOAT16 = 1, PF_FLOAT16 = 2 } pf_dtype; /* 16-bit types stored as uint16_t; CPU kernels take FLOAT32 and BFLOAT16 */
+typedef enum { PF_FLOAT32 = 0, PF_BFLOAT16 = 1, PF_FLOAT16 = 2, PF_FLOAT64 = 3 } pf_dtype;
+/* 16-bit types stored as uint16_t. CPU kernels: FLOAT32, BFLOAT16 (fp32 accumulation) and
+ * FLOAT64 (double accumulation; the exact path used by gradcheck). CUDA: FLOAT32, FLOAT16, BFLOAT16. */
 
 typedef struct {
     int64_t R, C, b1, b2, nnz;

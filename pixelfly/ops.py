@@ -1,0 +1,125 @@
+"""Block-sparse matmul ops: ``torch.ops.pixelfly.*`` with fake (meta) kernels and autograd.
+
+The C/CUDA kernels are registered by the extensions ``pixelfly._ops`` (CPU) and
+``pixelfly._ops_cuda`` (CUDA, when built); this file attaches what Python does best:
+shape inference for ``torch.compile`` (``register_fake``) and gradients
+(``register_autograd``), so every op is differentiable twice and ``opcheck``-clean.
+
+A weight ``B`` of shape ``out x in = (R*b1) x (C*b2)`` is stored as ``blocks [nnz, b1, b2]``
+in block-CSR order together with a :class:`BlockIndex` (see :mod:`pixelfly.layouts`).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _ops  # noqa: F401  (registers the schemas and the CPU kernels)
+
+try:  # CUDA kernels are optional: built only when torch has CUDA and nvcc was found.
+    from . import _ops_cuda  # noqa: F401
+    HAS_CUDA_KERNELS = True
+except ImportError:
+    HAS_CUDA_KERNELS = False
+
+__all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "index_tensors", "HAS_CUDA_KERNELS"]
+
+_ops_ns = torch.ops.pixelfly
+INDEX_FIELDS = ("row_ptr", "col_idx", "col_ptr", "row_idx", "csc_blk")
+
+
+def index_tensors(index, device=None):
+    """The five int64 index tensors of a :class:`~pixelfly.layouts.BlockIndex`, on ``device``."""
+    return tuple(torch.as_tensor(getattr(index, f), dtype=torch.int64, device=device)
+                 for f in INDEX_FIELDS)
+
+
+def _check_device(t):
+    if t.is_cuda and not HAS_CUDA_KERNELS:
+        raise RuntimeError("pixelfly was built without its CUDA kernels (torch had no CUDA or "
+                           "nvcc was not found at build time); rebuild with PIXELFLY_CUDA=1")
+
+
+def bsmm_fwd(x, blocks, *idx):
+    """``y[T, out] = x[T, in] B^T`` computed only on the stored blocks."""
+    _check_device(x)
+    return _ops_ns.bsmm_fwd(x, blocks, *idx)
+
+
+def bsmm_bwd_x(dy, blocks, *idx):
+    """``dx[T, in] = dy[T, out] B``."""
+    _check_device(dy)
+    return _ops_ns.bsmm_bwd_x(dy, blocks, *idx)
+
+
+def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
+    """``dB[nnz, b1, b2] = (dy^T x)`` on the layout's blocks only."""
+    _check_device(x)
+    return _ops_ns.bsmm_bwd_w(dy, x, *idx, b1, b2)
+
+
+def bsmm(x, blocks, idx):
+    """Differentiable ``x B^T`` for ``x`` of shape ``[T, in]`` (the op used by PixelflyLinear)."""
+    return bsmm_fwd(x, blocks, *idx)
+
+
+# ---------------------------------------------------------------- fake kernels
+def _rows(row_ptr):
+    return row_ptr.shape[0] - 1
+
+
+@torch.library.register_fake("pixelfly::bsmm_fwd")
+def _fwd_fake(x, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk):
+    return x.new_empty(x.shape[0], _rows(row_ptr) * blocks.shape[1])
+
+
+@torch.library.register_fake("pixelfly::bsmm_bwd_x")
+def _bwd_x_fake(dy, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk):
+    return dy.new_empty(dy.shape[0], _rows(col_ptr) * blocks.shape[2])
+
+
+@torch.library.register_fake("pixelfly::bsmm_bwd_w")
+def _bwd_w_fake(dy, x, row_ptr, col_idx, col_ptr, row_idx, csc_blk, b1, b2):
+    return x.new_empty(col_idx.shape[0], b1, b2)
+
+
+# -------------------------------------------------------------------- autograd
+# y = x B^T            -> dx = dy B (bwd_x), dB = dy^T x on blocks (bwd_w)
+# dx = dy B            -> d(dy) = g B^T (fwd), dB = dy^T g ... on blocks: bwd_w(dy, g)
+# dB = dy^T x (blocks) -> d(dy) = x G^T (fwd with G as blocks), dx = dy G (bwd_x)
+def _save_all(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:7])
+    ctx.sizes = inputs[7:]
+
+
+def _c(t):
+    return t.contiguous()
+
+
+def _fwd_backward(ctx, gy):
+    x, blocks, *idx = ctx.saved_tensors
+    gy = _c(gy)
+    dx = bsmm_bwd_x(gy, blocks, *idx) if ctx.needs_input_grad[0] else None
+    db = (bsmm_bwd_w(gy, x, *idx, b1=blocks.shape[1], b2=blocks.shape[2])
+          if ctx.needs_input_grad[1] else None)
+    return (dx, db) + (None,) * 5
+
+
+def _bwd_x_backward(ctx, g):
+    dy, blocks, *idx = ctx.saved_tensors
+    g = _c(g)
+    d_dy = bsmm_fwd(g, blocks, *idx) if ctx.needs_input_grad[0] else None
+    db = (bsmm_bwd_w(dy, g, *idx, b1=blocks.shape[1], b2=blocks.shape[2])
+          if ctx.needs_input_grad[1] else None)
+    return (d_dy, db) + (None,) * 5
+
+
+def _bwd_w_backward(ctx, g):
+    dy, x, *idx = ctx.saved_tensors
+    g = _c(g)
+    d_dy = bsmm_fwd(x, g, *idx) if ctx.needs_input_grad[0] else None
+    dx = bsmm_bwd_x(dy, g, *idx) if ctx.needs_input_grad[1] else None
+    return (d_dy, dx) + (None,) * 7
+
+
+torch.library.register_autograd("pixelfly::bsmm_fwd", _fwd_backward, setup_context=_save_all)
+torch.library.register_autograd("pixelfly::bsmm_bwd_x", _bwd_x_backward, setup_context=_save_all)
+torch.library.register_autograd("pixelfly::bsmm_bwd_w", _bwd_w_backward, setup_context=_save_all)

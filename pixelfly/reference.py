@@ -1,0 +1,122 @@
+"""Pure-PyTorch reference for Pixelfly, written plainly: the oracle every test and benchmark
+compares against. Nothing here calls the C core. Patterns come from Python loops over the
+formulas of SPEC section 1; matmuls are masked dense matmuls.
+
+Shapes: a weight ``W`` is ``out x in``; blocks are ``b1 x b2``; the block grid is
+``R x C = (out / b1) x (in / b2)``; ``blocks`` are ``[nnz, b1, b2]`` in row-major block order
+(block-row by block-row, columns ascending), exactly the storage of the kernels.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "flat_butterfly_layout", "butterfly_factor_layout", "butterfly_product_layout",
+    "layout_to_mask", "blocks_to_dense", "dense_to_blocks", "bsmm_fwd", "bsmm_bwd_x",
+    "bsmm_bwd_w", "pixelfly_weight", "pixelfly_linear",
+]
+
+
+def _cell(i: int, grid: int, n: int) -> int:
+    return (i * n) // grid
+
+
+def _default_size(rows: int, cols: int) -> int:
+    n = 1
+    while n * 2 <= min(rows, cols):
+        n *= 2
+    return n
+
+
+def flat_butterfly_layout(rows: int, cols: int, n_factors: int, butterfly_size: int | None = None):
+    """Flat block butterfly support (SPEC 1): keep block (i, j) iff
+    ``(p XOR q) in {0} U {2^s : s < n_factors}`` with ``p = i*n // rows``, ``q = j*n // cols``."""
+    n = butterfly_size or _default_size(rows, cols)
+    offsets = {0} | {1 << s for s in range(n_factors)}
+    out = torch.zeros(rows, cols, dtype=torch.bool)
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = (_cell(i, rows, n) ^ _cell(j, cols, n)) in offsets
+    return out
+
+
+def butterfly_factor_layout(n: int, k: int):
+    """Support of the block butterfly factor ``B_k`` on an ``n x n`` grid: ``(i^j) in {0, k/2}``."""
+    out = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = (i ^ j) in (0, k // 2)
+    return out
+
+
+def butterfly_product_layout(rows: int, cols: int, n_factors: int, butterfly_size: int | None = None):
+    """Support of ``B_{2^m} ... B_2`` stretched over the grid: ``(p XOR q) < 2^m``."""
+    n = butterfly_size or _default_size(rows, cols)
+    out = torch.zeros(rows, cols, dtype=torch.bool)
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = (_cell(i, rows, n) ^ _cell(j, cols, n)) < (1 << n_factors)
+    return out
+
+
+def layout_to_mask(layout, b1: int, b2: int):
+    """Element mask ``(R*b1) x (C*b2)``: every kept block becomes a ``b1 x b2`` block of True."""
+    layout = torch.as_tensor(layout, dtype=torch.bool)
+    return layout.repeat_interleave(b1, 0).repeat_interleave(b2, 1)
+
+
+def _positions(layout):
+    layout = torch.as_tensor(layout, dtype=torch.bool)
+    return [(i, j) for i in range(layout.shape[0]) for j in range(layout.shape[1]) if layout[i, j]]
+
+
+def blocks_to_dense(blocks, layout):
+    """Dense ``out x in`` matrix holding ``blocks[k]`` at the k-th kept block (row-major order)."""
+    nnz, b1, b2 = blocks.shape
+    layout = torch.as_tensor(layout, dtype=torch.bool)
+    R, C = layout.shape
+    pos = _positions(layout)
+    if len(pos) != nnz:
+        raise ValueError(f"layout has {len(pos)} blocks but blocks has {nnz}")
+    W = blocks.new_zeros(R * b1, C * b2)
+    for k, (i, j) in enumerate(pos):
+        W[i * b1:(i + 1) * b1, j * b2:(j + 1) * b2] = blocks[k]
+    return W
+
+
+def dense_to_blocks(W, layout, b1: int, b2: int):
+    """Gather the kept ``b1 x b2`` blocks of a dense ``W`` into ``[nnz, b1, b2]``."""
+    pos = _positions(layout)
+    if not pos:
+        return W.new_zeros(0, b1, b2)
+    return torch.stack([W[i * b1:(i + 1) * b1, j * b2:(j + 1) * b2] for i, j in pos])
+
+
+def bsmm_fwd(x, blocks, layout):
+    """``y = x B^T`` as a masked dense matmul. x: ``[T, in]`` -> ``[T, out]``."""
+    return x @ blocks_to_dense(blocks, layout).T
+
+
+def bsmm_bwd_x(dy, blocks, layout):
+    """``dx = dy B``. dy: ``[T, out]`` -> ``[T, in]``."""
+    return dy @ blocks_to_dense(blocks, layout)
+
+
+def bsmm_bwd_w(dy, x, layout, b1: int, b2: int):
+    """``dB = dy^T x`` restricted to the layout's blocks -> ``[nnz, b1, b2]``."""
+    full = dy.T @ x
+    return dense_to_blocks(full * layout_to_mask(layout, b1, b2).to(full.dtype), layout, b1, b2)
+
+
+def pixelfly_weight(blocks, layout, U=None, V=None, gamma=1.0):
+    """Dense ``W = gamma * B + (1 - gamma) * U V^T`` (U: ``out x r``, V: ``in x r``)."""
+    W = gamma * blocks_to_dense(blocks, layout)
+    if U is not None and U.shape[1] > 0:
+        W = W + (1 - gamma) * (U @ V.T)
+    return W
+
+
+def pixelfly_linear(x, blocks, layout, U=None, V=None, gamma=1.0, bias=None):
+    """``y = x W^T + bias`` with the dense Pixelfly weight, any leading batch dimensions."""
+    y = x @ pixelfly_weight(blocks, layout, U, V, gamma).T
+    return y if bias is None else y + bias

@@ -1,0 +1,193 @@
+"""PixelflyLinear against the pure-PyTorch reference, conversions, checkpoints, training."""
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from pixelfly import PixelflyLinear, choose_config, reference
+from testing import assert_close_to_oracle, devices, dtypes
+
+
+def ref_forward(layer, x):
+    """Masked dense reference with the layer's own parameters, in float64."""
+    p = {k: v.double() for k, v in layer.named_parameters()}
+    gamma = torch.sigmoid(p["gamma_logit"]) if layer.rank else 1.0
+    return reference.pixelfly_linear(x.double(), p["blocks"], layer.layout.cpu(), p["U"], p["V"],
+                                     gamma, p.get("bias"))
+
+
+CASES = [  # in, out, block, n_factors, rank, bias, lead
+    (64, 96, 16, 1, 0, True, (7,)),
+    (128, 64, 32, 1, 5, False, (2, 3)),
+    (96, 48, (16, 32), 1, 3, True, (0,)),
+    (256, 256, 32, 3, 8, True, (4, 5, 2)),
+    (48, 80, (16, 8), 2, 0, False, (33,)),
+]
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("dtype", dtypes)
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_gradients_match_reference(device, dtype, case):
+    fin, fout, block, m, r, bias, lead = case
+    layer = PixelflyLinear(fin, fout, bias=bias, block_size=block, n_factors=m, rank=r,
+                           device=device, dtype=dtype)
+    x = torch.randn(*lead, fin, device=device, dtype=dtype, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (*lead, fout) and y.dtype == dtype
+    y64 = ref_forward(layer.cpu().double(), x.detach().cpu())
+    layer.to(device=device, dtype=dtype)
+    base = reference.pixelfly_linear(
+        x.detach(), layer.blocks.detach(), layer.layout, layer.U.detach(), layer.V.detach(),
+        layer.gamma.detach() if r else 1.0, None if layer.bias is None else layer.bias.detach())
+    assert_close_to_oracle(y.detach().cpu(), y64, base.cpu(), "forward")
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    # gradients against autograd through the float64 reference
+    params = {k: v.detach().double().cpu().requires_grad_() for k, v in layer.named_parameters()}
+    x64 = x.detach().double().cpu().requires_grad_()
+    g64 = params.get("gamma_logit")
+    out = reference.pixelfly_linear(x64, params["blocks"], layer.layout.cpu(), params["U"], params["V"],
+                                    torch.sigmoid(g64) if r else 1.0, params.get("bias"))
+    out.backward(gy.double().cpu())
+    tol = {torch.float64: 1e-9, torch.float32: 1e-3, torch.bfloat16: 0.15}[dtype]
+    for name, p in layer.named_parameters():
+        ref_g, got = params[name].grad, p.grad.double().cpu()
+        scale = max(1.0, ref_g.abs().max().item())
+        assert (got - ref_g).abs().max().item() <= tol * scale, name
+    scale = max(1.0, x64.grad.abs().max().item())
+    assert (x.grad.double().cpu() - x64.grad).abs().max().item() <= tol * scale
+
+
+def test_gradcheck_whole_layer():
+    layer = PixelflyLinear(32, 24, block_size=8, n_factors=1, rank=2, dtype=torch.float64)
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(5, 32, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *ps):
+        return functional_call(layer, dict(zip(names, ps)), (x,))
+
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_initial_output_scale_matches_nn_linear():
+    x = torch.randn(2048, 1024)
+    dense = nn.Linear(1024, 1024)(x).std().item()
+    for kw in [dict(density=0.25), dict(density=1 / 16), dict(n_factors=2, rank=0)]:
+        got = PixelflyLinear(1024, 1024, **kw)(x).std().item()
+        assert 0.8 < got / dense < 1.25, (kw, got, dense)
+
+
+def test_only_nonzero_blocks_are_parameters():
+    layer = PixelflyLinear(512, 1024, block_size=32, n_factors=2, rank=4)
+    R, C = 1024 // 32, 512 // 32
+    assert layer.layout.shape == (R, C)
+    nnz = int(layer.layout.sum())
+    assert layer.blocks.shape == (nnz, 32, 32) and nnz < R * C
+    expected = nnz * 32 * 32 + 4 * (512 + 1024) + 1 + 1024
+    assert sum(p.numel() for p in layer.parameters()) == expected
+    assert "block=32x32" in repr(layer) and "rank=4" in repr(layer) and "density=" in repr(layer)
+
+
+def test_density_picks_config_within_budget():
+    for density in [1 / 4, 1 / 8, 1 / 16]:
+        n, m, r = choose_config(4096, 4096, density, 32)
+        layer = PixelflyLinear(1024, 1024, density=density)
+        assert layer.density <= density + 1e-9
+        assert r > 0 and 1 <= m
+    with pytest.raises(ValueError, match="density"):
+        PixelflyLinear(64, 64, density=1.5)
+
+
+def test_to_dense_and_from_dense():
+    layer = PixelflyLinear(128, 96, block_size=32, n_factors=1, rank=3, dtype=torch.float64)
+    with torch.no_grad():
+        layer.gamma_logit.fill_(0.3)
+    x = torch.randn(11, 128, dtype=torch.float64)
+    torch.testing.assert_close(layer.to_dense()(x), layer(x))
+    lin = nn.Linear(128, 96, dtype=torch.float64)
+    full = PixelflyLinear.from_dense(lin, block_size=32, n_factors=2, butterfly_size=2, rank=96)
+    torch.testing.assert_close(full(x), lin(x))  # dense layout + full rank: exact
+    part = PixelflyLinear.from_dense(lin, block_size=32, n_factors=1, rank=8)
+    err_part = (part(x) - lin(x)).norm()
+    no_lr = PixelflyLinear.from_dense(lin, block_size=32, n_factors=1, rank=0)
+    assert err_part < (no_lr(x) - lin(x)).norm()
+    with pytest.raises(TypeError, match="nn.Linear"):
+        PixelflyLinear.from_dense(nn.Conv1d(3, 3, 1))
+
+
+def test_state_dict_round_trip_exact():
+    a = PixelflyLinear(128, 64, block_size=16, n_factors=2, rank=4)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = PixelflyLinear(128, 64, block_size=16, n_factors=1, rank=4)  # other layout
+    b.load_state_dict(torch.load(buf))
+    x = torch.randn(9, 128)
+    assert torch.equal(a(x), b(x))
+    assert torch.equal(a.layout, b.layout) and b.blocks.shape == a.blocks.shape
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="block_size 32x32 must divide"):
+        PixelflyLinear(100, 64)
+    with pytest.raises(TypeError, match="in_features"):
+        PixelflyLinear(64.0, 64)
+    with pytest.raises(ValueError, match="rank"):
+        PixelflyLinear(64, 64, block_size=16, n_factors=1, rank=1000)
+    layer = PixelflyLinear(64, 64, block_size=16, n_factors=1)
+    with pytest.raises(ValueError, match="last dimension 64"):
+        layer(torch.randn(3, 65))
+    with pytest.raises(TypeError, match="dtype"):
+        layer(torch.randn(3, 64, dtype=torch.float64))
+
+
+def test_two_layer_model_trains():
+    torch.manual_seed(0)
+    X = torch.randn(512, 64)
+    teacher = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 32))
+    Y = teacher(X).detach()
+    model = nn.Sequential(PixelflyLinear(64, 128, block_size=16, density=0.5), nn.Tanh(),
+                          PixelflyLinear(128, 32, block_size=16, density=0.5))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        loss = nn.functional.mse_loss(model(X), Y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_threads_give_same_result():
+    layer = PixelflyLinear(256, 256, density=0.25)
+    x = torch.randn(65, 256)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = layer(x)
+        torch.set_num_threads(2)
+        y2 = layer(x)
+    finally:
+        torch.set_num_threads(prev)
+    torch.testing.assert_close(y1, y2, rtol=1e-6, atol=1e-6)
+
+
+def test_torch_compile_forward_backward():
+    model = nn.Sequential(PixelflyLinear(64, 64, block_size=16, density=0.5), nn.ReLU(),
+                          PixelflyLinear(64, 32, block_size=16, density=0.5))
+    x = torch.randn(8, 64)
+    eager = model(x)
+    eager.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g)
