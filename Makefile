@@ -42,14 +42,35 @@ test-c:
 	  echo "== $$b (ASan+UBSan)"; ASAN_OPTIONS=detect_leaks=1 $$b; \
 	done
 
-# Every .cu file must compile for sm_80 and sm_90 (CI has nvcc but no GPU).
+# Every .cu file must compile for sm_80 and sm_90 (CI has nvcc but no GPU); then the
+# torch binding csrc/torch/ops_cuda.cu against the installed torch's headers. A CPU torch
+# wheel ships ATen/cuda and c10/cuda but not the generated c10/cuda/impl/cuda_cmake_macros.h;
+# the check then defines C10_CUDA_NO_CMAKE_CONFIGURE_FILE (that header only holds the
+# build-time C10_CUDA_BUILD_SHARED_LIBS switch) and says so.
+CUDA_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 test-cuda-compile:
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
 	  set -e; mkdir -p build/cuda-check; for f in $(CU_SRC); do \
 	    echo "== nvcc $$f (sm_80, sm_90)"; \
-	    $(NVCC) -std=c++17 -O2 -Icsrc/include -gencode arch=compute_80,code=sm_80 \
-	      -gencode arch=compute_90,code=sm_90 -c $$f -o build/cuda-check/$$(basename $$f).o; \
+	    $(NVCC) -std=c++17 -O2 -Icsrc/include $(CUDA_GENCODE) \
+	      -c $$f -o build/cuda-check/$$(basename $$f).o; \
 	  done; \
+	  if ! $(PY) -c 'import torch' >/dev/null 2>&1; then \
+	    echo "no torch in $(PY): csrc/torch/ops_cuda.cu NOT compiled (run make venv)"; [ -z "$$CI" ]; exit $$?; fi; \
+	  TINC=$$($(PY) -c 'from torch.utils.cpp_extension import include_paths; print(" ".join("-I" + p for p in include_paths()))'); \
+	  TROOT=$$($(PY) -c 'from torch.utils.cpp_extension import include_paths; print(include_paths()[0])'); \
+	  PYINC=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+	  EXTRA=""; MISSING=""; \
+	  for h in c10/cuda/CUDAGuard.h c10/cuda/CUDAStream.h ATen/Context.h torch/library.h; do \
+	    [ -f "$$TROOT/$$h" ] || MISSING="$$MISSING $$h"; done; \
+	  if [ -n "$$MISSING" ]; then \
+	    echo "torch headers missing:$$MISSING -- csrc/torch/ops_cuda.cu NOT compiled"; [ -z "$$CI" ]; exit $$?; fi; \
+	  if [ ! -f "$$TROOT/c10/cuda/impl/cuda_cmake_macros.h" ]; then \
+	    echo "note: this torch (CPU wheel) lacks c10/cuda/impl/cuda_cmake_macros.h; compiling ops_cuda.cu with -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"; \
+	    EXTRA="-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"; fi; \
+	  echo "== nvcc csrc/torch/ops_cuda.cu against $$TROOT (sm_80, sm_90)"; \
+	  $(NVCC) -std=c++20 -O2 $$EXTRA -Icsrc/include $$TINC -I$$PYINC $(CUDA_GENCODE) \
+	    -Xcompiler -fPIC -c csrc/torch/ops_cuda.cu -o build/cuda-check/ops_cuda.cu.o; \
 	else echo "nvcc not found: CUDA compile check NOT run"; [ -z "$$CI" ]; fi
 
 test-py: build

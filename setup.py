@@ -75,11 +75,57 @@ def extensions():
             extra_compile_args={"cxx": CXX_FLAGS}),
     ]
     if cuda_wanted():
+        # Torch-free kernels (csrc/cuda) + the one binding file (csrc/torch/ops_cuda.cu).
+        # No -std here: torch's CUDAExtension picks the standard its headers need.
         exts.append(cpp_extension.CUDAExtension(
-            "pixelfly._ops_cuda", sorted(glob.glob("csrc/cuda/*.cu")),
+            "pixelfly._ops_cuda",
+            sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/torch/*.cu")),
             include_dirs=[os.path.join(ROOT, INCLUDE)], depends=ALL_SOURCES,
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17"]}))
+            extra_compile_args={"cxx": CXX_FLAGS,
+                                "nvcc": ["-O3"] + cuda_arch_flags()}))
     return exts
+
+
+def cuda_arch_flags():
+    """-gencode flags: TORCH_CUDA_ARCH_LIST if set, else the visible GPUs, else sm_80;sm_90.
+
+    The kernels use cp.async, ldmatrix and bf16 mma.sync, so architectures below 8.0 are
+    dropped (with a message)."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if env and env != "native":
+        src = "TORCH_CUDA_ARCH_LIST"
+        named = {"Ampere": "8.0;8.6+PTX", "Ada": "8.9+PTX", "Hopper": "9.0+PTX",
+                 "Blackwell": "10.0;12.0+PTX"}
+        for k, v in named.items():
+            env = env.replace(k, v)
+        archs = [a for a in env.replace(" ", ";").split(";") if a]
+    elif torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        src = "visible GPUs"
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        archs = [f"{ma}.{mi}" for ma, mi in caps]
+        archs[-1] += "+PTX"
+    else:
+        src = "default (no TORCH_CUDA_ARCH_LIST, no visible GPU)"
+        archs = ["8.0", "9.0+PTX"]
+    flags = []
+    for a in archs:
+        ptx = a.endswith("+PTX")
+        ver = a[:-4] if ptx else a
+        try:
+            major, minor = ver.split(".")
+            num = f"{int(major)}{minor}"
+        except ValueError:
+            sys.exit(f"pixelfly: cannot parse CUDA arch {a!r} from {src}")
+        if int(major) < 8:
+            print(f"pixelfly: skipping CUDA arch {a} (the kernels need sm_80 or newer)")
+            continue
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    if not flags:
+        sys.exit(f"pixelfly: no CUDA arch >= 8.0 in {src} ({';'.join(archs)})")
+    print(f"pixelfly: CUDA archs from {src}: {' '.join(flags)}")
+    return flags
 
 
 setup(

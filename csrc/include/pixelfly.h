@@ -28,84 +28,146 @@ typedef const char *pf_err;
 #define PF_MAX_CELLS ((int64_t)1 << 30)
 
 /* ------------------------------------------------------------------ layouts */
-/* csrc/core/layout.c. `out` must hold the stated number of uint8_t. */
+/* csrc/core/layout.c. `out` must hold the stated number of uint8_t; it is written with
+ * 0/1 and only after every argument has been validated (on error it is untouched).
+ * Grids: 1 <= R, C <= PF_MAX_GRID and R * C <= PF_MAX_CELLS. Error messages use the
+ * Python argument names: rows = R, cols = C, n_factors = m, butterfly_size = n.
+ * Seeded layouts use splitmix64 (csrc/core/rng.h): identical on every platform. */
 
-/* Block butterfly factor B_k on an n x n grid: (i ^ j) in {0, k/2}. out: n*n. */
+/* Block butterfly factor B_k on an n x n grid: keep (i, j) iff (i ^ j) in {0, k/2}.
+ * n, k powers of two, 2 <= k <= n, n * n <= PF_MAX_CELLS. out: n*n. */
 pf_err pf_factor_layout(int64_t n, int64_t k, uint8_t *out);
 
-/* Largest power of two <= min(R, C) (0 if min(R, C) < 2). */
+/* Largest power of two <= min(R, C) (0 if min(R, C) < 2). Never fails. */
 int64_t pf_default_butterfly_size(int64_t R, int64_t C);
 
 /* Flat block butterfly with m factors on an R x C grid, butterfly size n
- * (0 = default). Cell map p = i*n/R, q = j*n/C; keep iff (p ^ q) in {0} U {2^s, s < m}.
- * out: R*C. */
+ * (0 = pf_default_butterfly_size(R, C)); n a power of two, 2 <= n <= min(R, C),
+ * 1 <= m <= log2 n. Cell map p = floor(i*n/R), q = floor(j*n/C); keep iff
+ * (p ^ q) in {0} U {2^s : 0 <= s < m}. out: R*C. */
 pf_err pf_flat_butterfly_layout(int64_t R, int64_t C, int64_t m, int64_t n, uint8_t *out);
 
 /* Support of the product of the first m factors B_{2^m} ... B_2 on an n x n cell
- * grid stretched over R x C: keep iff (p ^ q) < 2^m. m = log2(n) is dense. out: R*C. */
+ * grid stretched over R x C (same arguments and cell map as the flat layout): keep iff
+ * (p ^ q) < 2^m. m = log2(n) is dense. out: R*C. */
 pf_err pf_butterfly_product_layout(int64_t R, int64_t C, int64_t m, int64_t n, uint8_t *out);
 
-/* Local band: keep iff |i*C - j*R| < (window + 1) * max(R, C) ... see layout.c for the
- * exact rule (square grids: |i - j| <= window). out: R*C. */
+/* Local band, 0 <= window <= max(R, C). Block (i, j) covers rows [i*C, (i+1)*C) and
+ * columns [j*R, (j+1)*R) of the unit square scaled by R*C; keep iff these intervals come
+ * closer than window * min(R, C):
+ *     j*R - (i+1)*C < window * min(R, C)  and  i*C - (j+1)*R < window * min(R, C).
+ * Square grids: |i - j| <= window. window = 0 keeps exactly the blocks the diagonal of
+ * the matrix passes through, so every block-row and block-column holds >= 1 block.
+ * out: R*C. */
 pf_err pf_local_layout(int64_t R, int64_t C, int64_t window, uint8_t *out);
 
-/* BigBird: local band of `window` + first n_global block-rows and block-columns +
- * n_random seeded random blocks per block-row. out: R*C. */
+/* BigBird: the local band of `window` (rule of pf_local_layout), plus the first
+ * n_global block-rows and the first n_global block-columns (0 <= n_global <= min(R, C)),
+ * plus, in each block-row i = 0..R-1 in turn, min(n_random, free) distinct columns drawn
+ * uniformly at random among the `free` columns that row does not hold yet
+ * (0 <= n_random <= C). One splitmix64 stream seeded with `seed` serves all rows
+ * (selection sampling). Same seed, same layout. out: R*C. */
 pf_err pf_bigbird_layout(int64_t R, int64_t C, int64_t window, int64_t n_global,
                          int64_t n_random, uint64_t seed, uint8_t *out);
 
-/* Sparse Transformer (fixed): local blocks (same chunk of `stride` blocks) plus the
- * strided "summary" columns j % stride == stride - 1. out: R*C. */
+/* Sparse Transformer "fixed" pattern, 1 <= stride <= max(R, C): keep (i, j) iff
+ * floor(i / stride) == floor(j / stride) (same chunk of `stride` blocks) or
+ * j % stride == stride - 1 (summary columns). Not causal (intersect with a causal
+ * mask where wanted). out: R*C. */
 pf_err pf_sparse_transformer_layout(int64_t R, int64_t C, int64_t stride, uint8_t *out);
 
-/* Seeded uniform random layout with exactly round(density * R * C) blocks. out: R*C. */
+/* Seeded uniform random layout with exactly floor(density * R * C + 0.5) blocks
+ * (round half up), 0 <= density <= 1 (NaN is an error): every such subset of the R*C
+ * cells is equally likely (selection sampling on a splitmix64 stream). out: R*C. */
 pf_err pf_random_layout(int64_t R, int64_t C, double density, uint64_t seed, uint8_t *out);
 
 /* --------------------------------------------------------- masks and CSR */
-/* csrc/core/csr.c */
+/* csrc/core/csr.c. Here grids may be empty: 0 <= R, C <= PF_MAX_GRID, R * C <=
+ * PF_MAX_CELLS. A nonzero layout / mask byte means "kept". Nothing is written on error. */
 
-/* Expand a layout to an element mask of (R*b1) x (C*b2). */
+/* Expand a layout to an element mask of (R*b1) x (C*b2) (0/1), b1, b2 >= 1,
+ * (R*b1) * (C*b2) <= PF_MAX_CELLS. */
 pf_err pf_layout_to_mask(const uint8_t *layout, int64_t R, int64_t C, int64_t b1,
                          int64_t b2, uint8_t *mask);
 
-/* Collapse a block-aligned element mask (M x N) back to a layout; error if a block is
- * partially set or b1/b2 do not divide M/N. out: (M/b1)*(N/b2). */
+/* Collapse a block-aligned element mask (M x N, M * N <= PF_MAX_CELLS) back to a layout;
+ * error if a block is partially set or b1/b2 do not divide M/N. out: (M/b1)*(N/b2). */
 pf_err pf_mask_to_layout(const uint8_t *mask, int64_t M, int64_t N, int64_t b1,
                          int64_t b2, uint8_t *layout);
 
+/* Number of nonzero cells; -1 on invalid arguments (bad grid, NULL layout). */
 int64_t pf_layout_nnz(const uint8_t *layout, int64_t R, int64_t C);
 
-/* Block-CSR: blocks are stored row by row, columns ascending. row_ptr: R+1, col_idx: nnz. */
+/* Block-CSR: blocks are stored row by row, columns ascending. row_ptr: R+1, col_idx: nnz
+ * (col_idx may be NULL when the layout is empty). */
 pf_err pf_layout_to_csr(const uint8_t *layout, int64_t R, int64_t C, int64_t *row_ptr,
                         int64_t *col_idx);
 
 /* Transpose index (block-CSC): col_ptr: C+1, row_idx: nnz, csc_blk: nnz, where csc_blk[k]
- * is the position in CSR storage of the k-th block of the CSC order. Validates the CSR. */
+ * is the position in CSR storage of the k-th block of the CSC order (rows ascend within a
+ * column). Validates the CSR first: row_ptr[0] == 0, row_ptr non-decreasing with at most
+ * C blocks per row, col_idx in [0, C) and strictly ascending within each row. The caller
+ * guarantees row_ptr has R+1 entries and col_idx has row_ptr[R] entries (the arrays
+ * indexed by nnz may be NULL when row_ptr[R] == 0). */
 pf_err pf_csr_transpose(int64_t R, int64_t C, const int64_t *row_ptr, const int64_t *col_idx,
                         int64_t *col_ptr, int64_t *row_idx, int64_t *csc_blk);
 
 /* ------------------------------------------------------------------ budget */
-/* csrc/core/budget.c. Cost model of SPEC section 3, in flop-equivalents. */
+/* csrc/core/budget.c. Cost model of SPEC section 3, in flop-equivalents.
+ *
+ *   cost = cost_mem * N_blockmem + cost_flop * N_flop
+ *
+ * A "block" is b1 * b2 elements; touching one block costs cost_mem whatever its size;
+ * partial blocks count as whole ones (ceil). For an out x in layer applied to T rows:
+ *   dense:    N_flop = 2 T out in;
+ *             N_blockmem = ceil(out/b1) * ceil(in/b2)          (weight blocks; = R*C)
+ *                        + ceil(T*in/(b1*b2)) + ceil(T*out/(b1*b2))  (x read, y written)
+ *   sparse:   nnz weight blocks, same activation blocks as dense, N_flop = 2 T nnz b1 b2
+ *             (so nnz = R*C costs exactly the dense cost);
+ *   low rank: rank r > 0: N_blockmem = ceil(out*r/(b1*b2)) + ceil(in*r/(b1*b2))  (U, V)
+ *             + 2 * ceil(T*r/(b1*b2))  (the T x r intermediate x V written, then read);
+ *             N_flop = 2 T r (in + out). 0 for r = 0. x and y are counted once, in the
+ *             sparse part (the two parts share the read of x and the write of y).
+ * A sparsified layer costs pf_cost_sparse(nnz) + pf_cost_lowrank(rank).
+ * Everything is computed in double, so no size in the accepted ranges overflows. */
+
+/* Accepted ranges (larger asks are errors): feature sizes, tokens, layers per plan. */
+#define PF_MAX_FEATURES ((int64_t)1 << 40)
+#define PF_MAX_TOKENS ((int64_t)1 << 50)
+#define PF_MAX_LAYERS ((int64_t)1 << 20)
 
 typedef struct {
-    double cost_mem;  /* cost of touching one b1 x b2 block (weights or activations) */
-    double cost_flop; /* cost of one floating-point operation */
-    int64_t b1, b2;   /* block size */
+    double cost_mem;  /* cost of touching one b1 x b2 block (weights or activations), finite, >= 0 */
+    double cost_flop; /* cost of one floating-point operation, finite, > 0 */
+    int64_t b1, b2;   /* block size, each in [1, PF_MAX_GRID] */
 } pf_cost_model;
 
 typedef struct {
-    int64_t out_features, in_features; /* weight is out x in */
-    int64_t tokens;                     /* T: rows of input the layer sees per step */
+    int64_t out_features, in_features; /* weight is out x in, each in [1, PF_MAX_FEATURES] */
+    int64_t tokens;                     /* T: rows of input the layer sees per step, [1, PF_MAX_TOKENS] */
 } pf_layer_shape;
 
 /* Costs: dense layer; sparse part with nnz blocks (weights + input/output activations);
- * low-rank part of rank r (U, V, and the T x r intermediate), 0 for r = 0. */
+ * low-rank part of rank r (U, V, and the T x r intermediate), 0 for r = 0.
+ * Return NaN when pf_cost_check(cm, s, nnz, rank) fails (never crash). */
 double pf_cost_dense(const pf_cost_model *cm, const pf_layer_shape *s);
 double pf_cost_sparse(const pf_cost_model *cm, const pf_layer_shape *s, int64_t nnz);
 double pf_cost_lowrank(const pf_cost_model *cm, const pf_layer_shape *s, int64_t rank);
 
-/* Number of kept blocks of pf_flat_butterfly_layout(R, C, m, n) without building it. */
+/* NULL if the cost functions accept these arguments: cm and s non-NULL and in range,
+ * 0 <= nnz <= ceil(out/b1) * ceil(in/b2), 0 <= rank <= min(out, in). (Added to the
+ * contract so that bindings report the core's own message.) */
+pf_err pf_cost_check(const pf_cost_model *cm, const pf_layer_shape *s, int64_t nnz, int64_t rank);
+
+/* Number of kept blocks of pf_flat_butterfly_layout(R, C, m, n) without building it
+ * (closed form: rows per cell times columns per cell, summed over the support cells;
+ * O(1) when n divides R or C, else O(n m)). n = 0 picks pf_default_butterfly_size.
+ * -1 when pf_flat_butterfly_check fails. Unlike the layout, no R*C cell limit applies. */
 int64_t pf_flat_butterfly_nnz(int64_t R, int64_t C, int64_t m, int64_t n);
+
+/* NULL if 1 <= R, C <= PF_MAX_GRID, n (after n = 0 -> default) is a power of two with
+ * 2 <= n <= min(R, C), and 1 <= m <= log2 n; else a message naming the argument. */
+pf_err pf_flat_butterfly_check(int64_t R, int64_t C, int64_t m, int64_t n);
 
 typedef enum {
     PF_PLAN_SPARSE = 0,         /* sparsified */
@@ -117,25 +179,47 @@ typedef enum {
 
 typedef struct {
     double rho;         /* global budget, 0 < rho <= 1 */
-    double phi;         /* low-rank share of each layer's budget, 1/4 <= phi <= 1/3 */
+    double phi;         /* low-rank share of each layer's budget, 1/4 <= phi <= 1/3 (+-1e-9) */
     pf_cost_model cm;
     int redistribute;   /* hand what rounding leaves over to other layers */
-    int64_t max_rank;   /* cap on the rank (0 = min(out, in)) */
+    int64_t max_rank;   /* cap on the rank (0 = min(out, in)), >= 0 */
 } pf_budget_opts;
 
 typedef struct {
     int status;              /* pf_plan_status */
-    int64_t R, C;            /* block grid */
-    int64_t butterfly_size;  /* n */
-    int64_t n_factors;       /* m */
-    int64_t nnz;             /* kept blocks */
-    int64_t rank;            /* r */
-    double density;          /* nnz / (R * C) */
-    double dense_cost, budget, sparse_cost, lowrank_cost; /* budget = rho * dense_cost (+ leftovers) */
+    int64_t R, C;            /* block grid (0 x 0 when not divisible) */
+    int64_t butterfly_size;  /* n (0 when left dense) */
+    int64_t n_factors;       /* m (0 when left dense) */
+    int64_t nnz;             /* kept blocks (R*C when left dense) */
+    int64_t rank;            /* r (0 when left dense) */
+    double density;          /* nnz / (R * C) (1 when left dense) */
+    double dense_cost;       /* pf_cost_dense */
+    double budget;           /* rho * dense_cost + what the layer took from the shared pool */
+    double sparse_cost;      /* pf_cost_sparse(nnz); the dense cost when left dense */
+    double lowrank_cost;     /* pf_cost_lowrank(rank) */
+    /* The layer's planned cost is always sparse_cost + lowrank_cost. */
 } pf_layer_plan;
 
-/* Plan n_layers layers. out: n_layers entries. Guarantees: the summed cost of the
- * sparsified layers never exceeds rho times their summed dense cost. */
+/* Plan n_layers layers (SPEC 3). out: n_layers entries, fully written on success.
+ *  1. budget_l = rho * dense_cost_l (layers not divisible by b1 x b2, grids below 2 x 2,
+ *     and every layer when rho == 1 stay dense and are left out of the accounting);
+ *  2. rank = largest r <= min(out, in, max_rank) with lowrank_cost(r) <= phi * budget_l;
+ *  3. the rest, (1 - phi) * budget_l, buys the largest nnz among flat butterflies with n a
+ *     power of two, 2 <= n <= min(R, C), 1 <= m <= log2 n (ties: more factors m, then
+ *     larger n). Splitting by the shares (not by the rank's actual cost) keeps rank and
+ *     density non-decreasing in rho; what rounding leaves goes to the pool (step 4).
+ *     If not even the sparsest butterfly fits (1 - phi) * budget_l, it is taken anyway
+ *     with the largest rank that still fits next to it; if not even rank 0 fits:
+ *     PF_PLAN_OVER_BUDGET (the layer stays dense).
+ *  4. redistribute: pool = sum over sparsified layers of (budget_l - cost_l). It first
+ *     rescues over-budget layers (smallest shortfall first, sparsest butterfly, rank 0),
+ *     then buys density (repeatedly the step to a layer's next denser butterfly that is
+ *     smallest relative to the layer's dense cost), then rank (layers in the order of
+ *     their relative rank step, each as far as the pool and lowrank_cost <= phi * budget_l
+ *     allow).
+ * Guarantees: every sparsified layer has cost <= budget; the summed cost of the
+ * sparsified layers never exceeds rho times their summed dense cost (a relative margin of
+ * 1e-9 absorbs float rounding). Errors are returned before anything is planned. */
 pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
                           const pf_budget_opts *opts, pf_layer_plan *out);
 

@@ -1,0 +1,526 @@
+/*
+ * bsmm.c - block-sparse matmul on the CPU (driver, checks, task split, packing, and the
+ * portable kernel). The SIMD micro-kernels are in bsmm_avx2.c / bsmm_avx512.c.
+ *
+ * Ops (W = B: out x in, blocks b1 x b2, blocks [nnz][b1][b2] in block-CSR order):
+ *   FWD:   y[T, out]  = x[T, in] B^T
+ *   BWD_X: dx[T, in]  = dy[T, out] B
+ *   BWD_W: dw[blk]    = dy[:, rows of blk]^T x[:, cols of blk]   (layout blocks only)
+ *
+ * Design (BLIS-like, see bsmm_internal.h for the tile abstraction):
+ *   phase 0 (packing): FWD packs every block transposed, W^T[b2][Np] with Np = b1 rounded
+ *     up to 16 (zero padding), in CSR order; BWD_X packs W[b1][Np] (Np = b2 rounded up) in
+ *     CSC order so the blocks of one block-column are contiguous. With bf16 storage the
+ *     dense operands (x, dy) are also widened once to fp32 in the workspace.
+ *   phase 1 (compute):
+ *     FWD / BWD_X: task = (chunk of TC rows of T) x (group of consecutive block-rows /
+ *       block-columns, balanced by nnz). For every output block-row the kernel holds an
+ *       MR x 32 (AVX-512) / 6 x 16 (AVX2) tile of y in registers across ALL the blocks of
+ *       that row, so each output element is written exactly once; output block-rows with
+ *       no block are written as zeros.
+ *     BWD_W: task = a contiguous range of blocks in CSR order (blocks sharing a block-row
+ *       of dy are adjacent). pf_bsmm_run loops T in chunks of 256 rows outermost over its
+ *       whole task range, so the x / dy rows of a chunk stay in cache for all its blocks;
+ *       per block, a register tile of 8 x 32 of dw is reduced over the chunk's rows, and
+ *       partial sums round-trip through fp32 (dw itself for fp32, the workspace for bf16).
+ *   Results are bitwise identical across ISAs (same fmaf order, bsmm_internal.h).
+ */
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#include "pixelfly.h"
+#include "bsmm_internal.h"
+
+/* ------------------------------------------------------------------ CPU features */
+
+int pf_cpu_has_avx2_fma(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+int pf_cpu_has_avx512(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+/* ------------------------------------------------------------------ portable kernel */
+
+void pf_tile_portable(const pf_tile *t) {
+    enum { NC = 64 };
+    float acc[NC];
+    for (int64_t n0 = 0; n0 < t->N; n0 += NC) {
+        const int64_t nc = t->N - n0 < NC ? t->N - n0 : NC;
+        for (int64_t m = 0; m < t->M; ++m) {
+            if (t->Cin)
+                memcpy(acc, t->Cin + m * t->ldcin + n0, (size_t)nc * sizeof(float));
+            else
+                for (int64_t n = 0; n < nc; ++n) acc[n] = 0.0f;
+            for (int64_t seg = 0; seg < t->nseg; ++seg) {
+                const float *a = t->A + m * t->ams + (t->aidx ? t->aidx[seg] * t->ascale : 0);
+                const float *b = t->B + seg * t->bseg + n0;
+                for (int64_t s = 0; s < t->K; ++s) {
+                    const float av = a[s * t->ass];
+                    const float *bs = b + s * t->bss;
+                    for (int64_t n = 0; n < nc; ++n) acc[n] = fmaf(av, bs[n], acc[n]);
+                }
+            }
+            if (t->c_bf16) {
+                uint16_t *c = (uint16_t *)t->C + m * t->ldc + n0;
+                for (int64_t n = 0; n < nc; ++n) c[n] = pf_f32_to_bf16(acc[n]);
+            } else {
+                memcpy((float *)t->C + m * t->ldc + n0, acc, (size_t)nc * sizeof(float));
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ plan */
+
+#define PF_TC 256           /* rows of T per FWD/BWD_X task chunk (may shrink) */
+#define PF_TCW 256          /* rows of T per BWD_W reduction chunk */
+#define PF_TASK_FLOPS (1 << 21)
+#define PF_MAX_TASKS 256
+#define PF_PACK_BLOCKS 32   /* blocks per phase-0 packing task */
+#define PF_CONV_ELEMS (1 << 16) /* bf16 -> fp32 elements per phase-0 conversion task */
+
+typedef struct {
+    int op, bf16;
+    int64_t T, R, C, b1, b2, nnz, in, out;
+    /* phase 0 */
+    int64_t n_pack, n_convx, n_convdy, convx_rows, convdy_rows;
+    /* workspace (bytes offsets) */
+    int64_t ws_pack, ws_x, ws_dy, ws_acc, ws_total;
+    int64_t Np;               /* padded N of packed blocks (FWD: b1, BWD_X: b2) */
+    /* phase 1 */
+    int64_t TC, nTC, nG, n1;  /* FWD/BWD_X: T chunk, #chunks, #groups, #tasks */
+} pf_plan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* Cheap sanity (the full validation is pf_bsmm_check): 0 if the plan cannot be made. */
+static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
+    memset(p, 0, sizeof(*p));
+    if (!a || !a->ix || op < PF_OP_FWD || op > PF_OP_BWD_W) return 0;
+    if (a->dtype != PF_FLOAT32 && a->dtype != PF_BFLOAT16) return 0;
+    const pf_bsr_index *ix = a->ix;
+    if (a->T < 0 || ix->R < 0 || ix->C < 0 || ix->b1 < 1 || ix->b2 < 1 || ix->nnz < 0) return 0;
+    p->op = op;
+    p->bf16 = a->dtype == PF_BFLOAT16;
+    p->T = a->T; p->R = ix->R; p->C = ix->C; p->b1 = ix->b1; p->b2 = ix->b2; p->nnz = ix->nnz;
+    p->in = ix->C * ix->b2; p->out = ix->R * ix->b1;
+    const int64_t T = p->T, nnz = p->nnz, b1 = p->b1, b2 = p->b2;
+
+    /* workspace */
+    int64_t off = 0;
+    if (op != PF_OP_BWD_W) {
+        p->Np = round_up(op == PF_OP_FWD ? b1 : b2, 16);
+        p->ws_pack = off;
+        off += round_up(nnz * (op == PF_OP_FWD ? b2 : b1) * p->Np * 4, 64);
+        p->n_pack = T > 0 ? ceil_div(nnz, PF_PACK_BLOCKS) : 0;
+    }
+    if (p->bf16) {
+        const int need_x = op != PF_OP_BWD_X, need_dy = op != PF_OP_FWD;
+        if (need_x) {
+            p->ws_x = off;
+            off += round_up(T * p->in * 4, 64);
+            p->convx_rows = p->in > 0 ? clamp64(PF_CONV_ELEMS / p->in, 1, T > 0 ? T : 1) : 1;
+            p->n_convx = (p->in > 0 && T > 0) ? ceil_div(T, p->convx_rows) : 0;
+        }
+        if (need_dy) {
+            p->ws_dy = off;
+            off += round_up(T * p->out * 4, 64);
+            p->convdy_rows = p->out > 0 ? clamp64(PF_CONV_ELEMS / p->out, 1, T > 0 ? T : 1) : 1;
+            p->n_convdy = (p->out > 0 && T > 0) ? ceil_div(T, p->convdy_rows) : 0;
+        }
+        if (op == PF_OP_BWD_W && T > PF_TCW) {
+            p->ws_acc = off;
+            off += round_up(nnz * b1 * b2 * 4, 64);
+        }
+    }
+    p->ws_total = off;
+
+    /* phase 1 */
+    if (op == PF_OP_BWD_W) {
+        if (nnz == 0) { p->n1 = 0; return 1; }
+        const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
+                            (double)nnz * (double)b1 * (double)b2;
+        p->n1 = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, nnz < PF_MAX_TASKS ? nnz : PF_MAX_TASKS);
+        return 1;
+    }
+    const int64_t units = op == PF_OP_FWD ? p->R : p->C; /* output block-rows / block-cols */
+    if (T == 0 || units == 0) { p->n1 = 0; return 1; }
+    const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
+                        (double)T * (double)(op == PF_OP_FWD ? p->out : p->in);
+    const int64_t want = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, PF_MAX_TASKS);
+    int64_t TC = PF_TC;
+    for (;;) {
+        p->TC = TC;
+        p->nTC = ceil_div(T, TC);
+        p->nG = clamp64(ceil_div(want, p->nTC), 1, units);
+        if (p->nTC * p->nG >= want || TC <= 64 || TC >= T * 2) break;
+        TC /= 2;
+    }
+    p->n1 = p->nTC * p->nG;
+    return 1;
+}
+
+/* Units [lo, hi) (block-rows for FWD, block-cols for BWD_X) of group g: balanced on the
+ * cumulative weight ptr[u] + u (blocks plus one per unit for its output). */
+static int64_t group_start(const int64_t *ptr, int64_t units, int64_t nG, int64_t g) {
+    if (g <= 0) return 0;
+    if (g >= nG) return units;
+    const double total = (double)(ptr[units] + units);
+    const double target = total * (double)g / (double)nG;
+    int64_t lo = 0, hi = units; /* first u with ptr[u] + u >= target */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if ((double)(ptr[mid] + mid) >= target) hi = mid; else lo = mid + 1;
+    }
+    return lo;
+}
+
+static pf_tile_fn pick_isa(int isa) {
+    static int have512 = -1, have2 = -1;
+    if (have512 < 0) { have512 = pf_cpu_has_avx512(); have2 = pf_cpu_has_avx2_fma(); }
+    switch (isa) {
+    case PF_ISA_PORTABLE: return pf_tile_portable;
+    case PF_ISA_AVX2: return have2 ? pf_tile_avx2 : pf_tile_portable;
+    case PF_ISA_AVX512: return have512 ? pf_tile_avx512 : (have2 ? pf_tile_avx2 : pf_tile_portable);
+    default: return have512 ? pf_tile_avx512 : (have2 ? pf_tile_avx2 : pf_tile_portable);
+    }
+}
+
+/* ------------------------------------------------------------------ checks */
+
+#define LIM_BLOCK ((int64_t)1 << 20)
+#define LIM_ELEMS ((int64_t)1 << 60)
+
+static int mul_ok(int64_t a, int64_t b, int64_t lim) { return a == 0 || b <= lim / a; }
+
+pf_err pf_bsmm_check(int op, const pf_bsmm_args *a) {
+    if (!a) return "pf_bsmm: args is NULL";
+    if (op != PF_OP_FWD && op != PF_OP_BWD_X && op != PF_OP_BWD_W)
+        return "pf_bsmm: op must be PF_OP_FWD, PF_OP_BWD_X or PF_OP_BWD_W";
+    if (a->dtype != PF_FLOAT32 && a->dtype != PF_BFLOAT16)
+        return "pf_bsmm: dtype must be PF_FLOAT32 or PF_BFLOAT16 on the CPU";
+    if (a->isa < PF_ISA_AUTO || a->isa > PF_ISA_AVX512)
+        return "pf_bsmm: isa must be PF_ISA_AUTO, PF_ISA_PORTABLE, PF_ISA_AVX2 or PF_ISA_AVX512";
+    if (a->isa == PF_ISA_AVX2 && !pf_cpu_has_avx2_fma())
+        return "pf_bsmm: isa PF_ISA_AVX2 requested but this CPU lacks AVX2/FMA";
+    if (a->isa == PF_ISA_AVX512 && !pf_cpu_has_avx512())
+        return "pf_bsmm: isa PF_ISA_AVX512 requested but this CPU lacks AVX-512 F/BW/VL";
+    if (a->T < 0) return "pf_bsmm: T (rows) must be >= 0";
+    const pf_bsr_index *ix = a->ix;
+    if (!ix) return "pf_bsmm: index ix is NULL";
+    if (ix->b1 < 1 || ix->b2 < 1) return "pf_bsmm: block sizes b1 and b2 must be >= 1";
+    if (ix->b1 > LIM_BLOCK || ix->b2 > LIM_BLOCK) return "pf_bsmm: block size too large";
+    if (ix->R < 0 || ix->C < 0) return "pf_bsmm: block grid R and C must be >= 0";
+    if (ix->R > PF_MAX_GRID || ix->C > PF_MAX_GRID) return "pf_bsmm: block grid R or C too large";
+    if (ix->nnz < 0 || ix->nnz > ix->R * ix->C) return "pf_bsmm: nnz must be in [0, R*C]";
+    if (!mul_ok(ix->nnz, ix->b1 * ix->b2, LIM_ELEMS / 8)) return "pf_bsmm: nnz*b1*b2 too large";
+    const int64_t R = ix->R, C = ix->C, nnz = ix->nnz;
+    const int64_t in = C * ix->b2, out = R * ix->b1, T = a->T;
+    if (!mul_ok(T, in > out ? in : out, LIM_ELEMS / 8)) return "pf_bsmm: T * features too large";
+
+    /* CSR */
+    if (!ix->row_ptr) return "pf_bsmm: row_ptr is NULL";
+    if (ix->row_ptr[0] != 0) return "pf_bsmm: row_ptr[0] must be 0";
+    for (int64_t r = 0; r < R; ++r)
+        if (ix->row_ptr[r + 1] < ix->row_ptr[r] || ix->row_ptr[r + 1] > nnz)
+            return "pf_bsmm: row_ptr must be non-decreasing and <= nnz";
+    if (ix->row_ptr[R] != nnz) return "pf_bsmm: row_ptr[R] must equal nnz";
+    if (nnz > 0 && !ix->col_idx) return "pf_bsmm: col_idx is NULL";
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = ix->row_ptr[r]; j < ix->row_ptr[r + 1]; ++j) {
+            if (ix->col_idx[j] < 0 || ix->col_idx[j] >= C) return "pf_bsmm: col_idx out of range [0, C)";
+            if (j > ix->row_ptr[r] && ix->col_idx[j] <= ix->col_idx[j - 1])
+                return "pf_bsmm: col_idx must be strictly increasing within a block-row";
+        }
+    /* CSC */
+    if (!ix->col_ptr) return "pf_bsmm: col_ptr is NULL";
+    if (ix->col_ptr[0] != 0) return "pf_bsmm: col_ptr[0] must be 0";
+    for (int64_t c = 0; c < C; ++c)
+        if (ix->col_ptr[c + 1] < ix->col_ptr[c] || ix->col_ptr[c + 1] > nnz)
+            return "pf_bsmm: col_ptr must be non-decreasing and <= nnz";
+    if (ix->col_ptr[C] != nnz) return "pf_bsmm: col_ptr[C] must equal nnz";
+    if (nnz > 0 && !ix->row_idx) return "pf_bsmm: row_idx is NULL";
+    if (nnz > 0 && !ix->csc_blk) return "pf_bsmm: csc_blk is NULL";
+    for (int64_t c = 0; c < C; ++c)
+        for (int64_t q = ix->col_ptr[c]; q < ix->col_ptr[c + 1]; ++q) {
+            const int64_t r = ix->row_idx[q], j = ix->csc_blk[q];
+            if (r < 0 || r >= R) return "pf_bsmm: row_idx out of range [0, R)";
+            if (q > ix->col_ptr[c] && r <= ix->row_idx[q - 1])
+                return "pf_bsmm: row_idx must be strictly increasing within a block-column";
+            if (j < ix->row_ptr[r] || j >= ix->row_ptr[r + 1] || ix->col_idx[j] != c)
+                return "pf_bsmm: csc_blk does not match the CSR index (transpose inconsistent)";
+        }
+
+    /* operands */
+    const int bf = a->dtype == PF_BFLOAT16;
+    const uintptr_t al = bf ? 2 : 4;
+    const int need_x = op != PF_OP_BWD_X, need_dy = op != PF_OP_FWD, need_w = op != PF_OP_BWD_W;
+    if (need_x) {
+        if (a->ldx < in) return "pf_bsmm: ldx must be >= in = C*b2";
+        if (!mul_ok(T, a->ldx, LIM_ELEMS / 8)) return "pf_bsmm: T * ldx too large";
+        if (T > 0 && in > 0 && !a->x) return "pf_bsmm: x is NULL";
+        if ((uintptr_t)a->x % al) return "pf_bsmm: x is not aligned to its element size";
+    }
+    if (need_dy) {
+        if (a->ldy < out) return "pf_bsmm: ldy must be >= out = R*b1";
+        if (!mul_ok(T, a->ldy, LIM_ELEMS / 8)) return "pf_bsmm: T * ldy too large";
+        if (T > 0 && out > 0 && !a->dy) return "pf_bsmm: dy is NULL";
+        if ((uintptr_t)a->dy % al) return "pf_bsmm: dy is not aligned to its element size";
+    }
+    if (need_w) {
+        if (nnz > 0 && !a->w) return "pf_bsmm: w (blocks) is NULL";
+        if ((uintptr_t)a->w % al) return "pf_bsmm: w is not aligned to its element size";
+    }
+    if (op == PF_OP_FWD) {
+        if (a->ldo < out) return "pf_bsmm: ldo must be >= out = R*b1 (y row stride)";
+        if (!mul_ok(T, a->ldo, LIM_ELEMS / 8)) return "pf_bsmm: T * ldo too large";
+        if (T > 0 && out > 0 && !a->out) return "pf_bsmm: out (y) is NULL";
+    } else if (op == PF_OP_BWD_X) {
+        if (a->ldo < in) return "pf_bsmm: ldo must be >= in = C*b2 (dx row stride)";
+        if (!mul_ok(T, a->ldo, LIM_ELEMS / 8)) return "pf_bsmm: T * ldo too large";
+        if (T > 0 && in > 0 && !a->out) return "pf_bsmm: out (dx) is NULL";
+    } else {
+        if (nnz > 0 && !a->out) return "pf_bsmm: out (dw) is NULL";
+    }
+    if ((uintptr_t)a->out % al) return "pf_bsmm: out is not aligned to its element size";
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ API */
+
+int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a) {
+    pf_plan p;
+    if (!make_plan(op, a, &p)) return 0;
+    return p.ws_total;
+}
+
+int64_t pf_bsmm_num_tasks(int op, int phase, const pf_bsmm_args *a) {
+    pf_plan p;
+    if (!make_plan(op, a, &p)) return 0;
+    if (phase == 0) return p.n_pack + p.n_convx + p.n_convdy;
+    if (phase == 1) return p.n1;
+    return 0;
+}
+
+static void convert_rows(const uint16_t *src, int64_t ld, float *dst, int64_t width,
+                         int64_t r0, int64_t r1) {
+    for (int64_t t = r0; t < r1; ++t) {
+        const uint16_t *s = src + t * ld;
+        float *d = dst + t * width;
+        for (int64_t k = 0; k < width; ++k) d[k] = pf_bf16_to_f32(s[k]);
+    }
+}
+
+static float load_elem(const void *base, int bf16, int64_t i) {
+    return bf16 ? pf_bf16_to_f32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
+}
+
+static void run_phase0(const pf_plan *p, const pf_bsmm_args *a, int64_t task) {
+    char *ws = (char *)a->work;
+    const pf_bsr_index *ix = a->ix;
+    const int64_t b1 = p->b1, b2 = p->b2, Np = p->Np;
+    if (task < p->n_pack) {
+        float *pack = (float *)(ws + p->ws_pack);
+        const int64_t j0 = task * PF_PACK_BLOCKS;
+        const int64_t j1 = j0 + PF_PACK_BLOCKS < p->nnz ? j0 + PF_PACK_BLOCKS : p->nnz;
+        for (int64_t j = j0; j < j1; ++j) {
+            if (p->op == PF_OP_FWD) { /* dst[k][i] = w[j][i][k] */
+                float *dst = pack + j * b2 * Np;
+                const int64_t src = j * b1 * b2;
+                for (int64_t k = 0; k < b2; ++k) {
+                    float *d = dst + k * Np;
+                    for (int64_t i = 0; i < b1; ++i) d[i] = load_elem(a->w, p->bf16, src + i * b2 + k);
+                    for (int64_t i = b1; i < Np; ++i) d[i] = 0.0f;
+                }
+            } else { /* CSC position j: dst[i][k] = w[csc_blk[j]][i][k] */
+                float *dst = pack + j * b1 * Np;
+                const int64_t src = ix->csc_blk[j] * b1 * b2;
+                for (int64_t i = 0; i < b1; ++i) {
+                    float *d = dst + i * Np;
+                    if (!p->bf16)
+                        memcpy(d, (const float *)a->w + src + i * b2, (size_t)b2 * sizeof(float));
+                    else
+                        for (int64_t k = 0; k < b2; ++k) d[k] = load_elem(a->w, 1, src + i * b2 + k);
+                    for (int64_t k = b2; k < Np; ++k) d[k] = 0.0f;
+                }
+            }
+        }
+        return;
+    }
+    task -= p->n_pack;
+    if (task < p->n_convx) {
+        const int64_t r0 = task * p->convx_rows;
+        const int64_t r1 = r0 + p->convx_rows < p->T ? r0 + p->convx_rows : p->T;
+        convert_rows((const uint16_t *)a->x, a->ldx, (float *)(ws + p->ws_x), p->in, r0, r1);
+        return;
+    }
+    task -= p->n_convx;
+    if (task < p->n_convdy) {
+        const int64_t r0 = task * p->convdy_rows;
+        const int64_t r1 = r0 + p->convdy_rows < p->T ? r0 + p->convdy_rows : p->T;
+        convert_rows((const uint16_t *)a->dy, a->ldy, (float *)(ws + p->ws_dy), p->out, r0, r1);
+    }
+}
+
+/* FWD / BWD_X task: T rows [t0, t1) x output units [u0, u1). */
+static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int64_t task) {
+    const pf_bsr_index *ix = a->ix;
+    const int fwd = p->op == PF_OP_FWD;
+    const int64_t tci = task / p->nG, g = task % p->nG;
+    const int64_t t0 = tci * p->TC, t1 = t0 + p->TC < p->T ? t0 + p->TC : p->T;
+    const int64_t *ptr = fwd ? ix->row_ptr : ix->col_ptr;
+    const int64_t *idx = fwd ? ix->col_idx : ix->row_idx;
+    const int64_t units = fwd ? p->R : p->C;
+    const int64_t u0 = group_start(ptr, units, p->nG, g), u1 = group_start(ptr, units, p->nG, g + 1);
+    const int64_t K = fwd ? p->b2 : p->b1, N = fwd ? p->b1 : p->b2;
+    const float *A;
+    int64_t lda;
+    if (p->bf16) {
+        A = (const float *)((const char *)a->work + (fwd ? p->ws_x : p->ws_dy));
+        lda = fwd ? p->in : p->out;
+    } else {
+        A = (const float *)(fwd ? a->x : a->dy);
+        lda = fwd ? a->ldx : a->ldy;
+    }
+    if (!A) lda = 0; /* in (or out) == 0: A is never read */
+    const float *pack = (const float *)((const char *)a->work + p->ws_pack);
+    const int64_t es = p->bf16 ? 2 : 4;
+    pf_tile t;
+    memset(&t, 0, sizeof t);
+    t.A = A + t0 * lda;
+    t.ams = lda;
+    t.ass = 1;
+    t.ascale = fwd ? p->b2 : p->b1;
+    t.bss = p->Np;
+    t.bseg = K * p->Np;
+    t.b_padded = 1;
+    t.K = K;
+    t.M = t1 - t0;
+    t.N = N;
+    t.ldc = a->ldo;
+    t.c_bf16 = p->bf16;
+    for (int64_t u = u0; u < u1; ++u) {
+        t.aidx = idx + ptr[u];
+        t.nseg = ptr[u + 1] - ptr[u];
+        t.B = pack + ptr[u] * K * p->Np;
+        t.C = (char *)a->out + (t0 * a->ldo + u * N) * es;
+        fn(&t);
+    }
+}
+
+static void run_bwd_w(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int64_t b, int64_t e) {
+    const pf_bsr_index *ix = a->ix;
+    const int64_t nnz = p->nnz, b1 = p->b1, b2 = p->b2, T = p->T;
+    /* task w owns blocks [w*q + min(w, rem), (w+1)*q + min(w+1, rem)) */
+    const int64_t lo = b * (nnz / p->n1) + (b < nnz % p->n1 ? b : nnz % p->n1);
+    const int64_t hi = e * (nnz / p->n1) + (e < nnz % p->n1 ? e : nnz % p->n1);
+    if (lo >= hi) return;
+    const float *X, *DY;
+    int64_t ldx, ldy;
+    if (p->bf16) {
+        X = (const float *)((const char *)a->work + p->ws_x);
+        DY = (const float *)((const char *)a->work + p->ws_dy);
+        ldx = p->in;
+        ldy = p->out;
+    } else {
+        X = (const float *)a->x;
+        DY = (const float *)a->dy;
+        ldx = a->ldx;
+        ldy = a->ldy;
+    }
+    /* fp32: partial sums live in dw itself; bf16: in the workspace (if T needs > 1 chunk) */
+    float *acc = p->bf16 ? (float *)((char *)a->work + p->ws_acc) : (float *)a->out;
+    const int64_t es = p->bf16 ? 2 : 4;
+    const int64_t nchunks = T > 0 ? ceil_div(T, PF_TCW) : 1;
+    /* first block-row: last r with row_ptr[r] <= lo */
+    int64_t r_first = 0;
+    {
+        int64_t l = 0, h = p->R - 1;
+        while (l < h) {
+            const int64_t mid = l + (h - l + 1) / 2;
+            if (ix->row_ptr[mid] <= lo) l = mid; else h = mid - 1;
+        }
+        r_first = l;
+    }
+    pf_tile t;
+    memset(&t, 0, sizeof t);
+    t.ams = 1;
+    t.ass = ldy;
+    t.bss = ldx;
+    t.nseg = 1;
+    t.M = b1;
+    t.N = b2;
+    t.ldcin = b2;
+    t.ldc = b2;
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+        const int64_t t0 = ch * PF_TCW, t1 = t0 + PF_TCW < T ? t0 + PF_TCW : T;
+        const int last = ch == nchunks - 1;
+        int64_t r = r_first;
+        for (int64_t j = lo; j < hi; ++j) {
+            while (ix->row_ptr[r + 1] <= j) ++r;
+            const int64_t c = ix->col_idx[j];
+            /* T == 0: K = 0, A and B are never read (and may be NULL) */
+            t.A = T > 0 ? DY + t0 * ldy + r * b1 : DY;
+            t.B = T > 0 ? X + t0 * ldx + c * b2 : X;
+            t.K = t1 - t0;
+            t.Cin = ch == 0 ? NULL : acc + j * b1 * b2;
+            if (last) {
+                t.C = (char *)a->out + j * b1 * b2 * es;
+                t.c_bf16 = p->bf16;
+            } else {
+                t.C = acc + j * b1 * b2;
+                t.c_bf16 = 0;
+            }
+            fn(&t);
+        }
+    }
+}
+
+void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_t end) {
+    pf_plan p;
+    if (!make_plan(op, a, &p)) return;
+    if (begin < 0) begin = 0;
+    if (phase == 0) {
+        const int64_t n = p.n_pack + p.n_convx + p.n_convdy;
+        if (end > n) end = n;
+        for (int64_t task = begin; task < end; ++task) run_phase0(&p, a, task);
+        return;
+    }
+    if (phase != 1) return;
+    if (end > p.n1) end = p.n1;
+    if (begin >= end) return;
+    const pf_tile_fn fn = pick_isa(a->isa);
+    if (op == PF_OP_BWD_W) {
+        run_bwd_w(&p, a, fn, begin, end);
+    } else {
+        for (int64_t task = begin; task < end; ++task) run_rows(&p, a, fn, task);
+    }
+}
+
+pf_err pf_bsmm_serial(int op, const pf_bsmm_args *a) {
+    pf_err e = pf_bsmm_check(op, a);
+    if (e) return e;
+    if (pf_bsmm_workspace(op, a) > 0 && !a->work)
+        return "pf_bsmm: work is NULL but the op needs pf_bsmm_workspace() bytes";
+    for (int phase = 0; phase < PF_BSMM_PHASES; ++phase) {
+        const int64_t n = pf_bsmm_num_tasks(op, phase, a);
+        if (n > 0) pf_bsmm_run(op, phase, a, 0, n);
+    }
+    return NULL;
+}

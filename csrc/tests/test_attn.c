@@ -1,0 +1,403 @@
+/* test_attn.c - block-sparse attention (csrc/cpu/attn.c) against a naive double reference.
+ * Random layouts (incl. empty block-rows), flat butterfly, causal, batch*heads > 1 with
+ * interleaved strides, block sizes 8..64 (odd tails too), fp32 / bf16 / fp64, both ISAs,
+ * task caps, a gradient of lse, and every argument error. Prints "N passed, M failed". */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pixelfly_attn.h"
+
+static int g_pass = 0, g_fail = 0;
+
+#define EXPECT(cond, ...)                                                                      \
+    do {                                                                                       \
+        if (cond) {                                                                            \
+            ++g_pass;                                                                          \
+        } else {                                                                               \
+            ++g_fail;                                                                          \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                        \
+            printf(__VA_ARGS__);                                                               \
+            printf("\n");                                                                      \
+        }                                                                                      \
+    } while (0)
+
+static uint64_t g_rng = 88172645463325252ull;
+static uint64_t rnd(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return g_rng;
+}
+static double urand(void) { return (double)(rnd() >> 11) / 9007199254740992.0; }
+static double nrand(void) {
+    double u = urand() + 1e-12, v = urand();
+    return sqrt(-2 * log(u)) * cos(6.283185307179586 * v);
+}
+
+static float bf16f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static uint16_t f2bf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+typedef struct {
+    int64_t B, H, L, d, b, R, nnz;
+    int64_t *row_ptr, *col_idx, *col_ptr, *row_idx;
+    uint8_t *layout;
+} problem;
+
+static void build_index(problem *p) {
+    const int64_t R = p->R;
+    p->nnz = 0;
+    for (int64_t i = 0; i < R * R; ++i) p->nnz += p->layout[i];
+    p->row_ptr = calloc((size_t)R + 1, 8);
+    p->col_ptr = calloc((size_t)R + 1, 8);
+    p->col_idx = calloc((size_t)p->nnz + 1, 8);
+    p->row_idx = calloc((size_t)p->nnz + 1, 8);
+    int64_t k = 0;
+    for (int64_t i = 0; i < R; ++i) {
+        for (int64_t j = 0; j < R; ++j)
+            if (p->layout[i * R + j]) p->col_idx[k++] = j;
+        p->row_ptr[i + 1] = k;
+    }
+    k = 0;
+    for (int64_t j = 0; j < R; ++j) {
+        for (int64_t i = 0; i < R; ++i)
+            if (p->layout[i * R + j]) p->row_idx[k++] = i;
+        p->col_ptr[j + 1] = k;
+    }
+}
+
+static void free_problem(problem *p) {
+    free(p->row_ptr); free(p->col_ptr); free(p->col_idx); free(p->row_idx); free(p->layout);
+}
+
+enum { LAY_RANDOM, LAY_BUTTERFLY, LAY_EMPTY_ROWS };
+
+static void make_layout(problem *p, int kind, double density) {
+    const int64_t R = p->R;
+    p->layout = calloc((size_t)(R * R), 1);
+    if (kind == LAY_BUTTERFLY) { /* flat butterfly, m = 2 factors, n = largest power of two <= R */
+        int64_t n = 1;
+        while (n * 2 <= R) n *= 2;
+        for (int64_t i = 0; i < R; ++i)
+            for (int64_t j = 0; j < R; ++j) {
+                const int64_t x = (i * n / R) ^ (j * n / R);
+                p->layout[i * R + j] = (x == 0 || x == 1 || x == 2);
+            }
+    } else {
+        for (int64_t i = 0; i < R; ++i)
+            for (int64_t j = 0; j < R; ++j) p->layout[i * R + j] = urand() < density;
+        if (kind == LAY_EMPTY_ROWS && R > 1) /* one empty row, one row with only an above-diagonal block */
+            for (int64_t j = 0; j < R; ++j) {
+                p->layout[0 * R + j] = 0;
+                p->layout[(R / 2) * R + j] = (j == R - 1 && R / 2 != R - 1);
+            }
+    }
+    build_index(p);
+}
+
+/* dense double operand [B, H, L, d] stored contiguously in the reference; the kernel sees
+ * the same values in storage dtype with layout [B, L, H, d] (interleaved heads). */
+typedef struct {
+    double *ref;
+    void *buf;
+} operand;
+
+static int64_t ref_at(const problem *p, int64_t n, int64_t i) { return (n * p->L + i) * p->d; }
+
+static void fill_operand(const problem *p, operand *o, pf_dtype dt, double sigma) {
+    const int64_t N = p->B * p->H, total = N * p->L * p->d;
+    const size_t es = dt == PF_FLOAT64 ? 8 : dt == PF_FLOAT32 ? 4 : 2;
+    o->ref = malloc((size_t)total * 8);
+    o->buf = malloc((size_t)total * es);
+    for (int64_t n0 = 0; n0 < p->B; ++n0)
+        for (int64_t h = 0; h < p->H; ++h)
+            for (int64_t i = 0; i < p->L; ++i)
+                for (int64_t c = 0; c < p->d; ++c) {
+                    double x = nrand() * sigma;
+                    const int64_t s = ((n0 * p->L + i) * p->H + h) * p->d + c; /* [B, L, H, d] */
+                    if (dt == PF_FLOAT64) ((double *)o->buf)[s] = x;
+                    else if (dt == PF_FLOAT32) { ((float *)o->buf)[s] = (float)x; x = (float)x; }
+                    else { uint16_t hb = f2bf((float)x); ((uint16_t *)o->buf)[s] = hb; x = bf16f(hb); }
+                    o->ref[ref_at(p, n0 * p->H + h, i) + c] = x;
+                }
+}
+
+static pf_attn_tensor view_blhd(const problem *p, void *buf) {
+    pf_attn_tensor t = {buf, p->L * p->H * p->d, p->d, p->H * p->d};
+    return t;
+}
+static pf_attn_tensor view_bhld(const problem *p, void *buf) {
+    pf_attn_tensor t = {buf, p->H * p->L * p->d, p->L * p->d, p->d};
+    return t;
+}
+
+static double get_elem(const void *buf, pf_dtype dt, int64_t s) {
+    if (dt == PF_FLOAT64) return ((const double *)buf)[s];
+    if (dt == PF_FLOAT32) return ((const float *)buf)[s];
+    return bf16f(((const uint16_t *)buf)[s]);
+}
+
+/* naive reference for problem n: out, lse, and (if dout) dq, dk, dv. */
+static void reference(const problem *p, int causal, double scale, const double *q, const double *k,
+                      const double *v, const double *dout, const double *dlse, double *out,
+                      double *lse, double *dq, double *dk, double *dv) {
+    const int64_t L = p->L, d = p->d, b = p->b, N = p->B * p->H;
+    double *P = malloc((size_t)(L * L) * 8), *dP = malloc((size_t)(L * L) * 8);
+    for (int64_t n = 0; n < N; ++n) {
+        const double *Q = q + n * L * d, *K = k + n * L * d, *V = v + n * L * d;
+        for (int64_t i = 0; i < L; ++i) {
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < L; ++j) {
+                const int keep = p->layout[(i / b) * p->R + j / b] && (!causal || j <= i);
+                double s = -INFINITY;
+                if (keep) {
+                    s = 0;
+                    for (int64_t c = 0; c < d; ++c) s += Q[i * d + c] * K[j * d + c];
+                    s *= scale;
+                }
+                P[i * L + j] = s;
+                if (s > mx) mx = s;
+            }
+            double sum = 0;
+            for (int64_t j = 0; j < L; ++j) {
+                P[i * L + j] = mx == -INFINITY ? 0 : exp(P[i * L + j] - mx);
+                sum += P[i * L + j];
+            }
+            lse[n * L + i] = sum > 0 ? mx + log(sum) : -INFINITY;
+            for (int64_t j = 0; j < L; ++j) P[i * L + j] = sum > 0 ? P[i * L + j] / sum : 0;
+            for (int64_t c = 0; c < d; ++c) {
+                double acc = 0;
+                for (int64_t j = 0; j < L; ++j) acc += P[i * L + j] * V[j * d + c];
+                out[(n * L + i) * d + c] = acc;
+            }
+        }
+        if (!dout) continue;
+        const double *dO = dout + n * L * d;
+        for (int64_t i = 0; i < L; ++i) {
+            double D = 0;
+            for (int64_t c = 0; c < d; ++c) D += dO[i * d + c] * out[(n * L + i) * d + c];
+            if (dlse) D -= dlse[n * L + i];
+            for (int64_t j = 0; j < L; ++j) {
+                double s = 0;
+                for (int64_t c = 0; c < d; ++c) s += dO[i * d + c] * V[j * d + c];
+                dP[i * L + j] = P[i * L + j] * (s - D);
+            }
+        }
+        for (int64_t i = 0; i < L; ++i)
+            for (int64_t c = 0; c < d; ++c) {
+                double aq = 0, ak = 0, av = 0;
+                for (int64_t j = 0; j < L; ++j) {
+                    aq += dP[i * L + j] * K[j * d + c];
+                    ak += dP[j * L + i] * Q[j * d + c];
+                    av += P[j * L + i] * dO[j * d + c];
+                }
+                dq[(n * L + i) * d + c] = scale * aq;
+                dk[(n * L + i) * d + c] = scale * ak;
+                dv[(n * L + i) * d + c] = av;
+            }
+    }
+    free(P);
+    free(dP);
+}
+
+/* max |kernel - ref| / max(1, max |ref|) over a [B, H, L, d] output stored as [B, H, L, d] */
+static double err_bhld(const problem *p, const void *buf, pf_dtype dt, const double *ref) {
+    const int64_t total = p->B * p->H * p->L * p->d;
+    double e = 0, m = 1;
+    for (int64_t s = 0; s < total; ++s) {
+        const double x = get_elem(buf, dt, s), r = ref[s];
+        if (!(fabs(x - r) <= e)) e = fabs(x - r); /* NaN propagates as failure */
+        if (fabs(r) > m) m = fabs(r);
+    }
+    return e / m;
+}
+
+static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t d, int64_t b,
+                     int lay, double density, int causal, pf_dtype dt, int isa, int64_t max_tasks,
+                     int use_dlse) {
+    problem p = {B, H, L, d, b, L / b, 0, NULL, NULL, NULL, NULL, NULL};
+    make_layout(&p, lay, density);
+    const int64_t N = B * H, NL = N * L, NLd = NL * d;
+    const size_t es = dt == PF_FLOAT64 ? 8 : dt == PF_FLOAT32 ? 4 : 2;
+    const size_t ls = dt == PF_FLOAT64 ? 8 : 4;
+    operand q, k, v, dout;
+    fill_operand(&p, &q, dt, 1.0);
+    fill_operand(&p, &k, dt, 1.0);
+    fill_operand(&p, &v, dt, 1.0);
+    fill_operand(&p, &dout, dt, 1.0);
+    double *dlse = NULL;
+    void *dlse_buf = NULL;
+    if (use_dlse) {
+        dlse = malloc((size_t)NL * 8);
+        dlse_buf = malloc((size_t)NL * ls);
+        for (int64_t i = 0; i < NL; ++i) {
+            const float x = (float)nrand();
+            dlse[i] = x;
+            if (ls == 8) ((double *)dlse_buf)[i] = x; else ((float *)dlse_buf)[i] = x;
+        }
+    }
+    const double scale = 1.0 / sqrt((double)d);
+    double *ro = malloc((size_t)NLd * 8), *rl = malloc((size_t)NL * 8);
+    double *rdq = malloc((size_t)NLd * 8), *rdk = malloc((size_t)NLd * 8), *rdv = malloc((size_t)NLd * 8);
+    reference(&p, causal, scale, q.ref, k.ref, v.ref, dout.ref, dlse, ro, rl, rdq, rdk, rdv);
+
+    void *out = malloc((size_t)NLd * es), *lse = malloc((size_t)NL * ls);
+    void *dq = malloc((size_t)NLd * es), *dk = malloc((size_t)NLd * es), *dv = malloc((size_t)NLd * es);
+    pf_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.dtype = dt; a.batch = B; a.heads = H; a.L = L; a.d = d; a.block = b; a.nnz = p.nnz;
+    a.row_ptr = p.row_ptr; a.col_idx = p.col_idx; a.col_ptr = p.col_ptr; a.row_idx = p.row_idx;
+    a.scale = scale; a.causal = causal;
+    a.q = view_blhd(&p, q.buf); a.k = view_blhd(&p, k.buf); a.v = view_blhd(&p, v.buf);
+    a.out = view_bhld(&p, out); a.lse = lse;
+    a.max_tasks = max_tasks; a.isa = isa;
+    int64_t ws = pf_attn_workspace(PF_ATTN_FWD, &a);
+    a.work = malloc((size_t)(ws > 0 ? ws : 1));
+    pf_err e = pf_attn_serial(PF_ATTN_FWD, &a);
+    EXPECT(e == NULL, "%s: fwd error %s", name, e ? e : "");
+    /* tolerance: bf16 output rounding (2^-8) dominates; fp32 accumulation otherwise */
+    const double tol = dt == PF_BFLOAT16 ? 1.6e-2 : dt == PF_FLOAT32 ? 2e-5 : 1e-12;
+    const double eo = err_bhld(&p, out, dt, ro);
+    double el = 0;
+    for (int64_t i = 0; i < NL; ++i) {
+        const double x = ls == 8 ? ((double *)lse)[i] : ((float *)lse)[i];
+        const double r = rl[i];
+        const double diff = (isinf(r) && x == r) ? 0 : fabs(x - r);
+        if (!(diff <= el)) el = diff;
+    }
+    EXPECT(eo <= tol, "%s: out error %.3e > %.1e", name, eo, tol);
+    EXPECT(el <= (dt == PF_FLOAT64 ? 1e-12 : 1e-4), "%s: lse error %.3e", name, el);
+    free(a.work);
+
+    a.dout = view_blhd(&p, dout.buf);
+    a.dlse = dlse_buf;
+    a.dq = view_bhld(&p, dq); a.dk = view_bhld(&p, dk); a.dv = view_bhld(&p, dv);
+    ws = pf_attn_workspace(PF_ATTN_BWD, &a);
+    a.work = malloc((size_t)(ws > 0 ? ws : 1));
+    e = pf_attn_serial(PF_ATTN_BWD, &a);
+    EXPECT(e == NULL, "%s: bwd error %s", name, e ? e : "");
+    /* the backward uses the kernel's own (rounded) out and lse, like autograd does */
+    const double gtol = dt == PF_BFLOAT16 ? 4e-2 : dt == PF_FLOAT32 ? 1e-4 : 1e-11;
+    const double eq = err_bhld(&p, dq, dt, rdq), ek = err_bhld(&p, dk, dt, rdk), ev = err_bhld(&p, dv, dt, rdv);
+    EXPECT(eq <= gtol && ek <= gtol && ev <= gtol, "%s: grad errors dq %.3e dk %.3e dv %.3e > %.1e",
+           name, eq, ek, ev, gtol);
+    free(a.work);
+
+    free(q.ref); free(q.buf); free(k.ref); free(k.buf); free(v.ref); free(v.buf);
+    free(dout.ref); free(dout.buf); free(dlse); free(dlse_buf);
+    free(ro); free(rl); free(rdq); free(rdk); free(rdv);
+    free(out); free(lse); free(dq); free(dk); free(dv);
+    free_problem(&p);
+}
+
+static void test_errors(void) {
+    problem p = {1, 2, 64, 16, 16, 4, 0, NULL, NULL, NULL, NULL, NULL};
+    make_layout(&p, LAY_BUTTERFLY, 0);
+    float buf[2 * 64 * 16], lse[2 * 64];
+    pf_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.dtype = PF_FLOAT32; a.batch = 1; a.heads = 2; a.L = 64; a.d = 16; a.block = 16; a.nnz = p.nnz;
+    a.row_ptr = p.row_ptr; a.col_idx = p.col_idx; a.col_ptr = p.col_ptr; a.row_idx = p.row_idx;
+    a.scale = 0.25;
+    pf_attn_tensor t = {buf, 2 * 64 * 16, 64 * 16, 16};
+    a.q = a.k = a.v = a.out = a.dout = a.dq = a.dk = a.dv = t;
+    a.lse = lse;
+    EXPECT(pf_attn_check(PF_ATTN_FWD, &a) == NULL, "valid fwd rejected");
+    EXPECT(pf_attn_check(PF_ATTN_BWD, &a) == NULL, "valid bwd rejected");
+    EXPECT(pf_attn_check(PF_ATTN_FWD, NULL) != NULL, "NULL args accepted");
+    EXPECT(pf_attn_check(7, &a) != NULL, "bad op accepted");
+    EXPECT(pf_attn_workspace(PF_ATTN_FWD, NULL) == -1, "workspace of NULL args");
+    EXPECT(pf_attn_num_tasks(PF_ATTN_FWD, 5, &a) == 0, "tasks of a bad phase");
+    pf_attn_run(PF_ATTN_FWD, 0, NULL, 0, 1); /* must not crash */
+#define BAD(field, val, word)                                                                  \
+    do {                                                                                       \
+        pf_attn_args b_ = a;                                                                   \
+        b_.field = val;                                                                        \
+        pf_err e_ = pf_attn_check(PF_ATTN_BWD, &b_);                                           \
+        EXPECT(e_ && strstr(e_, word), "bad " #field ": got %s", e_ ? e_ : "NULL");            \
+    } while (0)
+    BAD(dtype, PF_FLOAT16, "dtype");
+    BAD(L, 60, "L");
+    BAD(L, 8, "L");
+    BAD(block, 0, "block");
+    BAD(d, 0, "d");
+    BAD(batch, -1, "batch");
+    BAD(scale, NAN, "scale");
+    BAD(scale, INFINITY, "scale");
+    BAD(nnz, p.nnz + 1, "");
+    BAD(row_ptr, NULL, "row_ptr");
+    BAD(col_ptr, NULL, "col_ptr");
+    BAD(q.p, NULL, "q");
+    BAD(k.sl, -1, "k");
+    BAD(dout.p, NULL, "dout");
+    BAD(dv.sl, 3, "dv");
+    BAD(lse, NULL, "lse");
+    BAD(max_tasks, -2, "max_tasks");
+    BAD(isa, 9, "isa");
+    int64_t bad_rp[5], bad_ci[64], bad_ri[64];
+    memcpy(bad_rp, p.row_ptr, sizeof bad_rp);
+    memcpy(bad_ci, p.col_idx, (size_t)p.nnz * 8);
+    memcpy(bad_ri, p.row_idx, (size_t)p.nnz * 8);
+    bad_ci[0] = 4; /* out of range */
+    BAD(col_idx, bad_ci, "row_ptr/col_idx");
+    bad_ci[0] = p.col_idx[1]; /* duplicate */
+    BAD(col_idx, bad_ci, "row_ptr/col_idx");
+    bad_rp[1] = p.nnz + 5;
+    BAD(row_ptr, bad_rp, "row_ptr/col_idx");
+    /* a CSC that is valid on its own but is not the transpose */
+    bad_ri[0] = (p.row_idx[0] + 3) % 4;
+    {
+        int ok = 1; /* keep it ascending in its column to reach the transpose test */
+        for (int64_t q2 = p.col_ptr[0] + 1; q2 < p.col_ptr[1]; ++q2) ok &= bad_ri[q2] > bad_ri[0];
+        if (ok) BAD(row_idx, bad_ri, "transpose");
+        else BAD(row_idx, bad_ri, "col_ptr/row_idx");
+    }
+    /* batch*heads == 0 is a valid no-op */
+    pf_attn_args z = a;
+    z.batch = 0;
+    z.q.p = NULL;
+    EXPECT(pf_attn_check(PF_ATTN_FWD, &z) == NULL, "empty batch rejected");
+    EXPECT(pf_attn_num_tasks(PF_ATTN_FWD, 1, &z) == 0, "empty batch has tasks");
+    free_problem(&p);
+}
+
+int main(void) {
+    const int has512 = pf_attn_has_avx512();
+    const int isas[2] = {PF_ISA_PORTABLE, PF_ISA_AVX512};
+    test_errors();
+    for (int ii = 0; ii < 1 + has512; ++ii) {
+        const int isa = isas[ii];
+        char name[160];
+#define CASE(B, H, L, d, b, lay, dens, causal, dt, mt, dl)                                     \
+        do {                                                                                   \
+            snprintf(name, sizeof name, "isa%d B%d H%d L%d d%d b%d lay%d causal%d dt%d tasks%d dlse%d", \
+                     isa, (int)(B), (int)(H), (int)(L), (int)(d), (int)(b), lay, causal, (int)(dt), \
+                     (int)(mt), dl);                                                            \
+            run_case(name, B, H, L, d, b, lay, dens, causal, dt, isa, mt, dl);                 \
+        } while (0)
+        for (int causal = 0; causal < 2; ++causal) {
+            CASE(2, 3, 64, 64, 16, LAY_BUTTERFLY, 0, causal, PF_FLOAT32, 0, 0);
+            CASE(1, 2, 128, 64, 32, LAY_RANDOM, 0.4, causal, PF_FLOAT32, 3, 1);
+            CASE(1, 1, 128, 32, 64, LAY_RANDOM, 0.7, causal, PF_FLOAT32, 0, 0);
+            CASE(2, 1, 96, 40, 24, LAY_EMPTY_ROWS, 0.5, causal, PF_FLOAT32, 2, 1); /* tails */
+            CASE(1, 3, 64, 20, 8, LAY_RANDOM, 0.3, causal, PF_FLOAT32, 0, 0);
+            CASE(1, 2, 128, 64, 32, LAY_BUTTERFLY, 0, causal, PF_BFLOAT16, 0, 1);
+            CASE(2, 2, 64, 16, 16, LAY_EMPTY_ROWS, 0.5, causal, PF_BFLOAT16, 5, 0);
+            CASE(1, 2, 64, 24, 16, LAY_RANDOM, 0.5, causal, PF_FLOAT64, 0, 1);
+            CASE(1, 1, 80, 8, 16, LAY_EMPTY_ROWS, 0.6, causal, PF_FLOAT64, 1, 0);
+        }
+    }
+    printf("test_attn: %d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}

@@ -1,0 +1,381 @@
+/*
+ * test_bsmm.c - block-sparse matmul (csrc/cpu/bsmm*.c) against a naive double-precision
+ * reference: random layouts (empty block-rows / block-columns, nnz = 0, empty grids),
+ * T in {0, 1, 7, 33, 100}, square and rectangular blocks, row strides > width, fp32 and
+ * bf16, every ISA this CPU has compared bitwise with the portable kernel, tasks run in
+ * shuffled order and in random sub-ranges, and pf_bsmm_check's rejections.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pixelfly.h"
+#include "../cpu/bsmm_internal.h"
+
+static int n_pass = 0, n_fail = 0;
+
+#define EXPECT(cond, ...)                                                    \
+    do {                                                                     \
+        if (cond) {                                                          \
+            ++n_pass;                                                        \
+        } else {                                                             \
+            ++n_fail;                                                        \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                      \
+            printf(__VA_ARGS__);                                             \
+            printf("\n");                                                    \
+        }                                                                    \
+    } while (0)
+
+/* ------------------------------------------------------------------ rng */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void) {
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static int64_t rndi(int64_t n) { return n > 0 ? (int64_t)(rnd() % (uint64_t)n) : 0; }
+static float rndf(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
+
+/* ------------------------------------------------------------------ index */
+typedef struct {
+    pf_bsr_index ix;
+    int64_t *row_ptr, *col_idx, *col_ptr, *row_idx, *csc_blk;
+} index_t;
+
+static void make_index(index_t *I, const uint8_t *layout, int64_t R, int64_t C, int64_t b1, int64_t b2) {
+    int64_t nnz = 0;
+    for (int64_t i = 0; i < R * C; ++i) nnz += layout[i] != 0;
+    I->row_ptr = calloc((size_t)R + 1, 8);
+    I->col_ptr = calloc((size_t)C + 1, 8);
+    I->col_idx = malloc((size_t)(nnz ? nnz : 1) * 8);
+    I->row_idx = malloc((size_t)(nnz ? nnz : 1) * 8);
+    I->csc_blk = malloc((size_t)(nnz ? nnz : 1) * 8);
+    int64_t k = 0;
+    for (int64_t r = 0; r < R; ++r) {
+        for (int64_t c = 0; c < C; ++c)
+            if (layout[r * C + c]) I->col_idx[k++] = c;
+        I->row_ptr[r + 1] = k;
+    }
+    k = 0;
+    for (int64_t c = 0; c < C; ++c) {
+        for (int64_t r = 0; r < R; ++r)
+            if (layout[r * C + c]) {
+                int64_t j = I->row_ptr[r];
+                while (I->col_idx[j] != c) ++j;
+                I->row_idx[k] = r;
+                I->csc_blk[k] = j;
+                ++k;
+            }
+        I->col_ptr[c + 1] = k;
+    }
+    pf_bsr_index ix = {R, C, b1, b2, nnz, I->row_ptr, I->col_idx, I->col_ptr, I->row_idx, I->csc_blk};
+    I->ix = ix;
+}
+
+static void free_index(index_t *I) {
+    free(I->row_ptr); free(I->col_idx); free(I->col_ptr); free(I->row_idx); free(I->csc_blk);
+}
+
+/* ------------------------------------------------------------------ operands */
+static double get(const void *p, int bf, int64_t i) {
+    return bf ? (double)pf_bf16_to_f32(((const uint16_t *)p)[i]) : (double)((const float *)p)[i];
+}
+
+static void *alloc_fill(int64_t n, int bf) { /* random values, exactly representable */
+    const size_t es = bf ? 2 : 4;
+    void *p = malloc((size_t)(n > 0 ? n : 1) * es);
+    for (int64_t i = 0; i < n; ++i) {
+        const float f = rndf();
+        if (bf) ((uint16_t *)p)[i] = pf_f32_to_bf16(f);
+        else ((float *)p)[i] = f;
+    }
+    return p;
+}
+
+/* Runs op with `isa`, phases in shuffled task order (mode 0) or random contiguous
+ * sub-ranges in shuffled order (mode 1); workspace is garbage-filled. */
+static void run_op(int op, pf_bsmm_args *a, int mode) {
+    const int64_t ws = pf_bsmm_workspace(op, a);
+    void *work = ws > 0 ? malloc((size_t)ws) : NULL;
+    if (work) memset(work, 0xCD, (size_t)ws);
+    a->work = work;
+    for (int phase = 0; phase < PF_BSMM_PHASES; ++phase) {
+        const int64_t n = pf_bsmm_num_tasks(op, phase, a);
+        if (n <= 0) continue;
+        int64_t *cuts = malloc((size_t)(n + 1) * 8), nc = 0;
+        cuts[nc++] = 0;
+        for (int64_t t = 1; t < n; ++t)
+            if (mode == 0 || rndi(3) == 0) cuts[nc++] = t;
+        cuts[nc++] = n;
+        const int64_t pieces = nc - 1;
+        int64_t *perm = malloc((size_t)pieces * 8);
+        for (int64_t i = 0; i < pieces; ++i) perm[i] = i;
+        for (int64_t i = pieces - 1; i > 0; --i) {
+            const int64_t j = rndi(i + 1), tmp = perm[i];
+            perm[i] = perm[j];
+            perm[j] = tmp;
+        }
+        for (int64_t i = 0; i < pieces; ++i) pf_bsmm_run(op, phase, a, cuts[perm[i]], cuts[perm[i] + 1]);
+        free(perm);
+        free(cuts);
+    }
+    free(work);
+    a->work = NULL;
+}
+
+#define SENT32 0x7fbadbadu
+#define SENT16 0x7fbbu
+
+static void fill_sentinel(void *p, int64_t n, int bf) {
+    for (int64_t i = 0; i < n; ++i) {
+        if (bf) ((uint16_t *)p)[i] = SENT16;
+        else ((uint32_t *)p)[i] = SENT32;
+    }
+}
+
+static int is_sentinel(const void *p, int64_t i, int bf) {
+    return bf ? ((const uint16_t *)p)[i] == SENT16 : ((const uint32_t *)p)[i] == SENT32;
+}
+
+/* One configuration: all three ops, every ISA, checked against the reference. */
+static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, double density,
+                      int bf, int pad) {
+    uint8_t *layout = malloc((size_t)(R * C > 0 ? R * C : 1));
+    for (int64_t i = 0; i < R * C; ++i) layout[i] = (double)rndi(1000) < density * 1000.0;
+    if (R > 2 && C > 0) memset(layout + C, 0, (size_t)C);              /* an empty block-row */
+    if (C > 2) for (int64_t r = 0; r < R; ++r) layout[r * C + C - 1] = 0; /* an empty block-col */
+    index_t I;
+    make_index(&I, layout, R, C, b1, b2);
+    const int64_t nnz = I.ix.nnz, in = C * b2, out = R * b1, es = bf ? 2 : 4;
+    const int64_t ldx = in + pad, ldy = out + pad * 2 + (pad ? 1 : 0), ldo_y = out + pad, ldo_x = in + pad * 3;
+    void *x = alloc_fill(T * ldx, bf), *dy = alloc_fill(T * ldy, bf), *w = alloc_fill(nnz * b1 * b2, bf);
+    int64_t *blk_row = malloc((size_t)(nnz ? nnz : 1) * 8);
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = I.row_ptr[r]; j < I.row_ptr[r + 1]; ++j) blk_row[j] = r;
+
+    const int isas[3] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512};
+    const int have[3] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512()};
+    char what[160];
+    for (int op = 0; op < 3; ++op) {
+        const int64_t rows = op == 2 ? 1 : T;
+        const int64_t width = op == 0 ? out : (op == 1 ? in : nnz * b1 * b2);
+        const int64_t ld = op == 0 ? ldo_y : (op == 1 ? ldo_x : width);
+        const int64_t total = rows * ld;
+        void *res[3] = {NULL, NULL, NULL};
+        snprintf(what, sizeof what, "op %d R=%lld C=%lld b=%lldx%lld T=%lld nnz=%lld %s pad=%d", op,
+                 (long long)R, (long long)C, (long long)b1, (long long)b2, (long long)T,
+                 (long long)nnz, bf ? "bf16" : "fp32", pad);
+        for (int k = 0; k < 3; ++k) {
+            if (!have[k]) continue;
+            res[k] = malloc((size_t)(total > 0 ? total : 1) * (size_t)es);
+            fill_sentinel(res[k], total, bf);
+            pf_bsmm_args a;
+            memset(&a, 0, sizeof a);
+            a.dtype = bf ? PF_BFLOAT16 : PF_FLOAT32;
+            a.T = T;
+            a.ix = &I.ix;
+            a.isa = isas[k];
+            if (op != 1) { a.x = x; a.ldx = ldx; }
+            if (op != 0) { a.dy = dy; a.ldy = ldy; }
+            if (op != 2) a.w = w;
+            a.out = res[k];
+            a.ldo = ld;
+            pf_err e = pf_bsmm_check(op, &a);
+            EXPECT(e == NULL, "%s: check failed: %s", what, e ? e : "");
+            if (e) continue;
+            run_op(op, &a, (int)rndi(2));
+        }
+        /* reference (double) on the portable result */
+        int bad = 0;
+        for (int64_t t = 0; t < rows && !bad; ++t)
+            for (int64_t o = 0; o < ld && !bad; ++o) {
+                const int64_t pos = t * ld + o;
+                if (o >= width) {
+                    if (!is_sentinel(res[0], pos, bf)) { bad = 1; printf("  %s: padding (%lld,%lld) overwritten\n", what, (long long)t, (long long)o); }
+                    continue;
+                }
+                double ref = 0.0, mag = 0.0;
+                if (op == 0) {
+                    const int64_t r = o / b1, i = o % b1;
+                    for (int64_t j = I.row_ptr[r]; j < I.row_ptr[r + 1]; ++j)
+                        for (int64_t kk = 0; kk < b2; ++kk) {
+                            const double p = get(x, bf, t * ldx + I.col_idx[j] * b2 + kk) * get(w, bf, (j * b1 + i) * b2 + kk);
+                            ref += p; mag += fabs(p);
+                        }
+                } else if (op == 1) {
+                    const int64_t c = o / b2, kk = o % b2;
+                    for (int64_t q = I.col_ptr[c]; q < I.col_ptr[c + 1]; ++q) {
+                        const int64_t r = I.row_idx[q], j = I.csc_blk[q];
+                        for (int64_t i = 0; i < b1; ++i) {
+                            const double p = get(dy, bf, t * ldy + r * b1 + i) * get(w, bf, (j * b1 + i) * b2 + kk);
+                            ref += p; mag += fabs(p);
+                        }
+                    }
+                } else {
+                    const int64_t j = o / (b1 * b2), i = (o / b2) % b1, kk = o % b2;
+                    const int64_t r = blk_row[j], c = I.col_idx[j];
+                    for (int64_t tt = 0; tt < T; ++tt) {
+                        const double p = get(dy, bf, tt * ldy + r * b1 + i) * get(x, bf, tt * ldx + c * b2 + kk);
+                        ref += p; mag += fabs(p);
+                    }
+                }
+                const double got = get(res[0], bf, pos);
+                const double tol = (bf ? 0.0079 * fabs(ref) : 0.0) + 2e-6 * mag + 1e-30;
+                if (!(fabs(got - ref) <= tol)) {
+                    bad = 1;
+                    printf("  %s: (%lld,%lld) got %.9g want %.9g\n", what, (long long)t, (long long)o, got, ref);
+                }
+            }
+        EXPECT(!bad, "%s: portable vs double reference", what);
+        for (int k = 1; k < 3; ++k) {
+            if (!res[k]) continue;
+            EXPECT(memcmp(res[0], res[k], (size_t)(total * es)) == 0, "%s: isa %d not bitwise equal to portable", what, isas[k]);
+        }
+        for (int k = 0; k < 3; ++k) free(res[k]);
+    }
+    free(blk_row); free(x); free(dy); free(w); free(layout);
+    free_index(&I);
+}
+
+/* ------------------------------------------------------------------ checks */
+static void expect_err(int op, const pf_bsmm_args *a, const char *needle, const char *what) {
+    pf_err e = pf_bsmm_check(op, a);
+    EXPECT(e != NULL && strstr(e, needle) != NULL, "check(%s): expected error with '%s', got '%s'", what, needle, e ? e : "NULL");
+}
+
+static void test_checks(void) {
+    uint8_t layout[6] = {1, 0, 1, 0, 1, 1};
+    index_t I;
+    make_index(&I, layout, 2, 3, 4, 8); /* out = 8, in = 24 */
+    float x[2 * 24] = {0}, dy[2 * 8] = {0}, w[4 * 32] = {0}, out[2 * 24];
+    pf_bsmm_args a;
+    memset(&a, 0, sizeof a);
+    a.dtype = PF_FLOAT32; a.T = 2; a.ix = &I.ix;
+    a.x = x; a.ldx = 24; a.dy = dy; a.ldy = 8; a.w = w; a.out = out; a.ldo = 8;
+    EXPECT(pf_bsmm_check(PF_OP_FWD, &a) == NULL, "valid FWD rejected: %s", pf_bsmm_check(PF_OP_FWD, &a));
+    EXPECT(pf_bsmm_check(PF_OP_BWD_W, &a) == NULL, "valid BWD_W rejected");
+    a.ldo = 24;
+    EXPECT(pf_bsmm_check(PF_OP_BWD_X, &a) == NULL, "valid BWD_X rejected");
+    a.ldo = 8;
+    EXPECT(pf_bsmm_check(PF_OP_FWD, NULL) != NULL, "NULL args accepted");
+    expect_err(7, &a, "op", "bad op");
+    pf_bsmm_args b = a; b.dtype = PF_FLOAT16; expect_err(PF_OP_FWD, &b, "dtype", "fp16");
+    b = a; b.T = -1; expect_err(PF_OP_FWD, &b, "T", "T<0");
+    b = a; b.isa = 9; expect_err(PF_OP_FWD, &b, "isa", "bad isa");
+    b = a; b.ix = NULL; expect_err(PF_OP_FWD, &b, "ix", "NULL ix");
+    b = a; b.x = NULL; expect_err(PF_OP_FWD, &b, "x is NULL", "NULL x");
+    b = a; b.w = NULL; expect_err(PF_OP_BWD_X, &b, "w", "NULL w");
+    b = a; b.dy = NULL; expect_err(PF_OP_BWD_W, &b, "dy is NULL", "NULL dy");
+    b = a; b.out = NULL; expect_err(PF_OP_FWD, &b, "out", "NULL out");
+    b = a; b.ldx = 23; expect_err(PF_OP_FWD, &b, "ldx", "ldx small");
+    b = a; b.ldy = 7; expect_err(PF_OP_BWD_W, &b, "ldy", "ldy small");
+    b = a; b.ldo = 7; expect_err(PF_OP_FWD, &b, "ldo", "ldo small (fwd)");
+    b = a; b.ldo = 23; expect_err(PF_OP_BWD_X, &b, "ldo", "ldo small (bwd_x)");
+    b = a; b.x = (const char *)x + 1; expect_err(PF_OP_FWD, &b, "aligned", "misaligned x");
+    pf_bsr_index bad = I.ix; b = a; b.ix = &bad;
+    bad.b1 = 0; expect_err(PF_OP_FWD, &b, "block", "b1=0");
+    bad = I.ix; bad.row_ptr = NULL; expect_err(PF_OP_FWD, &b, "row_ptr", "NULL row_ptr");
+    bad = I.ix; bad.nnz = 3; expect_err(PF_OP_FWD, &b, "nnz", "row_ptr[R] != nnz");
+    bad = I.ix; bad.nnz = 7; expect_err(PF_OP_FWD, &b, "nnz", "nnz > R*C");
+    int64_t ci[4]; memcpy(ci, I.col_idx, sizeof ci);
+    bad = I.ix; bad.col_idx = ci;
+    ci[1] = 3; expect_err(PF_OP_FWD, &b, "col_idx", "col_idx out of range");
+    ci[1] = 0; expect_err(PF_OP_FWD, &b, "col_idx", "col_idx not increasing");
+    int64_t rp[3] = {0, 3, 4}; /* row 0 claims 3 blocks, columns 0, 2, 1: not increasing */
+    bad = I.ix; bad.row_ptr = rp; expect_err(PF_OP_FWD, &b, "col_idx", "row_ptr shifted");
+    int64_t rp2[3] = {0, 3, 2}; bad = I.ix; bad.row_ptr = rp2; expect_err(PF_OP_FWD, &b, "row_ptr", "row_ptr decreasing");
+    int64_t cb[4]; memcpy(cb, I.csc_blk, sizeof cb);
+    bad = I.ix; bad.csc_blk = cb; { int64_t tmp = cb[0]; cb[0] = cb[1]; cb[1] = tmp; }
+    expect_err(PF_OP_BWD_X, &b, "csc_blk", "csc_blk inconsistent");
+    int64_t ri[4]; memcpy(ri, I.row_idx, sizeof ri);
+    bad = I.ix; bad.row_idx = ri; ri[0] = 5; expect_err(PF_OP_BWD_X, &b, "row_idx", "row_idx out of range");
+    bad = I.ix; bad.col_ptr = NULL; expect_err(PF_OP_FWD, &b, "col_ptr", "NULL col_ptr");
+    /* serial needs the workspace it announces */
+    EXPECT(pf_bsmm_workspace(PF_OP_FWD, &a) > 0, "FWD needs a packing workspace");
+    pf_err e = pf_bsmm_serial(PF_OP_FWD, &a);
+    EXPECT(e != NULL && strstr(e, "work"), "serial without workspace: %s", e ? e : "NULL");
+    /* requesting an ISA the CPU lacks is an error, not a crash */
+    if (!pf_cpu_has_avx512()) { b = a; b.isa = PF_ISA_AVX512; expect_err(PF_OP_FWD, &b, "AVX-512", "no avx512"); }
+    free_index(&I);
+}
+
+/* serial path and T=0 / nnz=0 semantics: outputs fully overwritten (dw = 0 when T = 0) */
+static void test_serial_edges(void) {
+    uint8_t layout[4] = {1, 1, 0, 1};
+    index_t I;
+    make_index(&I, layout, 2, 2, 16, 16);
+    float dw[3 * 256];
+    for (int i = 0; i < 3 * 256; ++i) dw[i] = 1.0f;
+    pf_bsmm_args a;
+    memset(&a, 0, sizeof a);
+    a.dtype = PF_FLOAT32; a.T = 0; a.ix = &I.ix; a.ldx = 32; a.ldy = 32; a.out = dw;
+    EXPECT(pf_bsmm_serial(PF_OP_BWD_W, &a) == NULL, "serial bwd_w T=0");
+    int zero = 1;
+    for (int i = 0; i < 3 * 256; ++i) zero &= dw[i] == 0.0f;
+    EXPECT(zero, "BWD_W with T = 0 must write dw = 0");
+    EXPECT(pf_bsmm_num_tasks(PF_OP_FWD, 1, &a) == 0, "FWD with T = 0 has no tasks");
+    /* a large T run through serial with the workspace, fp32, vs a simple check */
+    const int64_t T = 300;
+    float *x = malloc(T * 32 * 4), *y = malloc(T * 32 * 4), w[3 * 256];
+    for (int64_t i = 0; i < T * 32; ++i) x[i] = (float)(i % 7) - 3.0f;
+    for (int i = 0; i < 3 * 256; ++i) w[i] = (float)(i % 5) - 2.0f;
+    a.T = T; a.x = x; a.w = w; a.out = y; a.ldo = 32;
+    const int64_t ws = pf_bsmm_workspace(PF_OP_FWD, &a);
+    a.work = malloc((size_t)ws);
+    EXPECT(pf_bsmm_serial(PF_OP_FWD, &a) == NULL, "serial fwd");
+    int ok = 1; /* small integers: exact */
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t o = 0; o < 32; ++o) {
+            const int64_t r = o / 16, i = o % 16;
+            double ref = 0;
+            for (int64_t j = I.row_ptr[r]; j < I.row_ptr[r + 1]; ++j)
+                for (int64_t k = 0; k < 16; ++k) ref += (double)x[t * 32 + I.col_idx[j] * 16 + k] * w[(j * 16 + i) * 16 + k];
+            ok &= (double)y[t * 32 + o] == ref;
+        }
+    EXPECT(ok, "serial FWD exact on small integers");
+    free(a.work); free(x); free(y);
+    free_index(&I);
+}
+
+static void test_bf16_rounding(void) {
+    const struct { uint32_t in; uint16_t out; } cases[] = {
+        {0x3f800000u, 0x3f80u}, {0x3f808000u, 0x3f80u} /* tie -> even */, {0x3f818000u, 0x3f82u} /* tie -> even (up) */,
+        {0x3f808001u, 0x3f81u}, {0x7f7fffffu, 0x7f80u} /* overflow to inf */, {0xff800000u, 0xff80u},
+        {0x7fc00000u, 0x7fc0u}, {0x7f800001u, 0x7fc0u} /* sNaN -> qNaN */, {0x00000001u, 0x0000u}, {0x80008000u, 0x8000u},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+        float f;
+        memcpy(&f, &cases[i].in, 4);
+        EXPECT(pf_f32_to_bf16(f) == cases[i].out, "bf16(0x%08x) = 0x%04x, want 0x%04x", cases[i].in, pf_f32_to_bf16(f), cases[i].out);
+    }
+}
+
+int main(void) {
+    printf("ISAs: avx2+fma %d, avx512 %d\n", pf_cpu_has_avx2_fma(), pf_cpu_has_avx512());
+    test_bf16_rounding();
+    test_checks();
+    test_serial_edges();
+    const int64_t Ts[5] = {0, 1, 7, 33, 100};
+    const int64_t blocks[][2] = {{16, 16}, {32, 32}, {64, 64}, {16, 32}, {32, 16}, {8, 24}, {3, 5}, {1, 1}, {48, 40}};
+    const int nb = (int)(sizeof blocks / sizeof blocks[0]);
+    for (int bi = 0; bi < nb; ++bi) {
+        const int64_t b1 = blocks[bi][0], b2 = blocks[bi][1];
+        const int64_t maxg = b1 * b2 >= 2048 ? 3 : 5;
+        for (int ti = 0; ti < 5; ++ti)
+            for (int bf = 0; bf < 2; ++bf) {
+                const int64_t R = 1 + rndi(maxg), C = 1 + rndi(maxg);
+                const double dens = (ti + bf) % 4 == 3 ? 0.0 : 0.3 + 0.6 * (double)rndi(100) / 100.0;
+                test_case(R, C, b1, b2, Ts[ti], dens, bf, (int)rndi(2) * (1 + (int)rndi(9)));
+            }
+    }
+    /* grids with a zero side, and one large-T case that spans several T chunks */
+    test_case(0, 3, 16, 16, 7, 0.5, 0, 0);
+    test_case(3, 0, 16, 16, 7, 0.5, 1, 1);
+    test_case(2, 3, 32, 16, 600, 0.7, 0, 3);
+    test_case(3, 2, 16, 32, 530, 0.7, 1, 0);
+    printf("test_bsmm: %d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}

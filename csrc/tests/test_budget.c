@@ -1,0 +1,536 @@
+/* Tests of the budget model (csrc/core/budget.c). Plain C, exits nonzero on failure. */
+#include "pixelfly.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int n_pass, n_fail;
+
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (cond) n_pass++;                                                     \
+        else {                                                                  \
+            n_fail++;                                                           \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);     \
+            fprintf(stderr, __VA_ARGS__);                                       \
+            fprintf(stderr, "\n");                                              \
+        }                                                                       \
+    } while (0)
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static int64_t rint_in(int64_t lo, int64_t hi) { return lo + (int64_t)(rnd() % (uint64_t)(hi - lo + 1)); }
+static double runif(void) { return (double)(rnd() >> 11) / 9007199254740992.0; }
+
+static int close_rel(double a, double b) { return fabs(a - b) <= 1e-12 * fmax(1.0, fmax(fabs(a), fabs(b))); }
+
+/* Brute-force flat butterfly nnz from the definition (SPEC 1). */
+static int64_t brute_nnz(int64_t R, int64_t C, int64_t m, int64_t n)
+{
+    int64_t cnt = 0;
+    for (int64_t i = 0; i < R; i++)
+        for (int64_t j = 0; j < C; j++) {
+            int64_t x = (i * n / R) ^ (j * n / C);
+            int keep = x == 0;
+            for (int64_t s = 0; s < m; s++) keep |= x == ((int64_t)1 << s);
+            cnt += keep;
+        }
+    return cnt;
+}
+
+static void test_cost_formulas(void)
+{
+    pf_cost_model cm = {3.0, 0.5, 2, 4};
+    pf_layer_shape s = {6, 8, 5};
+    /* weights 3*2 = 6 blocks, x: ceil(40/8) = 5, y: ceil(30/8) = 4, flops 480 */
+    CHECK(pf_cost_dense(&cm, &s) == 3.0 * 15 + 0.5 * 480, "dense %g", pf_cost_dense(&cm, &s));
+    CHECK(pf_cost_sparse(&cm, &s, 2) == 3.0 * 11 + 0.5 * 160, "sparse %g", pf_cost_sparse(&cm, &s, 2));
+    CHECK(pf_cost_sparse(&cm, &s, 6) == pf_cost_dense(&cm, &s), "full sparse == dense");
+    CHECK(pf_cost_sparse(&cm, &s, 0) == 3.0 * 9, "activations only");
+    /* U: ceil(18/8) = 3, V: ceil(24/8) = 3, intermediate 2*ceil(15/8) = 4; flops 2*5*3*14 = 420 */
+    CHECK(pf_cost_lowrank(&cm, &s, 3) == 3.0 * 10 + 0.5 * 420, "lowrank %g", pf_cost_lowrank(&cm, &s, 3));
+    CHECK(pf_cost_lowrank(&cm, &s, 0) == 0.0, "rank 0 costs 0");
+    CHECK(pf_cost_lowrank(&cm, &s, 6) > 0 && isnan(pf_cost_lowrank(&cm, &s, 7)), "rank <= min(out,in)");
+    /* non-divisible: partial blocks count whole */
+    pf_layer_shape s2 = {7, 9, 1};
+    /* weights ceil(7/2)*ceil(9/4) = 4*3 = 12; x ceil(9/8) = 2, y ceil(7/8) = 1; flops 126 */
+    CHECK(pf_cost_dense(&cm, &s2) == 3.0 * 15 + 0.5 * 126, "nondiv dense %g", pf_cost_dense(&cm, &s2));
+    CHECK(!isnan(pf_cost_sparse(&cm, &s2, 12)) && isnan(pf_cost_sparse(&cm, &s2, 13)), "nnz range nondiv");
+    /* cost_mem = 0: pure flops */
+    pf_cost_model cf = {0.0, 1.0, 32, 32};
+    pf_layer_shape g = {3072, 768, 1024};
+    CHECK(pf_cost_dense(&cf, &g) == 2.0 * 1024 * 3072 * 768, "flops only");
+    /* monotone in nnz and rank */
+    pf_cost_model cd = {409600.0, 1.0, 32, 32};
+    double prev = -1;
+    for (int64_t z = 0; z <= 96 * 24; z += 7) {
+        double c = pf_cost_sparse(&cd, &g, z);
+        CHECK(c > prev, "sparse monotone at %lld", (long long)z);
+        prev = c;
+    }
+    prev = -1;
+    for (int64_t r = 0; r <= 768; r += 5) {
+        double c = pf_cost_lowrank(&cd, &g, r);
+        CHECK(c > prev, "lowrank monotone at %lld", (long long)r);
+        prev = c;
+    }
+    /* extremes stay finite, never overflow */
+    pf_cost_model c1 = {1e6, 1e3, 1, 1};
+    pf_layer_shape big = {PF_MAX_FEATURES, PF_MAX_FEATURES, PF_MAX_TOKENS};
+    double d = pf_cost_dense(&c1, &big);
+    CHECK(isfinite(d) && d > 1e42, "huge dense %g", d);
+    CHECK(isfinite(pf_cost_lowrank(&c1, &big, PF_MAX_FEATURES)), "huge lowrank");
+    CHECK(isfinite(pf_cost_sparse(&c1, &big, INT64_MAX)), "huge sparse nnz");
+}
+
+static void test_cost_errors(void)
+{
+    pf_cost_model ok = {1.0, 1.0, 4, 4};
+    pf_layer_shape s = {16, 16, 8};
+    CHECK(pf_cost_check(&ok, &s, 0, 0) == NULL, "valid");
+    CHECK(pf_cost_check(NULL, &s, 0, 0) != NULL && isnan(pf_cost_dense(NULL, &s)), "NULL cm");
+    CHECK(pf_cost_check(&ok, NULL, 0, 0) != NULL && isnan(pf_cost_sparse(&ok, NULL, 0)), "NULL shape");
+    CHECK(isnan(pf_cost_lowrank(NULL, NULL, 1)), "NULL both");
+    struct { pf_cost_model cm; pf_layer_shape s; int64_t nnz, rank; const char *word; } bad[] = {
+        {{1, 1, 0, 4}, {16, 16, 8}, 0, 0, "b1"},
+        {{1, 1, 4, -3}, {16, 16, 8}, 0, 0, "b2"},
+        {{1, 1, PF_MAX_GRID + 1, 4}, {16, 16, 8}, 0, 0, "b1"},
+        {{-1, 1, 4, 4}, {16, 16, 8}, 0, 0, "cost_mem"},
+        {{NAN, 1, 4, 4}, {16, 16, 8}, 0, 0, "cost_mem"},
+        {{INFINITY, 1, 4, 4}, {16, 16, 8}, 0, 0, "cost_mem"},
+        {{1, 0, 4, 4}, {16, 16, 8}, 0, 0, "cost_flop"},
+        {{1, -INFINITY, 4, 4}, {16, 16, 8}, 0, 0, "cost_flop"},
+        {{1, NAN, 4, 4}, {16, 16, 8}, 0, 0, "cost_flop"},
+        {{1, 1, 4, 4}, {0, 16, 8}, 0, 0, "out_features"},
+        {{1, 1, 4, 4}, {INT64_MIN, 16, 8}, 0, 0, "out_features"},
+        {{1, 1, 4, 4}, {16, PF_MAX_FEATURES + 1, 8}, 0, 0, "in_features"},
+        {{1, 1, 4, 4}, {16, 16, 0}, 0, 0, "tokens"},
+        {{1, 1, 4, 4}, {16, 16, INT64_MAX}, 0, 0, "tokens"},
+        {{1, 1, 4, 4}, {16, 16, 8}, -1, 0, "nnz"},
+        {{1, 1, 4, 4}, {16, 16, 8}, 17, 0, "nnz"},
+        {{1, 1, 4, 4}, {16, 16, 8}, 0, -1, "rank"},
+        {{1, 1, 4, 4}, {16, 16, 8}, 0, 17, "rank"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        pf_err e = pf_cost_check(&bad[k].cm, &bad[k].s, bad[k].nnz, bad[k].rank);
+        CHECK(e && strstr(e, bad[k].word), "case %zu: %s", k, e ? e : "(null)");
+        CHECK(isnan(pf_cost_sparse(&bad[k].cm, &bad[k].s, bad[k].nnz)) ||
+              isnan(pf_cost_lowrank(&bad[k].cm, &bad[k].s, bad[k].rank)), "case %zu NaN", k);
+    }
+}
+
+static void test_flat_nnz(void)
+{
+    /* exhaustive on small grids against the definition */
+    for (int64_t R = 1; R <= 24; R++)
+        for (int64_t C = 1; C <= 24; C++) {
+            int64_t mn = R < C ? R : C;
+            for (int64_t n = 2; n <= mn; n *= 2)
+                for (int64_t m = 1; (1 << m) <= n; m++) {
+                    int64_t got = pf_flat_butterfly_nnz(R, C, m, n), want = brute_nnz(R, C, m, n);
+                    if (got != want) CHECK(got == want, "R=%lld C=%lld m=%lld n=%lld: %lld vs %lld",
+                                           (long long)R, (long long)C, (long long)m, (long long)n,
+                                           (long long)got, (long long)want);
+                    else n_pass++;
+                }
+            if (mn >= 2) {
+                int64_t dn = 1;
+                while (dn * 2 <= mn) dn *= 2;
+                CHECK(pf_flat_butterfly_nnz(R, C, 1, 0) == brute_nnz(R, C, 1, dn), "default n");
+            } else {
+                CHECK(pf_flat_butterfly_nnz(R, C, 1, 0) == -1, "no butterfly on %lldx%lld", (long long)R, (long long)C);
+            }
+        }
+    /* the layout itself (csrc/core/layout.c) holds exactly that many blocks */
+    {
+        uint8_t *buf = malloc(200 * 200);
+        int cmp = 0;
+        for (int t = 0; t < 300 && buf; t++) {
+            int64_t R = rint_in(2, 200), C = rint_in(2, 200), mn = R < C ? R : C, n = 2;
+            while (n * 2 <= mn && rnd() % 4) n *= 2;
+            int64_t L = 0;
+            while (((int64_t)1 << L) < n) L++;
+            int64_t m = rint_in(1, L);
+            if (rnd() % 5 == 0) n = 0, m = 1;
+            pf_err e = pf_flat_butterfly_layout(R, C, m, n, buf);
+            CHECK(e == NULL, "layout: %s", e ? e : "");
+            if (e) continue;
+            CHECK(pf_flat_butterfly_nnz(R, C, m, n) == pf_layout_nnz(buf, R, C), "nnz vs layout R=%lld C=%lld m=%lld n=%lld",
+                  (long long)R, (long long)C, (long long)m, (long long)n);
+            cmp++;
+        }
+        CHECK(cmp == 300, "compared %d layouts", cmp);
+        free(buf);
+    }
+    /* random larger, non-divisible grids */
+    for (int t = 0; t < 60; t++) {
+        int64_t R = rint_in(2, 300), C = rint_in(2, 300), mn = R < C ? R : C, n = 2;
+        while (n * 2 <= mn && rnd() % 3) n *= 2;
+        int64_t L = 0;
+        while (((int64_t)1 << L) < n) L++;
+        int64_t m = rint_in(1, L);
+        CHECK(pf_flat_butterfly_nnz(R, C, m, n) == brute_nnz(R, C, m, n), "R=%lld C=%lld m=%lld n=%lld",
+              (long long)R, (long long)C, (long long)m, (long long)n);
+    }
+    /* square, divisible: (m + 1) * R * C / n; the authors' 16 x 2 config on 96 x 24 */
+    CHECK(pf_flat_butterfly_nnz(128, 128, 7, 128) == 8 * 128, "full flat");
+    CHECK(pf_flat_butterfly_nnz(96, 24, 2, 16) == 3 * 96 * 24 / 16, "rect");
+    CHECK(pf_flat_butterfly_nnz(PF_MAX_GRID, PF_MAX_GRID, 20, 0) == 21 * PF_MAX_GRID, "max grid");
+    { /* a large non-divisible grid, counted from per-cell row/column counts built by scanning */
+        int64_t R = PF_MAX_GRID - 1, C = PF_MAX_GRID - 3, n = 4, rows[4] = {0}, cols[4] = {0}, want = 0;
+        for (int64_t i = 0; i < R; i++) rows[i * n / R]++;
+        for (int64_t j = 0; j < C; j++) cols[j * n / C]++;
+        for (int64_t p = 0; p < n; p++)
+            for (int64_t q = 0; q < n; q++)
+                if ((p ^ q) <= 1) want += rows[p] * cols[q];
+        CHECK(pf_flat_butterfly_nnz(R, C, 1, n) == want, "large nondiv");
+    }
+    /* errors */
+    struct { int64_t R, C, m, n; const char *word; } bad[] = {
+        {0, 8, 1, 2, "R"}, {8, -1, 1, 2, "C"}, {PF_MAX_GRID + 1, 8, 1, 2, "R"},
+        {8, 8, 1, 3, "power of two"}, {8, 8, 1, 16, "butterfly_size"}, {8, 8, 1, 1, "butterfly_size"},
+        {8, 8, 0, 8, "n_factors"}, {8, 8, 4, 8, "n_factors"}, {8, 8, 1, -8, "butterfly_size"},
+        {1, 8, 1, 0, "R and C"}, {INT64_MAX, INT64_MIN, INT64_MAX, INT64_MIN, "R"},
+        {8, 8, INT64_MIN, 8, "n_factors"}, {8, 8, 1, INT64_MIN, "butterfly_size"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        pf_err e = pf_flat_butterfly_check(bad[k].R, bad[k].C, bad[k].m, bad[k].n);
+        CHECK(e && strstr(e, bad[k].word), "case %zu: %s", k, e ? e : "(null)");
+        CHECK(pf_flat_butterfly_nnz(bad[k].R, bad[k].C, bad[k].m, bad[k].n) == -1, "case %zu -1", k);
+    }
+}
+
+static pf_budget_opts default_opts(double rho)
+{
+    pf_budget_opts o;
+    memset(&o, 0, sizeof o);
+    o.rho = rho;
+    o.phi = 0.25;
+    o.cm.cost_mem = 409600.0;
+    o.cm.cost_flop = 1.0;
+    o.cm.b1 = o.cm.b2 = 32;
+    o.redistribute = 1;
+    o.max_rank = 0;
+    return o;
+}
+
+static void test_alloc_errors(void)
+{
+    pf_layer_shape L[2] = {{64, 64, 16}, {128, 64, 16}};
+    pf_layer_plan P[2];
+    pf_budget_opts o = default_opts(0.25);
+    CHECK(pf_allocate_budget(L, 2, &o, P) == NULL, "valid");
+    CHECK(pf_allocate_budget(L, 0, &o, NULL) == NULL, "zero layers");
+    CHECK(pf_allocate_budget(NULL, 0, &o, P) == NULL, "zero layers NULL");
+    pf_err e;
+#define BAD(call, word) do { e = (call); CHECK(e && strstr(e, word), "%s -> %s", #call, e ? e : "(null)"); } while (0)
+    BAD(pf_allocate_budget(L, 2, NULL, P), "opts");
+    BAD(pf_allocate_budget(NULL, 2, &o, P), "layers");
+    BAD(pf_allocate_budget(L, 2, &o, NULL), "out");
+    BAD(pf_allocate_budget(L, -1, &o, P), "n_layers");
+    BAD(pf_allocate_budget(L, PF_MAX_LAYERS + 1, &o, P), "n_layers");
+    BAD(pf_allocate_budget(L, INT64_MIN, &o, P), "n_layers");
+    double rhos[] = {0.0, -0.1, 1.0000001, NAN, INFINITY, -INFINITY};
+    for (size_t k = 0; k < 6; k++) { pf_budget_opts q = o; q.rho = rhos[k]; BAD(pf_allocate_budget(L, 2, &q, P), "rho must be in (0, 1]"); }
+    double phis[] = {0.2, 0.34, NAN, 0.0, 1.0, -0.25};
+    for (size_t k = 0; k < 6; k++) { pf_budget_opts q = o; q.phi = phis[k]; BAD(pf_allocate_budget(L, 2, &q, P), "phi must be in [1/4, 1/3]"); }
+    { pf_budget_opts q = o; q.phi = 0.25 - 1e-12; CHECK(!pf_allocate_budget(L, 2, &q, P), "phi tolerance low"); }
+    { pf_budget_opts q = o; q.phi = 1.0 / 3.0 + 1e-12; CHECK(!pf_allocate_budget(L, 2, &q, P), "phi tolerance high"); }
+    { pf_budget_opts q = o; q.max_rank = -1; BAD(pf_allocate_budget(L, 2, &q, P), "max_rank"); }
+    { pf_budget_opts q = o; q.cm.b1 = 0; BAD(pf_allocate_budget(L, 2, &q, P), "b1"); }
+    { pf_budget_opts q = o; q.cm.b2 = INT64_MIN; BAD(pf_allocate_budget(L, 2, &q, P), "b2"); }
+    { pf_budget_opts q = o; q.cm.cost_mem = -1; BAD(pf_allocate_budget(L, 2, &q, P), "cost_mem"); }
+    { pf_budget_opts q = o; q.cm.cost_flop = 0; BAD(pf_allocate_budget(L, 2, &q, P), "cost_flop"); }
+    { pf_budget_opts q = o; q.cm.cost_flop = INFINITY; BAD(pf_allocate_budget(L, 2, &q, P), "cost_flop"); }
+    { pf_budget_opts q = o; q.cm.cost_mem = 1e300; q.cm.cost_flop = 1e300;
+      pf_layer_shape H[1] = {{1 << 20, 1 << 20, 1 << 20}};
+      BAD(pf_allocate_budget(H, 1, &q, P), "overflow"); }
+    pf_layer_shape B1[1] = {{0, 64, 16}}, B2[1] = {{64, -5, 16}}, B3[1] = {{64, 64, 0}},
+                   B4[1] = {{64, 64, INT64_MAX}}, B5[1] = {{(int64_t)32 << 30, 64, 1}};
+    BAD(pf_allocate_budget(B1, 1, &o, P), "out_features");
+    BAD(pf_allocate_budget(B2, 1, &o, P), "in_features");
+    BAD(pf_allocate_budget(B3, 1, &o, P), "tokens");
+    BAD(pf_allocate_budget(B4, 1, &o, P), "tokens");
+    BAD(pf_allocate_budget(B5, 1, &o, P), "PF_MAX_GRID");
+#undef BAD
+}
+
+/* Properties every plan must have; returns the number of sparsified layers. */
+static int check_plan(const pf_layer_shape *L, int64_t n, const pf_budget_opts *o, const pf_layer_plan *P)
+{
+    const pf_cost_model *cm = &o->cm;
+    double allowed = 0, spent = 0;
+    int ns = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const pf_layer_plan *p = &P[i];
+        double dense = pf_cost_dense(cm, &L[i]);
+        CHECK(p->dense_cost == dense, "dense cost %lld", (long long)i);
+        int div = L[i].out_features % cm->b1 == 0 && L[i].in_features % cm->b2 == 0;
+        if (!div) { CHECK(p->status == PF_PLAN_NOT_DIVISIBLE, "status nondiv %d", p->status); continue; }
+        CHECK(p->R == L[i].out_features / cm->b1 && p->C == L[i].in_features / cm->b2, "grid");
+        if (p->R < 2 || p->C < 2) { CHECK(p->status == PF_PLAN_TOO_SMALL, "too small %d", p->status); continue; }
+        if (o->rho == 1.0) { CHECK(p->status == PF_PLAN_BUDGET_ONE, "rho 1 %d", p->status); continue; }
+        if (p->status != PF_PLAN_SPARSE) {
+            CHECK(p->status == PF_PLAN_OVER_BUDGET, "status %d", p->status);
+            CHECK(p->nnz == p->R * p->C && p->rank == 0 && p->density == 1.0 &&
+                  p->sparse_cost == dense && p->lowrank_cost == 0, "dense-kept fields");
+            /* over budget: even the sparsest costs more than the budget */
+            int64_t mn = p->R < p->C ? p->R : p->C, dn = 1;
+            while (dn * 2 <= mn) dn *= 2;
+            int64_t minnnz = INT64_MAX;
+            for (int64_t nn = 2; nn <= mn; nn *= 2) {
+                int64_t z = pf_flat_butterfly_nnz(p->R, p->C, 1, nn);
+                if (z < minnnz) minnnz = z;
+            }
+            CHECK(pf_cost_sparse(cm, &L[i], minnnz) > p->budget * (1 - 2e-9), "over budget but sparsest fits");
+            continue;
+        }
+        ns++;
+        CHECK(pf_flat_butterfly_check(p->R, p->C, p->n_factors, p->butterfly_size) == NULL, "valid config");
+        CHECK(p->nnz == pf_flat_butterfly_nnz(p->R, p->C, p->n_factors, p->butterfly_size), "nnz matches");
+        CHECK(close_rel(p->density, (double)p->nnz / ((double)p->R * (double)p->C)), "density");
+        CHECK(p->sparse_cost == pf_cost_sparse(cm, &L[i], p->nnz), "sparse cost");
+        CHECK(p->lowrank_cost == pf_cost_lowrank(cm, &L[i], p->rank), "lowrank cost");
+        CHECK(p->sparse_cost + p->lowrank_cost <= p->budget, "cost <= budget (%g > %g)",
+              p->sparse_cost + p->lowrank_cost, p->budget);
+        CHECK(p->lowrank_cost <= o->phi * p->budget, "phi share");
+        CHECK(p->budget >= o->rho * dense, "budget >= own share");
+        int64_t rmax = L[i].out_features < L[i].in_features ? L[i].out_features : L[i].in_features;
+        if (o->max_rank > 0 && o->max_rank < rmax) rmax = o->max_rank;
+        CHECK(p->rank >= 0 && p->rank <= rmax, "rank range");
+        if (!o->redistribute) CHECK(p->budget == o->rho * dense, "no redistribution: own budget");
+        allowed += o->rho * dense;
+        spent += p->sparse_cost + p->lowrank_cost;
+    }
+    CHECK(spent <= allowed, "sparsified total %.17g > rho * dense %.17g", spent, allowed);
+    return ns;
+}
+
+static void test_alloc_properties(void)
+{
+    int total_sparse = 0, total_over = 0;
+    for (int t = 0; t < 300; t++) {
+        int64_t n = rint_in(0, 12);
+        pf_layer_shape L[12];
+        pf_layer_plan P[12];
+        pf_budget_opts o = default_opts(runif() < 0.05 ? 1.0 : 0.02 + 0.96 * runif());
+        o.phi = 0.25 + runif() / 12.0;
+        o.redistribute = (int)(rnd() & 1);
+        o.cm.b1 = (int64_t[]){1, 4, 16, 32}[rnd() % 4];
+        o.cm.b2 = (int64_t[]){1, 8, 16, 32}[rnd() % 4];
+        o.cm.cost_mem = (double[]){0.0, 1.0, 1000.0, 409600.0}[rnd() % 4];
+        o.cm.cost_flop = 0.5 + runif();
+        o.max_rank = rnd() % 3 ? 0 : rint_in(1, 64);
+        for (int64_t i = 0; i < n; i++) {
+            L[i].out_features = rnd() % 5 ? o.cm.b1 * rint_in(1, 80) : rint_in(1, 3000);
+            L[i].in_features = rnd() % 5 ? o.cm.b2 * rint_in(1, 80) : rint_in(1, 3000);
+            L[i].tokens = rnd() % 2 ? rint_in(1, 64) : rint_in(1, 1 << 16);
+        }
+        pf_err e = pf_allocate_budget(L, n, &o, P);
+        CHECK(e == NULL, "alloc: %s", e ? e : "");
+        if (e) continue;
+        total_sparse += check_plan(L, n, &o, P);
+        for (int64_t i = 0; i < n; i++) total_over += P[i].status == PF_PLAN_OVER_BUDGET;
+    }
+    CHECK(total_sparse > 200 && total_over > 0, "random plans exercise both (%d sparse, %d over)",
+          total_sparse, total_over);
+}
+
+/* Without redistribution, one layer: the rank is the largest fitting phi * budget (unless it
+ * had to be lowered) and no denser butterfly fits next to it. Monotone in rho. */
+static void test_alloc_single_layer(void)
+{
+    pf_layer_shape s = {3072, 768, 8192};
+    pf_budget_opts o = default_opts(0.25);
+    o.redistribute = 0;
+    o.cm.cost_mem = 1000.0; /* balance ~0.5 FLOP/byte: activations do not dominate */
+    int64_t prev_rank = -1;
+    double prev_density = -1;
+    int n_sparse = 0;
+    for (int k = 1; k <= 99; k++) {
+        o.rho = k / 100.0;
+        pf_layer_plan p;
+        CHECK(pf_allocate_budget(&s, 1, &o, &p) == NULL, "alloc");
+        check_plan(&s, 1, &o, &p);
+        if (p.status != PF_PLAN_SPARSE) { CHECK(prev_rank < 0, "sparse then dense again at rho %g", o.rho); continue; }
+        n_sparse++;
+        CHECK(p.rank >= prev_rank && p.density >= prev_density, "monotone at rho %g", o.rho);
+        prev_rank = p.rank;
+        prev_density = p.density;
+        double B = p.budget, net = B * (1 - 1e-9);
+        int64_t next = INT64_MAX, sparsest = INT64_MAX;
+        for (int64_t n = 2; n <= 24; n *= 2)
+            for (int64_t m = 1; (1 << m) <= n; m++) {
+                int64_t z = pf_flat_butterfly_nnz(96, 24, m, n);
+                if (z < sparsest) sparsest = z;
+                if (z > p.nnz && z < next) next = z;
+                /* every strictly denser config exceeds the sparse share */
+                if (z > p.nnz) CHECK(pf_cost_sparse(&o.cm, &s, z) > (1 - o.phi) * net, "denser fits at rho %g", o.rho);
+                if (z == p.nnz) CHECK(m <= p.n_factors, "tie prefers more factors");
+            }
+        double lr1 = pf_cost_lowrank(&o.cm, &s, p.rank + 1);
+        /* the rank is the largest within phi * B, or (fallback: sparsest butterfly) the
+         * largest that fits next to it */
+        CHECK(lr1 > o.phi * net || (p.nnz == sparsest && lr1 + p.sparse_cost > net), "rank maximal at rho %g", o.rho);
+        /* close to the budget: the leftover is below one rank step plus one density step */
+        double dr = lr1 - p.lowrank_cost;
+        double dd = next == INT64_MAX ? 0 : pf_cost_sparse(&o.cm, &s, next) - p.sparse_cost;
+        CHECK(B - (p.sparse_cost + p.lowrank_cost) <= dr + dd + 1e-9 * B, "leftover bounded at rho %g", o.rho);
+    }
+    CHECK(n_sparse > 60, "most rhos sparsify (%d)", n_sparse);
+    /* the paper's regime: grid 96 x 24 at a quarter budget uses a multi-block butterfly */
+    o.rho = 0.25;
+    pf_layer_plan p;
+    pf_allocate_budget(&s, 1, &o, &p);
+    CHECK(p.status == PF_PLAN_SPARSE && p.rank > 0 && p.butterfly_size < 24, "n=%lld m=%lld r=%lld",
+          (long long)p.butterfly_size, (long long)p.n_factors, (long long)p.rank);
+}
+
+static void test_alloc_redistribute(void)
+{
+    /* a list where some layers are over budget alone: the pool rescues or upgrades them,
+     * and the total never exceeds rho * dense of the sparsified layers */
+    pf_layer_shape L[6] = {{2304, 768, 1024}, {768, 768, 1024}, {3072, 768, 1024},
+                           {768, 3072, 1024}, {4096, 4096, 64}, {64, 64, 100000}};
+    for (int k = 5; k <= 95; k += 10) {
+        pf_budget_opts o = default_opts(k / 100.0);
+        pf_layer_plan P0[6], P1[6];
+        o.redistribute = 0;
+        CHECK(!pf_allocate_budget(L, 6, &o, P0), "a");
+        check_plan(L, 6, &o, P0);
+        o.redistribute = 1;
+        CHECK(!pf_allocate_budget(L, 6, &o, P1), "b");
+        check_plan(L, 6, &o, P1);
+        double t0 = 0, t1 = 0;
+        int s0 = 0, s1 = 0;
+        for (int i = 0; i < 6; i++) {
+            s0 += P0[i].status == PF_PLAN_SPARSE;
+            s1 += P1[i].status == PF_PLAN_SPARSE;
+            if (P0[i].status == PF_PLAN_SPARSE) {
+                CHECK(P1[i].status == PF_PLAN_SPARSE && P1[i].nnz >= P0[i].nnz, "redistribution never downgrades");
+                t0 += P0[i].sparse_cost + P0[i].lowrank_cost;
+                t1 += P1[i].sparse_cost + P1[i].lowrank_cost;
+            }
+        }
+        CHECK(s1 >= s0 && t1 >= t0, "redistribution spends leftovers");
+    }
+}
+
+static void test_special_statuses(void)
+{
+    pf_layer_shape L[5] = {{100, 64, 8}, {64, 100, 8}, {32, 4096, 8}, {64, 64, 8}, {4096, 4096, 4096}};
+    pf_layer_plan P[5];
+    pf_budget_opts o = default_opts(1.0);
+    CHECK(!pf_allocate_budget(L, 5, &o, P), "rho 1");
+    CHECK(P[0].status == PF_PLAN_NOT_DIVISIBLE && P[1].status == PF_PLAN_NOT_DIVISIBLE, "nondiv");
+    CHECK(P[0].R == 0 && P[0].C == 0 && P[0].nnz == 0 && P[0].sparse_cost == P[0].dense_cost, "nondiv fields");
+    CHECK(P[2].status == PF_PLAN_TOO_SMALL && P[2].R == 1 && P[2].C == 128, "too small");
+    CHECK(P[3].status == PF_PLAN_BUDGET_ONE && P[4].status == PF_PLAN_BUDGET_ONE, "budget one");
+    o.rho = 0.3;
+    CHECK(!pf_allocate_budget(L, 5, &o, P), "rho .3");
+    CHECK(P[0].status == PF_PLAN_NOT_DIVISIBLE && P[2].status == PF_PLAN_TOO_SMALL, "statuses kept");
+    CHECK(P[4].status == PF_PLAN_SPARSE, "big layer sparse %d", P[4].status);
+    /* tiny budget: over budget (activation traffic alone exceeds it) */
+    o.rho = 1e-6;
+    CHECK(!pf_allocate_budget(L, 5, &o, P), "tiny rho");
+    CHECK(P[4].status == PF_PLAN_OVER_BUDGET && P[3].status == PF_PLAN_OVER_BUDGET, "over budget");
+    /* max_rank caps, cost_mem = 0 (pure flops) is allowed */
+    o.rho = 0.5;
+    o.max_rank = 3;
+    o.cm.cost_mem = 0;
+    CHECK(!pf_allocate_budget(L, 5, &o, P), "max_rank");
+    CHECK(P[4].status == PF_PLAN_SPARSE && P[4].rank == 3, "rank capped at 3: %lld", (long long)P[4].rank);
+}
+
+/* Random and extreme arguments at every entry point: must not crash (ASan/UBSan watch),
+ * and anything accepted must give a consistent, finite answer. */
+static void test_fuzz(void)
+{
+    const int64_t ints[] = {INT64_MIN, -1, 0, 1, 2, 3, 7, 31, 32, 33, 64, 96, 1000, 1024, 3072,
+                            PF_MAX_GRID - 1, PF_MAX_GRID, PF_MAX_GRID + 1, PF_MAX_FEATURES,
+                            PF_MAX_FEATURES + 1, PF_MAX_TOKENS, INT64_MAX};
+    const double dbls[] = {-INFINITY, -1.0, -0.0, 0.0, 1e-300, 1e-9, 0.25, 1.0 / 3.0, 0.5, 1.0,
+                           1.5, 409600.0, 1e300, INFINITY, NAN};
+    const int NI = sizeof ints / sizeof ints[0], ND = sizeof dbls / sizeof dbls[0];
+#define RI() (rnd() % 2 ? ints[rnd() % NI] : (int64_t)rnd())
+#define RD() (rnd() % 2 ? dbls[rnd() % ND] : runif() * 2)
+    int accepted = 0;
+    for (int t = 0; t < 20000; t++) {
+        pf_cost_model cm = {RD(), RD(), RI(), RI()};
+        pf_layer_shape s = {RI(), RI(), RI()};
+        int64_t z = RI(), r = RI();
+        if (rnd() % 2) { /* mostly valid: exercise the edges of the accepted ranges */
+            cm.b1 = rint_in(0, 64); cm.b2 = rint_in(0, 64); cm.cost_mem = runif() * 1e6; cm.cost_flop = runif() + 1e-3;
+            s.out_features = rint_in(0, 5000); s.in_features = rint_in(0, 5000); s.tokens = rint_in(0, 1 << 20);
+            z = rint_in(-1, 30000); r = rint_in(-1, 6000);
+        }
+        double a = pf_cost_dense(&cm, &s), b = pf_cost_sparse(&cm, &s, z), c = pf_cost_lowrank(&cm, &s, r);
+        int okd = pf_cost_check(&cm, &s, 0, 0) == NULL;
+        CHECK(okd == !isnan(a), "dense NaN iff invalid");
+        CHECK((pf_cost_check(&cm, &s, z, 0) == NULL) == !isnan(b), "sparse NaN iff invalid");
+        CHECK((pf_cost_check(&cm, &s, 0, r) == NULL) == !isnan(c), "lowrank NaN iff invalid");
+        if (okd) { accepted++; CHECK(a >= 0, "dense >= 0"); }
+        int64_t R = RI(), C = RI(), m = RI(), n = RI();
+        if (rnd() % 2) { R = rint_in(-2, 70); C = rint_in(-2, 70); m = rint_in(-1, 7); n = (int64_t[]){0, 1, 2, 4, 8, 16, 32, 64, 3}[rnd() % 9]; }
+        int64_t k = pf_flat_butterfly_nnz(R, C, m, n);
+        CHECK((pf_flat_butterfly_check(R, C, m, n) == NULL) == (k >= 0), "nnz -1 iff invalid");
+        if (k >= 0 && R <= 70 && C <= 70) {
+            int64_t nn = n;
+            if (nn == 0) { nn = 1; while (nn * 2 <= (R < C ? R : C)) nn *= 2; }
+            CHECK(k == brute_nnz(R, C, m, nn), "fuzz nnz");
+        }
+    }
+    CHECK(accepted > 100, "fuzz reached valid cost arguments (%d)", accepted);
+    int planned = 0;
+    for (int t = 0; t < 3000; t++) {
+        pf_layer_shape L[4];
+        pf_layer_plan P[4];
+        pf_budget_opts o = default_opts(RD());
+        if (rnd() % 2) o.rho = runif();
+        if (rnd() % 3 == 0) o.phi = RD();
+        if (rnd() % 3 == 0) { o.cm.cost_mem = RD(); o.cm.cost_flop = RD(); }
+        if (rnd() % 3 == 0) { o.cm.b1 = RI(); o.cm.b2 = RI(); }
+        if (rnd() % 4 == 0) o.max_rank = RI();
+        o.redistribute = (int)(rnd() % 2);
+        int64_t n = rint_in(0, 4);
+        for (int64_t i = 0; i < n; i++) {
+            if (rnd() % 2) { L[i].out_features = RI(); L[i].in_features = RI(); L[i].tokens = RI(); }
+            else {
+                L[i].out_features = rint_in(1, 4096);
+                L[i].in_features = rint_in(1, 4096);
+                L[i].tokens = rint_in(1, 1 << 20);
+            }
+            /* keep huge non-divisible grids (slow enumeration) out of the fuzz */
+            if (L[i].out_features > (1 << 16) && L[i].out_features % 1024) L[i].out_features = 1024;
+            if (L[i].in_features > (1 << 16) && L[i].in_features % 1024) L[i].in_features = 1024;
+        }
+        pf_err e = pf_allocate_budget(L, n, &o, P);
+        if (!e) { planned++; check_plan(L, n, &o, P); }
+    }
+    CHECK(planned > 300, "fuzz reached valid plans (%d)", planned);
+#undef RI
+#undef RD
+}
+
+int main(void)
+{
+    test_cost_formulas();
+    test_cost_errors();
+    test_flat_nnz();
+    test_alloc_errors();
+    test_alloc_properties();
+    test_alloc_single_layer();
+    test_alloc_redistribute();
+    test_special_statuses();
+    test_fuzz();
+    printf("test_budget: %d passed, %d failed\n", n_pass, n_fail);
+    return n_fail != 0;
+}
