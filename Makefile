@@ -69,7 +69,7 @@ test-cuda-compile:
 	    echo "note: this torch (CPU wheel) lacks c10/cuda/impl/cuda_cmake_macros.h; compiling ops_cuda.cu with -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"; \
 	    EXTRA="-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"; fi; \
 	  echo "== nvcc csrc/torch/ops_cuda.cu against $$TROOT (sm_80, sm_90)"; \
-	  $(NVCC) -std=c++20 -O2 $$EXTRA -Icsrc/include $$TINC -I$$PYINC $(CUDA_GENCODE) \
+	  $(NVCC) -std=c++20 -O2 --expt-relaxed-constexpr $$EXTRA -Icsrc/include $$TINC -I$$PYINC $(CUDA_GENCODE) \
 	    -Xcompiler -fPIC -c csrc/torch/ops_cuda.cu -o build/cuda-check/ops_cuda.cu.o; \
 	else echo "nvcc not found: CUDA compile check NOT run"; [ -z "$$CI" ]; fi
 

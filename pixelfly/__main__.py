@@ -1,8 +1,9 @@
 """``python -m pixelfly``: the library's main job from the command line.
 
-    python -m pixelfly                 # overview: a flat butterfly mask + a GPT-2-small budget plan
+    python -m pixelfly                      # demo: train dense vs Pixelfly MLP-Mixer on digits
+    python -m pixelfly demo --model gpt2 --budget 0.25 --steps 300
+    python -m pixelfly plan --model gpt2-small --budget 0.25
     python -m pixelfly layout --rows 16 --cols 32 --factors 2
-    python -m pixelfly plan --budget 0.25 --tokens 1024
 """
 from __future__ import annotations
 
@@ -34,40 +35,59 @@ def cmd_layout(args):
 
 
 def cmd_plan(args):
-    from .budget import allocate_budget
-    plan = allocate_budget(gpt2_small_layers(args.tokens), budget=args.budget,
-                           low_rank_fraction=args.low_rank_fraction, block_size=args.block)
-    print(f"GPT-2-small linear layers, T={args.tokens}, budget {args.budget}, block {args.block}")
-    print(plan)
+    if args.model == "gpt2-small":
+        from .budget import allocate_budget
+        plan = allocate_budget(gpt2_small_layers(args.tokens), budget=args.budget,
+                               low_rank_fraction=args.low_rank_fraction, block_size=args.block)
+        print(f"GPT-2-small linear layers (HF shapes), T={args.tokens} tokens, budget {args.budget}, "
+              f"block {args.block}")
+        print(plan)
+        return
+    from .demo import DEMO_OVERRIDES
+    from .models import build_model, example_input
+    from .sparsify import plan as make_plan
+    model = build_model(args.model, **DEMO_OVERRIDES[args.model])
+    x = example_input(args.model, model.config, batch=args.batch)
+    print(make_plan(model, x, budget=args.budget, low_rank_fraction=args.low_rank_fraction,
+                    block_size=args.block))
+
+
+def cmd_demo(args):
+    from .demo import main_demo
+    main_demo(args)
 
 
 def build_parser():
     ap = argparse.ArgumentParser(prog="python -m pixelfly", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
+    demo = sub.add_parser("demo", help="train dense vs Pixelfly (the default command)")
+    from .demo import add_arguments
+    add_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
+    plan = sub.add_parser("plan", help="print the budget plan for a named model")
+    plan.add_argument("--model", choices=["mixer", "vit", "gpt2", "gpt2-small"], default="gpt2-small")
+    plan.add_argument("--budget", type=float, default=0.25)
+    plan.add_argument("--low-rank-fraction", type=float, default=0.25)
+    plan.add_argument("--tokens", type=int, default=1024, help="tokens per step (gpt2-small)")
+    plan.add_argument("--batch", type=int, default=64, help="batch for tracing named models")
+    plan.add_argument("--block", type=int, default=32)
+    plan.set_defaults(func=cmd_plan)
     lay = sub.add_parser("layout", help="draw a flat block butterfly layout")
     lay.add_argument("--rows", type=int, default=16)
     lay.add_argument("--cols", type=int, default=16)
     lay.add_argument("--factors", type=int, default=2)
     lay.add_argument("--butterfly-size", type=int, default=None)
     lay.set_defaults(func=cmd_layout)
-    plan = sub.add_parser("plan", help="budget plan for GPT-2-small-shaped layers")
-    plan.add_argument("--budget", type=float, default=0.25)
-    plan.add_argument("--low-rank-fraction", type=float, default=0.25)
-    plan.add_argument("--tokens", type=int, default=1024)
-    plan.add_argument("--block", type=int, default=32)
-    plan.set_defaults(func=cmd_plan)
     return ap
 
 
 def main(argv=None) -> int:
     ap = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["demo"] + argv
     args = ap.parse_args(argv)
-    if args.cmd is None:
-        cmd_layout(ap.parse_args(["layout"]))
-        print()
-        cmd_plan(ap.parse_args(["plan"]))
-        return 0
     try:
         args.func(args)
     except (ValueError, TypeError) as e:

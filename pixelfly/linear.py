@@ -194,18 +194,22 @@ class PixelflyLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected input with last dimension {self.in_features}, "
                              f"got shape {tuple(x.shape)}")
-        if x.dtype != self.blocks.dtype:
+        if x.dtype != self.blocks.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"input dtype {x.dtype} does not match the layer's {self.blocks.dtype}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         g = self.gamma
-        y = ops.bsmm(x2, self.blocks * g if self.rank else self.blocks, self._idx())
+        blocks = self.blocks * g if self.rank else self.blocks
+        if torch.is_autocast_enabled(x.device.type):  # like nn.Linear: run in the autocast dtype
+            dt = torch.get_autocast_dtype(x.device.type)
+            x2, blocks = x2.to(dt), blocks.to(dt)
+        y = ops.bsmm(x2, blocks, self._idx())
         if self.rank:
             y = torch.addmm(y, x2 @ self.V, (self.U * (1 - g)).t())
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

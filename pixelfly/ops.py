@@ -123,3 +123,4 @@ def _bwd_w_backward(ctx, g):
 torch.library.register_autograd("pixelfly::bsmm_fwd", _fwd_backward, setup_context=_save_all)
 torch.library.register_autograd("pixelfly::bsmm_bwd_x", _bwd_x_backward, setup_context=_save_all)
 torch.library.register_autograd("pixelfly::bsmm_bwd_w", _bwd_w_backward, setup_context=_save_all)
+

@@ -190,11 +190,13 @@ def plan(model: nn.Module, example_input, budget: float = 0.25, low_rank_fractio
         block_size: ``b`` or ``(b1, b2)``.
         cost_model: :class:`~pixelfly.budget.CostModel` (default: documented there).
         redistribute: hand what rounding leaves over to other layers.
-        exclude: names (or name suffixes) of layers to keep dense.
+        exclude: names (or name suffixes) of layers to keep dense; the names a model
+            lists in its ``keep_dense`` attribute (e.g. stem and head) are kept dense too.
     """
     layers = linear_layers(model)
     tokens = _trace_tokens(model, example_input, layers)
     tied = _tied(model, layers)
+    keep = set(getattr(model, "keep_dense", ()) or ())
     b = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
     out, shapes = [], []
     for name, mod in layers.items():
@@ -204,6 +206,8 @@ def plan(model: nn.Module, example_input, budget: float = 0.25, low_rank_fractio
                              status="dense")
         if any(name == e or name.endswith("." + e) for e in exclude):
             entry.reason = "excluded"
+        elif name in keep:
+            entry.reason = "model.keep_dense (first/last layer)"
         elif tokens[name] == 0:
             entry.reason = "not called by the example input"
         elif name in tied:

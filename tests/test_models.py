@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelfly import data
-from pixelfly.models import (GPT2, MODELS, GPT2Config, MixerConfig, MLPMixer, MultiHeadSelfAttention,
-                             ViT, ViTConfig, build_model, example_input, get_config)
+from pixelfly.models import (MODELS, GPT2Config, MixerConfig, MultiHeadSelfAttention, ViTConfig,
+                             build_model, example_input, get_config)
 
 NAMES = sorted(MODELS)
 

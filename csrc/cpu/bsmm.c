@@ -86,8 +86,12 @@ void pf_tile_portable(const pf_tile *t) {
 
 /* ------------------------------------------------------------------ plan */
 
+#ifndef PF_TC
 #define PF_TC 256           /* rows of T per FWD/BWD_X task chunk (may shrink) */
+#endif
+#ifndef PF_TCW
 #define PF_TCW 256          /* rows of T per BWD_W reduction chunk */
+#endif
 #define PF_TASK_FLOPS (1 << 21)
 #define PF_MAX_TASKS 256
 #define PF_PACK_BLOCKS 32   /* blocks per phase-0 packing task */

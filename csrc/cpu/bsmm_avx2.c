@@ -14,6 +14,12 @@
 #include <immintrin.h>
 
 #define T256 __attribute__((target("avx2,fma")))
+#ifndef PF_PFD
+#define PF_PFD 2 /* prefetch distance in segments (blocks) */
+#endif
+#ifndef PF_PFW
+#define PF_PFW 32 /* BWD_W prefetch distance in steps (rows of T) */
+#endif
 #define INL static inline __attribute__((always_inline)) T256
 
 #define PF256_MR2 6
@@ -87,15 +93,29 @@ INL void mk(const int NV, const int MR, const int AROWS, const int FULL, const p
     for (int64_t seg = 0; seg < t->nseg; ++seg) {
         const float *a = t->A + m0 * ams + (t->aidx ? t->aidx[seg] * t->ascale : 0);
         const float *b = t->B + seg * t->bseg + n0;
-        if (AROWS && t->aidx && seg + 1 < t->nseg) {
-            const float *an = t->A + m0 * ams + t->aidx[seg + 1] * t->ascale;
+        if (AROWS && t->aidx) {
+            /* prefetch the rows of A that the block PF_PFD segments ahead will read (the
+             * next row tile's first blocks when this tile is about to end): A rows of
+             * different blocks are not contiguous, so hardware prefetchers miss them */
+            int64_t v = seg + PF_PFD, mm = m0;
+            if (v >= t->nseg) { v -= t->nseg; mm += MR; }
+            if (v < t->nseg) {
+                const float *an = t->A + mm * ams + t->aidx[v] * t->ascale;
 #pragma GCC unroll 16
-            for (int m = 0; m < MR; ++m) {
-                _mm_prefetch((const char *)(an + m * ams), _MM_HINT_T0);
-                if (K > 16) _mm_prefetch((const char *)(an + m * ams + 16), _MM_HINT_T0);
+                for (int m = 0; m < MR; ++m) {
+                    if (mm + m >= t->M) break;
+                    _mm_prefetch((const char *)(an + m * ams), _MM_HINT_T0);
+                    if (K > 16) _mm_prefetch((const char *)(an + m * ams + 16), _MM_HINT_T0);
+                }
             }
         }
         for (int64_t s = 0; s < K; ++s) {
+            if (!AROWS && s + PF_PFW < K) {
+                /* BWD_W: steps are rows of x / dy, far apart in memory: prefetch ahead */
+                _mm_prefetch((const char *)(b + PF_PFW * bss), _MM_HINT_T0);
+                if (NV * 8 > 16) _mm_prefetch((const char *)(b + PF_PFW * bss + 16), _MM_HINT_T0);
+                _mm_prefetch((const char *)(a + PF_PFW * ass), _MM_HINT_T0);
+            }
             __m256 bv[2];
 #pragma GCC unroll 2
             for (int v = 0; v < NV; ++v) {

@@ -235,8 +235,8 @@ static PyObject *py_allocate_budget(PyObject *self, PyObject *args, PyObject *kw
         PyErr_SetString(PyExc_ValueError, "layers: at most 2^20 layers per plan");
         return NULL;
     }
-    pf_layer_shape *shapes = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof *shapes);
-    pf_layer_plan *plans = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof *plans);
+    pf_layer_shape *shapes = (pf_layer_shape *)PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof *shapes);
+    pf_layer_plan *plans = (pf_layer_plan *)PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof *plans);
     PyObject *result = NULL;
     if (!shapes || !plans) {
         PyErr_NoMemory();

@@ -1,0 +1,340 @@
+"""Pixelfly attention (SPEC section 4): a block-sparse part exact on a flat block butterfly
+layout over the ``(L/b) x (L/b)`` query/key block grid, plus an optional low-rank part
+(positive random features of the softmax kernel) that covers the rest, with one shared
+normaliser.
+
+For one head, with ``s_ij = scale * q_i . k_j``, ``S_i`` the row's support (the layout's
+blocks, intersected with ``j <= i`` when causal) and ``phi`` the Performer positive random
+features (``E[phi(x) . phi(y)] = exp(x . y)``)::
+
+    out_i = (sum_{j in S_i} exp(s_ij) v_j + sum_{j notin S_i} k_ij v_j)
+          / (sum_{j in S_i} exp(s_ij)     + sum_{j notin S_i} k_ij)
+    k_ij  = phi(sqrt(scale) q_i) . phi(sqrt(scale) k_j)         (j <= i only when causal)
+
+The sparse sums come from the C kernel (``pixelfly.attention_ops``): its ``(out, lse)`` give
+the unnormalised numerator ``out * exp(lse)`` and denominator ``exp(lse)``. The low-rank sums
+over the complement are "all keys" (``phi(k)^T v`` summaries, block prefix sums when causal)
+minus "the support" (the same block gather the sparse part uses), so nothing is ``L x L``:
+memory grows linearly in ``L`` (the support term with the number of kept blocks). Every
+term is carried with per-row log-scale offsets, so nothing overflows.
+
+Sequence lengths must be multiples of ``block_size`` (a clear ``ValueError`` otherwise):
+padding would need element-level key masking, which the block kernels do not do.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import attention_ops
+from .attention_ops import AttentionIndex
+
+__all__ = ["PixelflyAttention", "build_attention_layout", "sparse_lowrank_attention",
+           "gaussian_features", "LAYOUTS"]
+
+LAYOUTS = ("pixelfly", "bigbird", "sparse_transformer", "local", "dense")
+
+LayoutSpec = Union[str, np.ndarray]
+
+
+def _log2_floor(n: int) -> int:
+    return int(n).bit_length() - 1
+
+
+def build_attention_layout(grid: int, layout: LayoutSpec = "pixelfly", *, n_factors: int = 2,
+                           butterfly_size: int | None = None, causal: bool = False,
+                           **layout_kwargs) -> np.ndarray:
+    """Boolean ``grid x grid`` block layout for attention over ``grid`` query/key blocks.
+
+    ``layout``: ``"pixelfly"`` (flat block butterfly, ``n_factors`` factors, butterfly size
+    ``butterfly_size``, default the largest power of two ``<= grid``; the factor count is
+    capped at ``log2(butterfly size)`` for short sequences; a 1-block grid is dense),
+    ``"bigbird"`` (``window=1, n_global=1, n_random=1, seed=0`` unless given),
+    ``"sparse_transformer"`` (``stride``: default the power of two nearest ``sqrt(grid)``),
+    ``"local"`` (``window=1``), ``"dense"``, or a boolean array of shape ``(grid, grid)``.
+    With ``causal`` the layout is intersected with the block lower triangle.
+    """
+    from . import layouts as L
+
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
+        raise ValueError(f"grid must be a positive int, got {grid!r}")
+    grid = int(grid)
+    if isinstance(layout, str):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}: use one of {LAYOUTS} or a boolean array")
+        if layout == "dense" or grid == 1:
+            lay = np.ones((grid, grid), bool)
+        elif layout == "pixelfly":
+            n = butterfly_size if butterfly_size is not None else 1 << _log2_floor(grid)
+            if n > grid:
+                raise ValueError(f"butterfly_size={n} exceeds the block grid {grid} "
+                                 f"(sequence length / block_size)")
+            m = min(int(n_factors), _log2_floor(n)) if n >= 2 else n_factors
+            lay = L.flat_butterfly_layout(grid, grid, m, n)
+        elif layout == "bigbird":
+            kw = dict(window=1, n_global=1, n_random=1, seed=0)
+            kw.update(layout_kwargs)
+            lay = L.bigbird_layout(grid, grid, **kw)
+        elif layout == "sparse_transformer":
+            stride = layout_kwargs.get("stride", 1 << max(0, round(math.log2(grid) / 2)))
+            lay = L.sparse_transformer_layout(grid, grid, stride)
+        else:  # local
+            lay = L.local_layout(grid, grid, layout_kwargs.get("window", 1))
+    else:
+        lay = np.asarray(layout.cpu() if isinstance(layout, torch.Tensor) else layout)
+        if lay.shape != (grid, grid):
+            raise ValueError(f"layout has shape {lay.shape}, but the sequence has a "
+                             f"{grid} x {grid} block grid")
+        if lay.dtype != bool:
+            if not np.isin(lay, (0, 1)).all():
+                raise ValueError("a layout array must be boolean (or 0/1)")
+        lay = lay.astype(bool)
+    lay = np.array(lay, dtype=bool)
+    if causal:
+        lay &= np.tril(np.ones((grid, grid), bool))
+    return lay
+
+
+def gaussian_features(n_features: int, head_dim: int, *, orthogonal: bool = True,
+                      generator: torch.Generator | None = None, dtype=torch.float32):
+    """``[n_features, head_dim]`` projection for positive random features: rows N(0, I),
+    or blocks of orthogonal rows with chi-distributed norms (lower variance, same mean)."""
+    if n_features == 0:
+        return torch.zeros(0, head_dim, dtype=dtype)
+    if not orthogonal:
+        return torch.randn(n_features, head_dim, generator=generator, dtype=dtype)
+    blocks, left = [], n_features
+    while left > 0:
+        g = torch.randn(head_dim, head_dim, generator=generator, dtype=torch.float64)
+        qm, _ = torch.linalg.qr(g)
+        blocks.append(qm.T[: min(left, head_dim)])
+        left -= head_dim
+    w = torch.cat(blocks, 0)
+    norms = torch.randn(n_features, head_dim, generator=generator, dtype=torch.float64).norm(dim=1)
+    return (w * norms[:, None]).to(dtype)
+
+
+def _features(x, w, per_row: bool):
+    """Positive random features of ``x`` (already scaled by sqrt(scale)): returns
+    ``(phi, offset)`` with the true features ``exp(offset) * phi``; ``offset`` is a per-row
+    max (queries) or a per-head max (keys), detached (it cancels)."""
+    a = x @ w.t() - 0.5 * (x * x).sum(-1, keepdim=True)           # [..., L, r]
+    if per_row:
+        off = a.detach().amax(-1, keepdim=True)                    # [..., L, 1]
+    else:
+        off = a.detach().amax(dim=(-2, -1), keepdim=True)          # [..., 1, 1]
+    return torch.exp(a - off) / math.sqrt(w.shape[0]), off
+
+
+def _support_gather(index: AttentionIndex, device):
+    """Per block-row padded column lists ``cols [R, deg]`` and validity ``[R, deg]``."""
+    lay = index.layout
+    R = lay.shape[0]
+    deg = max(1, int(lay.sum(1).max()))
+    cols = np.zeros((R, deg), np.int64)
+    valid = np.zeros((R, deg), bool)
+    for i in range(R):
+        c = np.nonzero(lay[i])[0]
+        cols[i, : c.size] = c
+        valid[i, : c.size] = True
+    return torch.from_numpy(cols).to(device), torch.from_numpy(valid).to(device)
+
+
+def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scale=None,
+                             causal: bool = False, features: torch.Tensor | None = None,
+                             return_parts: bool = False):
+    """The attention core on ``q, k, v: [B, H, L, d]``; ``features``: ``[r, d]`` projection of
+    the low-rank part (``None``: sparse only). Returns ``[B, H, L, d]`` (with
+    ``return_parts``: also the sparse-only output). ``index`` must already include the
+    causal intersection when ``causal``."""
+    B, H, L, d = q.shape
+    if L % block:
+        raise ValueError(f"sequence length {L} is not a multiple of block_size={block}")
+    if scale is None:
+        scale = d ** -0.5
+    out_s, lse = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
+    if features is None or features.shape[0] == 0:
+        return (out_s, out_s) if return_parts else out_s
+
+    cdt = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
+    R = L // block
+    rs = math.sqrt(scale)
+    w = features.to(dtype=cdt, device=q.device)
+    phq, offq = _features(q.to(cdt) * rs, w, per_row=True)        # [B,H,L,r], [B,H,L,1]
+    phk, offk = _features(k.to(cdt) * rs, w, per_row=False)       # [B,H,L,r], [B,H,1,1]
+    vv = v.to(cdt)
+    r = w.shape[0]
+    qb = phq.view(B, H, R, block, r)
+    kb = phk.view(B, H, R, block, r)
+    vb = vv.view(B, H, R, block, d)
+
+    # all keys (j <= i when causal)
+    if causal:
+        kv_blk = torch.einsum("bhnjr,bhnjd->bhnrd", kb, vb)        # [B,H,R,r,d]
+        ks_blk = kb.sum(3)                                         # [B,H,R,r]
+        kv_pre = torch.cumsum(kv_blk, 2) - kv_blk                   # exclusive prefix
+        ks_pre = torch.cumsum(ks_blk, 2) - ks_blk
+        tri = torch.ones(block, block, dtype=torch.bool, device=q.device).tril()
+        a_in = torch.einsum("bhnir,bhnjr->bhnij", qb, kb) * tri    # [B,H,R,b,b]
+        num_all = torch.einsum("bhnir,bhnrd->bhnid", qb, kv_pre) + a_in @ vb
+        den_all = torch.einsum("bhnir,bhnr->bhni", qb, ks_pre) + a_in.sum(-1)
+    else:
+        kv = torch.einsum("bhjr,bhjd->bhrd", phk, vv)               # [B,H,r,d]
+        num_all = (phq @ kv).view(B, H, R, block, d)
+        den_all = (phq @ phk.sum(2).unsqueeze(-1)).view(B, H, R, block)
+
+    # the sparse support (same blocks as the kernel, causal inside diagonal blocks)
+    cols, valid = _support_gather(index, q.device)                 # [R, deg]
+    kg = kb[:, :, cols]                                            # [B,H,R,deg,b,r]
+    vg = vb[:, :, cols]                                            # [B,H,R,deg,b,d]
+    a_sup = torch.einsum("bhnir,bhnmjr->bhnimj", qb, kg)           # [B,H,R,b,deg,b]
+    keep = valid[:, None, :, None].expand(R, block, valid.shape[1], block)
+    if causal:
+        rows = torch.arange(R, device=q.device)[:, None, None, None] * block + \
+            torch.arange(block, device=q.device)[None, :, None, None]
+        keys = cols[:, None, :, None] * block + torch.arange(block, device=q.device)
+        keep = keep & (keys <= rows)
+    a_sup = a_sup * keep
+    num_sup = torch.einsum("bhnimj,bhnmjd->bhnid", a_sup, vg)
+    den_sup = a_sup.sum((-2, -1))
+
+    num_lr = (num_all - num_sup).reshape(B, H, L, d)
+    den_lr = (den_all - den_sup).clamp_min(0).reshape(B, H, L, 1)
+
+    lse_c = lse.to(cdt).unsqueeze(-1)                              # [B,H,L,1]
+    off_lr = offq + offk                                           # [B,H,L,1]
+    M = torch.maximum(lse_c.detach(), off_lr)
+    ws = torch.exp(lse_c - M)
+    wl = torch.exp(off_lr - M)
+    num = ws * out_s.to(cdt) + wl * num_lr
+    den = ws + wl * den_lr
+    y = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
+                    torch.zeros_like(num))
+    y = y.to(q.dtype)
+    return (y, out_s) if return_parts else y
+
+
+class PixelflyAttention(nn.Module):
+    """Multi-head self-attention with a Pixelfly (sparse + low-rank) attention matrix.
+
+    Args:
+        dim: model width ``D`` (divisible by ``n_heads``).
+        n_heads: heads ``H``; head width ``D / H``.
+        seq_len: longest sequence (optional; validated and its layout built eagerly).
+        block_size: ``b``, the query/key block; sequence lengths must be multiples of it.
+        n_factors, butterfly_size: the flat block butterfly over the ``L/b x L/b`` grid.
+        layout: ``"pixelfly"``, the baselines ``"bigbird"``, ``"sparse_transformer"``,
+            ``"local"``, ``"dense"`` (all blocks through the same kernel), or a boolean
+            ``(L/b, L/b)`` array (then ``L`` is fixed).
+        causal: position ``i`` attends to ``j <= i`` only (layout intersected with the
+            causal mask; low-rank sums are prefix sums).
+        n_random_features: ``r`` positive random features for the low-rank part (0: off).
+        proj: ``nn.Linear`` or a factory ``proj(in_features, out_features, bias=...)`` for
+            the ``qkv`` and output projections (e.g. a PixelflyLinear factory).
+        dropout: dropout on the attention output before the output projection (the fused
+            kernel never materialises the probabilities, so they cannot be dropped).
+        bias: projection biases. layout_kwargs: extra arguments of the baseline layouts.
+        feature_seed: seed of the random feature projection (a buffer; see redraw_features).
+
+    Shapes: ``x: [B, L, D] -> [B, L, D]``.
+    """
+
+    def __init__(self, dim: int, n_heads: int, seq_len: int | None = None, *,
+                 block_size: int = 32, n_factors: int = 2, butterfly_size: int | None = None,
+                 layout: LayoutSpec = "pixelfly", causal: bool = False,
+                 n_random_features: int = 0, proj: Callable[..., nn.Module] = nn.Linear,
+                 dropout: float = 0.0, bias: bool = True, layout_kwargs: dict | None = None,
+                 feature_seed: int = 0):
+        super().__init__()
+        for name, val in (("dim", dim), ("n_heads", n_heads), ("block_size", block_size),
+                          ("n_factors", n_factors)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name} must be a positive int, got {val!r}")
+        if dim % n_heads:
+            raise ValueError(f"dim={dim} is not divisible by n_heads={n_heads}")
+        if isinstance(n_random_features, bool) or not isinstance(n_random_features, int) \
+                or n_random_features < 0:
+            raise ValueError(f"n_random_features must be an int >= 0, got {n_random_features!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if isinstance(layout, str) and layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}: use one of {LAYOUTS} or a boolean array")
+        self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
+        self.block_size, self.n_factors, self.butterfly_size = block_size, n_factors, butterfly_size
+        self.layout_spec = layout if isinstance(layout, str) else np.asarray(layout, bool)
+        self.layout_kwargs = dict(layout_kwargs or {})
+        self.causal, self.dropout = bool(causal), float(dropout)
+        self.seq_len = seq_len
+        self.qkv = proj(dim, 3 * dim, bias=bias)
+        self.proj = proj(dim, dim, bias=bias)
+        self.attn_drop = nn.Dropout(self.dropout)
+        g = torch.Generator().manual_seed(int(feature_seed))
+        self.register_buffer("features",
+                             gaussian_features(n_random_features, self.head_dim, generator=g),
+                             persistent=True)
+        self._index_cache: dict[int, AttentionIndex] = {}
+        if seq_len is not None:
+            self.index_for(int(seq_len))
+
+    @classmethod
+    def factory(cls, **kwargs):
+        """An attention factory ``(dim, n_heads, seq_len, causal) -> PixelflyAttention`` for
+        the models' ``attention=`` argument."""
+        return lambda dim, n_heads, seq_len, causal: cls(dim, n_heads, seq_len, causal=causal, **kwargs)
+
+    @property
+    def n_random_features(self) -> int:
+        return int(self.features.shape[0])
+
+    def redraw_features(self, generator: torch.Generator | None = None):
+        """Draw a fresh random feature projection (Performer-style periodic redraw)."""
+        self.features.copy_(gaussian_features(self.n_random_features, self.head_dim,
+                                              generator=generator, dtype=self.features.dtype))
+
+    def index_for(self, L: int) -> AttentionIndex:
+        """Block index of the layout for sequence length ``L`` (cached)."""
+        if L < 1 or L % self.block_size:
+            raise ValueError(f"sequence length L={L} must be a positive multiple of "
+                             f"block_size={self.block_size} (pad the sequence, or pick a block "
+                             f"size dividing L)")
+        idx = self._index_cache.get(L)
+        if idx is None:
+            lay = build_attention_layout(L // self.block_size, self.layout_spec,
+                                         n_factors=self.n_factors,
+                                         butterfly_size=self.butterfly_size, causal=self.causal,
+                                         **self.layout_kwargs)
+            idx = self._index_cache[L] = AttentionIndex(lay)
+        return idx
+
+    def layout(self, L: int) -> np.ndarray:
+        return self.index_for(L).layout
+
+    def attend(self, q, k, v):
+        """The attention core on ``q, k, v: [B, H, L, head_dim]``."""
+        idx = self.index_for(q.shape[2])
+        return sparse_lowrank_attention(q, k, v, idx, self.block_size, causal=self.causal,
+                                        features=self.features if self.n_random_features else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [B, L, {self.dim}], got {tuple(x.shape)}")
+        B, L, D = x.shape
+        if self.seq_len is not None and L > self.seq_len:
+            raise ValueError(f"sequence length {L} exceeds seq_len={self.seq_len}")
+        idx = self.index_for(L)  # validates L before the projections run
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)          # each [B, H, L, hd] (views)
+        y = sparse_lowrank_attention(q, k, v, idx, self.block_size, causal=self.causal,
+                                     features=self.features if self.n_random_features else None)
+        y = self.attn_drop(y.transpose(1, 2).reshape(B, L, D))
+        return self.proj(y)
+
+    def extra_repr(self) -> str:
+        lay = self.layout_spec if isinstance(self.layout_spec, str) else "array"
+        return (f"dim={self.dim}, n_heads={self.n_heads}, block_size={self.block_size}, "
+                f"layout={lay}, n_factors={self.n_factors}, causal={self.causal}, "
+                f"n_random_features={self.n_random_features}")

@@ -1,0 +1,125 @@
+"""Block-sparse attention ops: ``torch.ops.pixelfly.bsattn_fwd`` / ``bsattn_bwd`` with fake
+(meta) kernels and autograd.
+
+The CPU kernels (csrc/cpu/attn.c, bound in csrc/torch/attn.cpp) compute, for ``q, k, v`` of
+shape ``[B, H, L, d]`` (or ``[N, L, d]``) and a block layout over the ``(L/b) x (L/b)`` score
+matrix given as block-CSR plus its transpose::
+
+    out = softmax(scale * q k^T restricted to the layout [and j <= i if causal]) v
+    lse = logsumexp of the same scores, per row     (float32; float64 for float64 inputs)
+
+flash-attention style: memory grows with ``L``, never with ``L^2``. Rows with no kept entry
+give ``out = 0`` and ``lse = -inf``. Both outputs are differentiable (the gradient of ``lse``
+enters the backward as ``D_i -= dlse_i``), so callers can combine ``(out, lse)`` with other
+terms, as :class:`pixelfly.attention.PixelflyAttention` does with its low-rank part.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import _ops  # noqa: F401  (registers the schemas and the CPU kernels)
+
+__all__ = ["bsattn", "bsattn_fwd", "bsattn_bwd", "attention_index", "AttentionIndex",
+           "set_cpu_isa"]
+
+_ns = torch.ops.pixelfly
+
+
+class AttentionIndex:
+    """Block-CSR (``row_ptr``, ``col_idx``) and block-CSC (``col_ptr``, ``row_idx``) of a
+    square boolean block layout, as int64 tensors (what the ops take)."""
+
+    def __init__(self, layout):
+        lay = np.asarray(layout.cpu() if isinstance(layout, torch.Tensor) else layout).astype(bool)
+        if lay.ndim != 2 or lay.shape[0] != lay.shape[1]:
+            raise ValueError(f"an attention layout must be a square 2-D block grid, got shape {lay.shape}")
+        self.layout = lay
+        R = lay.shape[0]
+        rows, cols = np.nonzero(lay)                      # row-major: CSR order
+        self.nnz = int(rows.size)
+        row_ptr = np.zeros(R + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=R), out=row_ptr[1:])
+        tcols, trows = np.nonzero(lay.T)                  # column-major: CSC order
+        col_ptr = np.zeros(R + 1, np.int64)
+        np.cumsum(np.bincount(tcols, minlength=R), out=col_ptr[1:])
+        self.row_ptr = torch.from_numpy(row_ptr)
+        self.col_idx = torch.from_numpy(cols.astype(np.int64))
+        self.col_ptr = torch.from_numpy(col_ptr)
+        self.row_idx = torch.from_numpy(trows.astype(np.int64))
+
+    def tensors(self):
+        return self.row_ptr, self.col_idx, self.col_ptr, self.row_idx
+
+    @property
+    def density(self) -> float:
+        return self.nnz / float(self.layout.size)
+
+
+def attention_index(layout) -> AttentionIndex:
+    return AttentionIndex(layout)
+
+
+def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block: int, scale: float, causal: bool):
+    """``(out, lse)``; see the module docstring."""
+    return _ns.bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, int(block), float(scale),
+                          bool(causal))
+
+
+def bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx, block: int,
+               scale: float, causal: bool):
+    """``(dq, dk, dv)`` from the forward's ``out`` and ``lse``; ``dlse`` may be ``None``."""
+    return _ns.bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx,
+                          int(block), float(scale), bool(causal))
+
+
+def bsattn(q, k, v, index: AttentionIndex, block: int, scale: float | None = None,
+           causal: bool = False):
+    """Differentiable block-sparse attention: returns ``(out, lse)``. ``scale`` defaults to
+    ``1/sqrt(d)``."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
+
+
+def set_cpu_isa(isa: int) -> int:
+    """Force the attention kernels' ISA (0 auto, 1 portable, 3 AVX-512); returns the previous."""
+    return _ns.bsattn_set_cpu_isa(int(isa))
+
+
+# ---------------------------------------------------------------- fake kernels
+def _lse_dtype(q):
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("pixelfly::bsattn_fwd")
+def _fwd_fake(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal):
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(q.shape[:-1], dtype=_lse_dtype(q), device=q.device))
+
+
+@torch.library.register_fake("pixelfly::bsattn_bwd")
+def _bwd_fake(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx, block, scale,
+              causal):
+    return tuple(torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+
+
+# -------------------------------------------------------------------- autograd
+def _setup(ctx, inputs, output):
+    q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx)
+    ctx.cfg = (block, scale, causal)
+
+
+def _backward(ctx, gout, glse):
+    q, k, v, out, lse, *idx = ctx.saved_tensors
+    if gout is None:
+        gout = torch.zeros_like(out)
+    dq, dk, dv = bsattn_bwd(gout.contiguous(), None if glse is None else glse.contiguous(),
+                            q, k, v, out, lse, *idx, *ctx.cfg)
+    need = ctx.needs_input_grad
+    return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None) + (None,) * 7
+
+
+torch.library.register_autograd("pixelfly::bsattn_fwd", _backward, setup_context=_setup)
