@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - message for a user without torch
              "then build with --no-build-isolation")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-INCLUDE = os.path.join("csrc", "include")
+INCLUDE = os.path.join(ROOT, "csrc", "include")
 CORE_SOURCES = sorted(glob.glob("csrc/core/*.c") + glob.glob("csrc/cpu/*.c"))
 ALL_SOURCES = sorted(glob.glob("csrc/**/*.*", recursive=True))
 C_FLAGS = ["-O3", "-std=c11", "-fPIC", "-Wall", "-Wextra", "-fno-math-errno"]
@@ -80,7 +80,7 @@ def extensions():
         exts.append(cpp_extension.CUDAExtension(
             "pixelfly._ops_cuda",
             sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/torch/*.cu")),
-            include_dirs=[os.path.join(ROOT, INCLUDE)], depends=ALL_SOURCES,
+            include_dirs=[INCLUDE], depends=ALL_SOURCES,
             extra_compile_args={"cxx": CXX_FLAGS,
                                 "nvcc": ["-O3"] + cuda_arch_flags()}))
     return exts
@@ -133,5 +133,6 @@ setup(
                                   "cflags": C_FLAGS})],
     ext_modules=extensions(),
     cmdclass={"build_clib": BuildCoreLib,
-              "build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)},
+              # no ninja: torch's ninja path compiles every source as C++; the C module must stay C.
+              "build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)},
 )

@@ -1,0 +1,43 @@
+"""pixelfly: Pixelated Butterfly sparse training with C/CUDA block-sparse kernels.
+
+``W = gamma * B + (1 - gamma) * U V^T`` with ``B`` a flat block butterfly (block-sparse) and
+``U V^T`` low rank; see SPEC.md and README.md.
+
+Main entry points:
+    flat_butterfly_layout, butterfly_factor_layout, ... : block layouts (NumPy bool arrays)
+    allocate_budget, layer_cost, CostModel              : the budget model of SPEC section 3
+    PixelflyLinear                                      : drop-in for nn.Linear
+    reference                                           : the pure-PyTorch oracle
+"""
+from . import reference
+from .budget import BudgetPlan, CostModel, LayerPlan, allocate_budget, layer_cost
+from .layouts import (BlockIndex, bigbird_layout, butterfly_factor_layout,
+                      butterfly_product_layout, csr_transpose, default_butterfly_size,
+                      flat_butterfly_layout, layout_to_csr, layout_to_mask, local_layout,
+                      mask_to_layout, random_layout, sparse_transformer_layout)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "reference", "BudgetPlan", "CostModel", "LayerPlan", "allocate_budget", "layer_cost",
+    "BlockIndex", "bigbird_layout", "butterfly_factor_layout", "butterfly_product_layout",
+    "csr_transpose", "default_butterfly_size", "flat_butterfly_layout", "layout_to_csr",
+    "layout_to_mask", "local_layout", "mask_to_layout", "random_layout",
+    "sparse_transformer_layout", "PixelflyLinear", "choose_config", "plan", "sparsify",
+    "densify", "Plan",
+]
+
+
+_LAZY = {"PixelflyLinear": "linear", "choose_config": "linear", "ops": None,
+         "plan": "sparsify", "sparsify": "sparsify", "densify": "sparsify", "Plan": "sparsify",
+         "models": None, "data": None}
+
+
+def __getattr__(name):
+    # Modules that load torch and the ops extension are imported on first use, so the
+    # torch-free layout/budget API imports fast.
+    import importlib
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pixelfly' has no attribute {name!r}")
+    mod = importlib.import_module(f"pixelfly.{_LAZY[name] or name}")
+    return mod if _LAZY[name] is None else getattr(mod, name)

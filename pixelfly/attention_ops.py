@@ -21,7 +21,7 @@ import torch
 from . import _ops  # noqa: F401  (registers the schemas and the CPU kernels)
 
 __all__ = ["bsattn", "bsattn_fwd", "bsattn_bwd", "attention_index", "AttentionIndex",
-           "set_cpu_isa"]
+           "set_cpu_isa", "set_bwd_mode"]
 
 _ns = torch.ops.pixelfly
 
@@ -85,6 +85,12 @@ def bsattn(q, k, v, index: AttentionIndex, block: int, scale: float | None = Non
 def set_cpu_isa(isa: int) -> int:
     """Force the attention kernels' ISA (0 auto, 1 portable, 3 AVX-512); returns the previous."""
     return _ns.bsattn_set_cpu_isa(int(isa))
+
+
+def set_bwd_mode(mode: int) -> int:
+    """Backward schedule: 0 auto, 1 one task per (batch, head) (5 GEMMs per block),
+    2 query-row / key-column tasks (7 GEMMs per block, more parallelism). Returns the previous."""
+    return _ns.bsattn_set_bwd_mode(int(mode))
 
 
 # ---------------------------------------------------------------- fake kernels

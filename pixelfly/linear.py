@@ -47,7 +47,8 @@ def choose_config(out_features: int, in_features: int, density: float, block_siz
     A fraction ``low_rank_fraction`` of the ``density * out * in`` parameters goes to the
     low-rank factors (``rank = floor(share / (out + in))``), the rest to the butterfly part,
     whose ``(butterfly_size, n_factors)`` keeps the most blocks that fit (ties: more
-    factors). When not even the sparsest butterfly fits, the sparsest is used.
+    factors). When not even the sparsest butterfly fits, the sparsest is used and the rank
+    shrinks to what is left (possibly 0); only then can the density exceed the request.
 
     Returns ``(butterfly_size, n_factors, rank)``.
     """
@@ -64,8 +65,11 @@ def choose_config(out_features: int, in_features: int, density: float, block_siz
         raise ValueError(f"a {out_features}x{in_features} weight with blocks {b1}x{b2} has a "
                          f"{R}x{C} block grid; a butterfly needs at least 2x2 blocks")
     fitting = [c for c in configs if c[2] * b1 * b2 <= left]
-    pick = (max(fitting, key=lambda c: (c[2], c[1])) if fitting
-            else min(configs, key=lambda c: (c[2], -c[1])))
+    if fitting:
+        pick = max(fitting, key=lambda c: (c[2], c[1]))
+    else:  # sparsest butterfly; the low-rank part gets what is left of the density
+        pick = min(configs, key=lambda c: (c[2], -c[1]))
+        rank = max(0, min(rank, int((params - pick[2] * b1 * b2) // (out_features + in_features))))
     return pick[0], pick[1], rank
 
 

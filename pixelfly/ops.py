@@ -28,7 +28,7 @@ INDEX_FIELDS = ("row_ptr", "col_idx", "col_ptr", "row_idx", "csc_blk")
 
 def index_tensors(index, device=None):
     """The five int64 index tensors of a :class:`~pixelfly.layouts.BlockIndex`, on ``device``."""
-    return tuple(torch.as_tensor(getattr(index, f), dtype=torch.int64, device=device)
+    return tuple(torch.tensor(getattr(index, f), dtype=torch.int64, device=device)
                  for f in INDEX_FIELDS)
 
 

@@ -372,3 +372,24 @@ def test_factory_plugs_into_models_contract():
                           32, 4, 64, True)
     assert isinstance(m, PixelflyAttention) and m.causal and m.seq_len == 64
     assert m(torch.randn(2, 64, 32)).shape == (2, 64, 32)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_schedules_agree(causal):
+    idx, b, q, k, v = _small_problem(causal, seed=11, B=2, H=3, L=64, d=16, b=16)
+    g = torch.randn_like(q)
+    grads = []
+    for mode in (1, 2):
+        prev = attention_ops.set_bwd_mode(mode)
+        try:
+            out, _ = bsattn(q, k, v, idx, b, causal=causal)
+            grads.append(torch.autograd.grad(out, (q, k, v), g))
+        finally:
+            attention_ops.set_bwd_mode(prev)
+    o, _ = ref_attention(q, k, v, idx.layout, b, causal)
+    ref = torch.autograd.grad(o, (q, k, v), g)
+    for mode_grads in grads:
+        for a, r in zip(mode_grads, ref):
+            assert (a - r).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="mode must be"):
+        attention_ops.set_bwd_mode(5)

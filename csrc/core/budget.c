@@ -54,6 +54,8 @@ static double weight_blocks(const pf_cost_model *cm, const pf_layer_shape *s)
     return (double)cdiv64(s->out_features, cm->b1) * (double)cdiv64(s->in_features, cm->b2);
 }
 
+/* x read plus y written: counted in the dense cost only (SPEC 3: a sparse layer counts
+ * only its stored blocks and its low-rank factors). */
 static double activation_blocks(const pf_cost_model *cm, const pf_layer_shape *s)
 {
     int64_t bb = cm->b1 * cm->b2; /* <= 2^40 */
@@ -85,7 +87,7 @@ static double cost_dense_u(const pf_cost_model *cm, const pf_layer_shape *s)
 
 static double cost_sparse_u(const pf_cost_model *cm, const pf_layer_shape *s, int64_t nnz)
 {
-    double mem = (double)nnz + activation_blocks(cm, s);
+    double mem = (double)nnz; /* stored blocks only (SPEC 3): activations are in the dense cost */
     double flop = 2.0 * (double)s->tokens * (double)nnz * (double)cm->b1 * (double)cm->b2;
     return cm->cost_mem * mem + cm->cost_flop * flop;
 }
@@ -94,8 +96,7 @@ static double cost_lowrank_u(const pf_cost_model *cm, const pf_layer_shape *s, i
 {
     if (r == 0) return 0.0;
     int64_t bb = cm->b1 * cm->b2;
-    double mem = ceil_prod_div(s->out_features, r, bb) + ceil_prod_div(s->in_features, r, bb)
-               + 2.0 * ceil_prod_div(s->tokens, r, bb);
+    double mem = ceil_prod_div(s->out_features, r, bb) + ceil_prod_div(s->in_features, r, bb); /* U, V */
     double flop = 2.0 * (double)s->tokens * (double)r
                 * ((double)s->in_features + (double)s->out_features);
     return cm->cost_mem * mem + cm->cost_flop * flop;
@@ -256,8 +257,7 @@ static int best_sparse_within(const pf_cost_model *cm, const lstate *L, double a
 {
     const pf_layer_shape *s = &L->s;
     double per = cm->cost_mem + cm->cost_flop * 2.0 * (double)s->tokens * (double)cm->b1 * (double)cm->b2;
-    double fixed = cm->cost_mem * activation_blocks(cm, s);
-    double capd = floor((avail - fixed) / per);
+    double capd = floor(avail / per); /* cost_sparse(nnz) = per * nnz */
     if (!(capd >= 0.0)) return 0;
     double grid = (double)L->R * (double)L->C;
     int64_t cap = capd >= grid ? L->R * L->C : (int64_t)capd;

@@ -66,6 +66,13 @@ typedef struct {
     /* p[j] = p[j] * (dp[j] - D[j * ds]) */
     void (*dsoft)(void *p, const void *dp, int64_t n, const void *D, int64_t ds);
     void (*scale)(void *x, int64_t n, double a);
+    /* Online-softmax step on a rows x n score tile, rows ascending: per row, m' = max(m,
+     * rowmax), alpha = exp(m - m'), S = exp(S - m'), l = l * alpha + rowsum(S), m = m'.
+     * A row with m' = -inf becomes zeros (alpha = 1). */
+    void (*softmax_tile)(void *S, int64_t rows, int64_t n, double *m, double *l, double *alpha);
+    /* Backward on a rows x n tile: P = exp(S - c), dP = P * (dP - D), with c and D one value
+     * per row (per_row = 1, c[r], D[r]) or one per column (per_row = 0, c[j], D[j]). */
+    void (*p_ds)(void *S, void *dP, int64_t rows, int64_t n, const void *c, const void *D, int per_row);
 } tile_ops;
 
 /* ---- portable, generic over float and double */
@@ -116,9 +123,36 @@ typedef struct {
         const T aa = (T)a;                                                                     \
         for (int64_t j = 0; j < n; ++j) x[j] *= aa;                                            \
     }                                                                                          \
-    static const tile_ops ops_##SFX = {sizeof(T),         gemm_##SFX, rowmax_##SFX,            \
-                                       exp_sub_sum_##SFX, exp_sub_##SFX, dsoft_##SFX,          \
-                                       scale_##SFX};
+    static void softmax_tile_##SFX(void *S_, int64_t rows, int64_t n, double *m, double *l,    \
+                                   double *alpha) {                                            \
+        for (int64_t r = 0; r < rows; ++r) {                                                   \
+            void *Sr = (T *)S_ + r * n;                                                        \
+            const double mx = rowmax_##SFX(Sr, n);                                             \
+            const double mn = mx > m[r] ? mx : m[r];                                           \
+            alpha[r] = 1.0;                                                                    \
+            if (mn == -INFINITY) { memset(Sr, 0, (size_t)n * sizeof(T)); continue; }          \
+            alpha[r] = exp(m[r] - mn);                                                         \
+            l[r] = l[r] * alpha[r] + exp_sub_sum_##SFX(Sr, n, mn);                             \
+            m[r] = mn;                                                                         \
+        }                                                                                      \
+    }                                                                                          \
+    static void p_ds_##SFX(void *S_, void *dP_, int64_t rows, int64_t n, const void *c_,       \
+                           const void *D_, int per_row) {                                      \
+        const T *c = (const T *)c_, *D = (const T *)D_;                                        \
+        for (int64_t r = 0; r < rows; ++r) {                                                   \
+            T *Sr = (T *)S_ + r * n, *dPr = (T *)dP_ + r * n;                                  \
+            const int64_t cs = per_row ? 0 : 1;                                                \
+            const T *cr = per_row ? c + r : c, *Dr = per_row ? D + r : D;                      \
+            for (int64_t j = 0; j < n; ++j) {                                                  \
+                const T p = EXP(Sr[j] - cr[j * cs]);                                           \
+                Sr[j] = p;                                                                     \
+                dPr[j] = p * (dPr[j] - Dr[j * cs]);                                            \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    static const tile_ops ops_##SFX = {sizeof(T),         gemm_##SFX,       rowmax_##SFX,      \
+                                       exp_sub_sum_##SFX, exp_sub_##SFX,    dsoft_##SFX,       \
+                                       scale_##SFX,       softmax_tile_##SFX, p_ds_##SFX};
 
 PORTABLE_OPS(float, f32, expf)
 PORTABLE_OPS(double, f64, exp)
@@ -261,8 +295,44 @@ static AVX512 void scale_avx512(void *x_, int64_t n, double a) {
     }
 }
 
+static AVX512 void softmax_tile_avx512(void *S_, int64_t rows, int64_t n, double *m, double *l,
+                                       double *alpha) {
+    float *S = (float *)S_;
+    for (int64_t r = 0; r < rows; ++r) alpha[r] = rowmax_avx512(S + r * n, n); /* row maxima */
+    for (int64_t r = 0; r < rows; ++r) {
+        float *Sr = S + r * n;
+        const double mn = alpha[r] > m[r] ? alpha[r] : m[r];
+        if (mn == -INFINITY) {
+            memset(Sr, 0, (size_t)n * 4);
+            alpha[r] = 1.0;
+            continue;
+        }
+        alpha[r] = m[r] == -INFINITY ? 0.0 : exp(m[r] - mn);
+        l[r] = l[r] * alpha[r] + exp_sub_sum_avx512(Sr, n, mn);
+        m[r] = mn;
+    }
+}
+
+static AVX512 void p_ds_avx512(void *S_, void *dP_, int64_t rows, int64_t n, const void *c_,
+                               const void *D_, int per_row) {
+    const float *c = (const float *)c_, *D = (const float *)D_;
+    for (int64_t r = 0; r < rows; ++r) {
+        float *Sr = (float *)S_ + r * n, *dPr = (float *)dP_ + r * n;
+        const __m512 cr = _mm512_set1_ps(per_row ? c[r] : 0.f), Dr = _mm512_set1_ps(per_row ? D[r] : 0.f);
+        for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 mk = tail_mask(n - j);
+            const __m512 cv = per_row ? cr : _mm512_maskz_loadu_ps(mk, c + j);
+            const __m512 Dv = per_row ? Dr : _mm512_maskz_loadu_ps(mk, D + j);
+            const __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, Sr + j), cv));
+            _mm512_mask_storeu_ps(Sr + j, mk, p);
+            _mm512_mask_storeu_ps(dPr + j, mk, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, dPr + j), Dv)));
+        }
+    }
+}
+
 static const tile_ops ops_avx512 = {4, gemm_avx512, rowmax_avx512, exp_sub_sum_avx512,
-                                    exp_sub_avx512, dsoft_avx512, scale_avx512};
+                                    exp_sub_avx512, dsoft_avx512, scale_avx512,
+                                    softmax_tile_avx512, p_ds_avx512};
 #endif /* PF_ATTN_X86 */
 
 int pf_attn_has_avx512(void) {
@@ -375,15 +445,16 @@ pf_err pf_attn_check(int op, const pf_attn_args *a) {
 
 typedef struct {
     int64_t N, R, b, d, L;
+    int fused;          /* BWD: one pass per (problem), 5 GEMMs per block instead of 7 */
     size_t es;
     int64_t items0, items1, tasks0, tasks1;
-    int64_t off[10];    /* packed operands (bytes) */
+    int64_t off[11];    /* packed operands (bytes) */
     int64_t scratch;    /* start of per-task scratch */
     int64_t per_task;   /* bytes of scratch per task */
     int64_t total;
 } plan_t;
 
-enum { P_QS, P_QT, P_KS, P_KT, P_V, P_VT, P_DO, P_DOT, P_D, P_LSE };
+enum { P_QS, P_QT, P_KS, P_KT, P_V, P_VT, P_DO, P_DOT, P_D, P_LSE, P_DQ };
 
 static int64_t ntasks(int64_t items, int64_t cap) { return cap > 0 && cap < items ? cap : items; }
 
@@ -395,16 +466,18 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
     P->R = a->L / a->block;
     P->es = a->dtype == PF_FLOAT64 ? 8 : 4;
     const int64_t es = (int64_t)P->es, NLd = P->N * P->L * P->d, NL = P->N * P->L;
+    P->fused = op == PF_ATTN_BWD && a->bwd_per_problem;
     P->items0 = P->N * P->R;
-    P->items1 = op == PF_ATTN_FWD ? P->N * P->R : 2 * P->N * P->R;
+    P->items1 = op == PF_ATTN_FWD ? P->N * P->R : P->fused ? P->N : 2 * P->N * P->R;
     P->tasks0 = ntasks(P->items0, a->max_tasks);
     P->tasks1 = ntasks(P->items1, a->max_tasks);
     int64_t o = 0;
-    for (int i = 0; i < 10; ++i) P->off[i] = -1;
+    for (int i = 0; i < 11; ++i) P->off[i] = -1;
     static const int fwd_parts[] = {P_QS, P_KT, P_V};
     static const int bwd_parts[] = {P_QS, P_QT, P_KS, P_KT, P_V, P_VT, P_DO, P_DOT, P_D, P_LSE};
-    const int *parts = op == PF_ATTN_FWD ? fwd_parts : bwd_parts;
-    const int np = op == PF_ATTN_FWD ? 3 : 10;
+    static const int fused_parts[] = {P_QS, P_QT, P_KS, P_V, P_DO, P_DOT, P_D, P_LSE, P_DQ};
+    const int *parts = op == PF_ATTN_FWD ? fwd_parts : P->fused ? fused_parts : bwd_parts;
+    const int np = op == PF_ATTN_FWD ? 3 : P->fused ? 9 : 10;
     for (int i = 0; i < np; ++i) {
         P->off[parts[i]] = o;
         o += ALIGN64((parts[i] == P_D || parts[i] == P_LSE ? NL : NLd) * es);
@@ -412,9 +485,9 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
     P->scratch = o;
     const int64_t b = P->b, d = P->d;
     if (op == PF_ATTN_FWD)  /* S tile, acc, m, l (double) */
-        P->per_task = ALIGN64(b * b * es) + ALIGN64(b * d * es) + ALIGN64(2 * b * 8);
-    else                    /* S, dP tiles, two accumulators */
-        P->per_task = 2 * ALIGN64(b * b * es) + 2 * ALIGN64(b * d * es);
+        P->per_task = ALIGN64(b * b * es) + ALIGN64(b * d * es) + ALIGN64(3 * b * 8);
+    else                    /* S, dP (+ dS^T when fused) tiles, two accumulators */
+        P->per_task = (P->fused ? 3 : 2) * ALIGN64(b * b * es) + 2 * ALIGN64(b * d * es);
     P->total = o + P->tasks1 * P->per_task;
 }
 
@@ -556,7 +629,7 @@ static void pack_block(int op, const pf_attn_args *a, const plan_t *P, int64_t i
         void *ks = op == PF_ATTN_BWD ? PTR(w, P->off[P_KS] + roff) : NULL;
         if (ks) {
             load_row(ks, elem(&a->k, dt, n0, h, row), dt, d);
-            scatter_col(PTR(w, P->off[P_KT] + tile), ks, d, b, i, P->es);
+            if (P->off[P_KT] >= 0) scatter_col(PTR(w, P->off[P_KT] + tile), ks, d, b, i, P->es);
             scale_row(ks, d, a->scale, P->es);
         } else {
             /* FWD has no row copy of k: stage it in the V slot's row, overwritten below */
@@ -567,7 +640,7 @@ static void pack_block(int op, const pf_attn_args *a, const plan_t *P, int64_t i
         void *vr = PTR(w, P->off[P_V] + roff);
         load_row(vr, elem(&a->v, dt, n0, h, row), dt, d);
         if (op == PF_ATTN_BWD) {
-            scatter_col(PTR(w, P->off[P_VT] + tile), vr, d, b, i, P->es);
+            if (P->off[P_VT] >= 0) scatter_col(PTR(w, P->off[P_VT] + tile), vr, d, b, i, P->es);
             void *dor = PTR(w, P->off[P_DO] + roff);
             load_row(dor, elem(&a->dout, dt, n0, h, row), dt, d);
             scatter_col(PTR(w, P->off[P_DOT] + tile), dor, d, b, i, P->es);
@@ -589,7 +662,7 @@ static void fwd_row(const pf_attn_args *a, const plan_t *P, const tile_ops *ops,
     void *S = scr;
     void *acc = PTR(scr, ALIGN64(b * b * es));
     double *m = (double *)PTR(acc, ALIGN64(b * d * es));
-    double *l = m + b;
+    double *l = m + b, *alpha = l + b;
     memset(acc, 0, (size_t)(b * d * es));
     for (int64_t i = 0; i < b; ++i) { m[i] = -INFINITY; l[i] = 0; }
     const void *Qs = PTR(w, P->off[P_QS] + (n * P->L + I * b) * d * es);
@@ -600,17 +673,9 @@ static void fwd_row(const pf_attn_args *a, const plan_t *P, const tile_ops *ops,
         const void *V = PTR(w, P->off[P_V] + (n * P->L + J * b) * d * es);
         ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
         if (a->causal && J == I) mask_diag(S, b, 1, P->es);
-        for (int64_t i = 0; i < b; ++i) {
-            void *Si = PTR(S, i * b * es);
-            const double mx = ops->rowmax(Si, b);
-            const double mn = mx > m[i] ? mx : m[i];
-            if (mn == -INFINITY) { memset(Si, 0, (size_t)(b * es)); continue; }
-            const double alpha = exp(m[i] - mn);
-            const double sum = ops->exp_sub_sum(Si, b, mn);
-            if (alpha != 1.0) ops->scale(PTR(acc, i * d * es), d, alpha);
-            l[i] = l[i] * alpha + sum;
-            m[i] = mn;
-        }
+        ops->softmax_tile(S, b, b, m, l, alpha);
+        for (int64_t i = 0; i < b; ++i)
+            if (alpha[i] != 1.0) ops->scale(PTR(acc, i * d * es), d, alpha[i]);
         ops->gemm(b, d, b, S, b, V, d, acc, d, 1);
     }
     for (int64_t i = 0; i < b; ++i) {
@@ -648,11 +713,8 @@ static void bwd_dq(const pf_attn_args *a, const plan_t *P, const tile_ops *ops, 
         ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
         if (a->causal && J == I) mask_diag(S, b, 1, P->es);
         ops->gemm(b, b, d, dO, d, Vt, b, dP, b, 0);
-        for (int64_t i = 0; i < b; ++i) {
-            ops->exp_sub(PTR(S, i * b * es), b, lse + i * es, 0);
-            ops->dsoft(PTR(S, i * b * es), PTR(dP, i * b * es), b, D + i * es, 0);
-        }
-        ops->gemm(b, d, b, S, b, Ks, d, acc, d, 1);
+        ops->p_ds(S, dP, b, b, lse, D, 1);
+        ops->gemm(b, d, b, dP, b, Ks, d, acc, d, 1);
     }
     for (int64_t i = 0; i < b; ++i)
         store_row((void *)elem(&a->dq, a->dtype, n0, h, I * b + i), a->dtype, PTR(acc, i * d * es), d, 1.0);
@@ -684,16 +746,77 @@ static void bwd_dkdv(const pf_attn_args *a, const plan_t *P, const tile_ops *ops
         ops->gemm(b, b, d, Ks, d, Qt, b, St, b, 0);
         if (a->causal && J == I) mask_diag(St, b, 0, P->es);
         ops->gemm(b, b, d, V, d, dOt, b, dPt, b, 0);
-        for (int64_t j = 0; j < b; ++j) ops->exp_sub(PTR(St, j * b * es), b, lse, 1);
+        ops->p_ds(St, dPt, b, b, lse, D, 0);
         ops->gemm(b, d, b, St, b, dO, d, accV, d, 1);
-        for (int64_t j = 0; j < b; ++j) ops->dsoft(PTR(St, j * b * es), PTR(dPt, j * b * es), b, D, 1);
-        ops->gemm(b, d, b, St, b, Qs, d, accK, d, 1);
+        ops->gemm(b, d, b, dPt, b, Qs, d, accK, d, 1);
     }
     for (int64_t j = 0; j < b; ++j) {
         const int64_t row = J * b + j;
         store_row((void *)elem(&a->dk, a->dtype, n0, h, row), a->dtype, PTR(accK, j * d * es), d, 1.0);
         store_row((void *)elem(&a->dv, a->dtype, n0, h, row), a->dtype, PTR(accV, j * d * es), d, 1.0);
     }
+}
+
+/* transpose a b x b tile: dst[i][j] = src[j][i] */
+static void transpose_tile(void *dst, const void *src, int64_t b, size_t es) {
+    if (es == 8) {
+        double *o = (double *)dst;
+        const double *s = (const double *)src;
+        for (int64_t i = 0; i < b; ++i)
+            for (int64_t j = 0; j < b; ++j) o[i * b + j] = s[j * b + i];
+    } else {
+        float *o = (float *)dst;
+        const float *s = (const float *)src;
+        for (int64_t i = 0; i < b; ++i)
+            for (int64_t j = 0; j < b; ++j) o[i * b + j] = s[j * b + i];
+    }
+}
+
+/* Fused backward of one problem n: key block-columns in order, each visiting its query
+ * blocks (CSC); dk, dv accumulate per column, dq in the problem's own fp32/fp64 buffer
+ * (owned by this task alone). */
+static void bwd_problem(const pf_attn_args *a, const plan_t *P, const tile_ops *ops, int64_t n, void *scr) {
+    const int64_t b = P->b, d = P->d, R = P->R, es = (int64_t)P->es;
+    const int64_t n0 = n / a->heads, h = n % a->heads;
+    char *w = (char *)a->work;
+    void *St = scr, *dPt = PTR(scr, ALIGN64(b * b * es)), *dS = PTR(dPt, ALIGN64(b * b * es));
+    void *accK = PTR(dS, ALIGN64(b * b * es));
+    void *accV = PTR(accK, ALIGN64(b * d * es));
+    void *dQ = PTR(w, P->off[P_DQ] + n * P->L * d * es);
+    memset(dQ, 0, (size_t)(P->L * d * es));
+    for (int64_t J = 0; J < R; ++J) {
+        memset(accK, 0, (size_t)(b * d * es));
+        memset(accV, 0, (size_t)(b * d * es));
+        const int64_t krows = n * P->L + J * b;
+        const void *Ks = PTR(w, P->off[P_KS] + krows * d * es);
+        const void *V = PTR(w, P->off[P_V] + krows * d * es);
+        for (int64_t p = a->col_ptr[J]; p < a->col_ptr[J + 1]; ++p) {
+            const int64_t I = a->row_idx[p];
+            if (a->causal && I < J) continue;
+            const int64_t qrows = n * P->L + I * b;
+            const void *Qt = PTR(w, P->off[P_QT] + (n * R + I) * b * d * es);
+            const void *dOt = PTR(w, P->off[P_DOT] + (n * R + I) * b * d * es);
+            const void *Qs = PTR(w, P->off[P_QS] + qrows * d * es);
+            const void *dO = PTR(w, P->off[P_DO] + qrows * d * es);
+            const void *lse = PTR(w, P->off[P_LSE] + qrows * es);
+            const void *D = PTR(w, P->off[P_D] + qrows * es);
+            ops->gemm(b, b, d, Ks, d, Qt, b, St, b, 0);
+            if (a->causal && J == I) mask_diag(St, b, 0, P->es);
+            ops->gemm(b, b, d, V, d, dOt, b, dPt, b, 0);
+            ops->p_ds(St, dPt, b, b, lse, D, 0);
+            ops->gemm(b, d, b, St, b, dO, d, accV, d, 1);
+            ops->gemm(b, d, b, dPt, b, Qs, d, accK, d, 1);
+            transpose_tile(dS, dPt, b, P->es);
+            ops->gemm(b, d, b, dS, b, Ks, d, PTR(dQ, I * b * d * es), d, 1);
+        }
+        for (int64_t j = 0; j < b; ++j) {
+            const int64_t row = J * b + j;
+            store_row((void *)elem(&a->dk, a->dtype, n0, h, row), a->dtype, PTR(accK, j * d * es), d, 1.0);
+            store_row((void *)elem(&a->dv, a->dtype, n0, h, row), a->dtype, PTR(accV, j * d * es), d, 1.0);
+        }
+    }
+    for (int64_t i = 0; i < P->L; ++i)
+        store_row((void *)elem(&a->dq, a->dtype, n0, h, i), a->dtype, PTR(dQ, i * d * es), d, 1.0);
 }
 
 void pf_attn_run(int op, int phase, const pf_attn_args *a, int64_t begin, int64_t end) {
@@ -713,6 +836,7 @@ void pf_attn_run(int op, int phase, const pf_attn_args *a, int64_t begin, int64_
             void *scr = PTR(a->work, P.scratch + t * P.per_task);
             for (int64_t it = t; it < P.items1; it += P.tasks1) {
                 if (op == PF_ATTN_FWD) fwd_row(a, &P, ops, it, scr);
+                else if (P.fused) bwd_problem(a, &P, ops, it, scr);
                 else if (it < NR) bwd_dq(a, &P, ops, it, scr);
                 else bwd_dkdv(a, &P, ops, it - NR, scr);
             }

@@ -122,12 +122,14 @@ pf_err pf_csr_transpose(int64_t R, int64_t C, const int64_t *row_ptr, const int6
  *   dense:    N_flop = 2 T out in;
  *             N_blockmem = ceil(out/b1) * ceil(in/b2)          (weight blocks; = R*C)
  *                        + ceil(T*in/(b1*b2)) + ceil(T*out/(b1*b2))  (x read, y written)
- *   sparse:   nnz weight blocks, same activation blocks as dense, N_flop = 2 T nnz b1 b2
- *             (so nnz = R*C costs exactly the dense cost);
- *   low rank: rank r > 0: N_blockmem = ceil(out*r/(b1*b2)) + ceil(in*r/(b1*b2))  (U, V)
- *             + 2 * ceil(T*r/(b1*b2))  (the T x r intermediate x V written, then read);
- *             N_flop = 2 T r (in + out). 0 for r = 0. x and y are counted once, in the
- *             sparse part (the two parts share the read of x and the write of y).
+ *   sparse:   N_blockmem = nnz (stored weight blocks only), N_flop = 2 T nnz b1 b2;
+ *   low rank: rank r > 0: N_blockmem = ceil(out*r/(b1*b2)) + ceil(in*r/(b1*b2))
+ *             (the factors U, V only), N_flop = 2 T r (in + out); 0 for r = 0.
+ * Following SPEC 3's wording ("a sparse layer ... counts only its stored blocks and its
+ * low-rank factors"), activation traffic (x read, y written), which sparsity cannot
+ * remove, is counted in the dense cost only; the sparse and low-rank parts count neither
+ * it nor the low-rank T x r intermediate. So for a divisible shape nnz = R*C costs the
+ * dense cost minus cost_mem times the activation blocks.
  * A sparsified layer costs pf_cost_sparse(nnz) + pf_cost_lowrank(rank).
  * Everything is computed in double, so no size in the accepted ranges overflows. */
 
@@ -137,7 +139,7 @@ pf_err pf_csr_transpose(int64_t R, int64_t C, const int64_t *row_ptr, const int6
 #define PF_MAX_LAYERS ((int64_t)1 << 20)
 
 typedef struct {
-    double cost_mem;  /* cost of touching one b1 x b2 block (weights or activations), finite, >= 0 */
+    double cost_mem;  /* cost of touching one b1 x b2 block (weights, or activations in the dense cost), finite, >= 0 */
     double cost_flop; /* cost of one floating-point operation, finite, > 0 */
     int64_t b1, b2;   /* block size, each in [1, PF_MAX_GRID] */
 } pf_cost_model;
@@ -147,8 +149,8 @@ typedef struct {
     int64_t tokens;                     /* T: rows of input the layer sees per step, [1, PF_MAX_TOKENS] */
 } pf_layer_shape;
 
-/* Costs: dense layer; sparse part with nnz blocks (weights + input/output activations);
- * low-rank part of rank r (U, V, and the T x r intermediate), 0 for r = 0.
+/* Costs: dense layer (weights + input/output activations); sparse part with nnz blocks
+ * (stored blocks only); low-rank part of rank r (U and V only), 0 for r = 0.
  * Return NaN when pf_cost_check(cm, s, nnz, rank) fails (never crash). */
 double pf_cost_dense(const pf_cost_model *cm, const pf_layer_shape *s);
 double pf_cost_sparse(const pf_cost_model *cm, const pf_layer_shape *s, int64_t nnz);

@@ -21,8 +21,9 @@
  *     dq = scale * dS k,  dk = scale * dS^T q,  dv = P^T dout
  *
  * dq is computed by tasks that own query block-rows (CSR), dk/dv by tasks that own key
- * block-columns (CSC, the transposed index): outputs are disjoint, no atomics, no
- * reduction, results are deterministic and independent of the thread count.
+ * block-columns (CSC, the transposed index), or (bwd_per_problem) one task owns a whole
+ * (batch, head) problem: outputs are disjoint, no atomics, no reduction, results are
+ * deterministic and independent of the thread count.
  *
  * Storage dtypes: PF_FLOAT32, PF_BFLOAT16 (uint16_t storage, fp32 accumulation) and
  * PF_FLOAT64 (double accumulation, the exact path used by gradcheck). lse (and dlse) are
@@ -73,6 +74,12 @@ typedef struct {
     const void *dlse;          /* BWD: gradient of lse, same layout, or NULL for zero */
     pf_attn_tensor dq, dk, dv; /* BWD outputs */
     int64_t max_tasks;         /* cap on tasks per phase (0: one per work item); sets workspace */
+    int bwd_per_problem;       /* BWD schedule: 0 = dq by query block-rows (CSR) and dk/dv by key
+                                * block-columns (CSC), 7 small GEMMs per block, parallel over
+                                * batch*heads*L/block; 1 = one task per (batch, head) walks the
+                                * CSC once and accumulates dq in its own buffer, 5 GEMMs per
+                                * block, parallel over batch*heads only (use it when batch*heads
+                                * keeps every thread busy). Same results up to rounding. */
     void *work;                /* pf_attn_workspace() bytes, 64-byte aligned is best */
     int isa;                   /* PF_ISA_*: 0 picks the best the CPU has (AVX-512 or portable) */
 } pf_attn_args;

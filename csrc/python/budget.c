@@ -305,12 +305,12 @@ PyMethodDef pf_budget_methods[] = {
      "cost_flop * 2*T*out*in."},
     {"cost_sparse", (PyCFunction)(void (*)(void))py_cost_sparse, METH_VARARGS | METH_KEYWORDS,
      "cost_sparse(out_features, in_features, tokens, nnz, *, cost_mem=409600.0, cost_flop=1.0, b1=32, b2=32)\n--\n\n"
-     "Cost of the block-sparse part with nnz weight blocks: cost_mem * (nnz + activation\n"
-     "blocks) + cost_flop * 2*T*nnz*b1*b2."},
+     "Cost of the block-sparse part with nnz weight blocks: cost_mem * nnz (stored blocks\n"
+     "only; activation traffic is counted in the dense cost only, SPEC 3) + cost_flop * 2*T*nnz*b1*b2."},
     {"cost_lowrank", (PyCFunction)(void (*)(void))py_cost_lowrank, METH_VARARGS | METH_KEYWORDS,
      "cost_lowrank(out_features, in_features, tokens, rank, *, cost_mem=409600.0, cost_flop=1.0, b1=32, b2=32)\n--\n\n"
-     "Cost of the low-rank part U V^T of rank r (0 for r = 0): cost_mem * (blocks of U, V and\n"
-     "2x the T x r intermediate) + cost_flop * 2*T*r*(in+out)."},
+     "Cost of the low-rank part U V^T of rank r (0 for r = 0): cost_mem * (blocks of U and V,\n"
+     "ceil(out*r/(b1*b2)) + ceil(in*r/(b1*b2))) + cost_flop * 2*T*r*(in+out)."},
     {"flat_butterfly_nnz", (PyCFunction)(void (*)(void))py_flat_butterfly_nnz, METH_VARARGS | METH_KEYWORDS,
      "flat_butterfly_nnz(R, C, n_factors, butterfly_size=0)\n--\n\n"
      "Kept blocks of the flat block butterfly layout on an R x C grid (closed form)."},

@@ -52,11 +52,15 @@ static void test_cost_formulas(void)
     pf_layer_shape s = {6, 8, 5};
     /* weights 3*2 = 6 blocks, x: ceil(40/8) = 5, y: ceil(30/8) = 4, flops 480 */
     CHECK(pf_cost_dense(&cm, &s) == 3.0 * 15 + 0.5 * 480, "dense %g", pf_cost_dense(&cm, &s));
-    CHECK(pf_cost_sparse(&cm, &s, 2) == 3.0 * 11 + 0.5 * 160, "sparse %g", pf_cost_sparse(&cm, &s, 2));
-    CHECK(pf_cost_sparse(&cm, &s, 6) == pf_cost_dense(&cm, &s), "full sparse == dense");
-    CHECK(pf_cost_sparse(&cm, &s, 0) == 3.0 * 9, "activations only");
-    /* U: ceil(18/8) = 3, V: ceil(24/8) = 3, intermediate 2*ceil(15/8) = 4; flops 2*5*3*14 = 420 */
-    CHECK(pf_cost_lowrank(&cm, &s, 3) == 3.0 * 10 + 0.5 * 420, "lowrank %g", pf_cost_lowrank(&cm, &s, 3));
+    /* sparse: stored blocks only (SPEC 3), activations are counted in the dense cost only */
+    CHECK(pf_cost_sparse(&cm, &s, 2) == 3.0 * 2 + 0.5 * 160, "sparse %g", pf_cost_sparse(&cm, &s, 2));
+    CHECK(pf_cost_sparse(&cm, &s, 6) == 3.0 * 6 + 0.5 * 480, "full sparse %g", pf_cost_sparse(&cm, &s, 6));
+    CHECK(pf_cost_sparse(&cm, &s, 6) == pf_cost_dense(&cm, &s) - 3.0 * 9, "full sparse == dense - activations");
+    CHECK(pf_cost_sparse(&cm, &s, 0) == 0.0, "nnz 0 costs 0");
+    /* U: ceil(18/8) = 3, V: ceil(24/8) = 3 (factors only); flops 2*5*3*14 = 420 */
+    CHECK(pf_cost_lowrank(&cm, &s, 3) == 3.0 * 6 + 0.5 * 420, "lowrank %g", pf_cost_lowrank(&cm, &s, 3));
+    /* rank 1: U ceil(6/8) = 1, V ceil(8/8) = 1; flops 2*5*1*14 = 140 */
+    CHECK(pf_cost_lowrank(&cm, &s, 1) == 3.0 * 2 + 0.5 * 140, "lowrank r=1 %g", pf_cost_lowrank(&cm, &s, 1));
     CHECK(pf_cost_lowrank(&cm, &s, 0) == 0.0, "rank 0 costs 0");
     CHECK(pf_cost_lowrank(&cm, &s, 6) > 0 && isnan(pf_cost_lowrank(&cm, &s, 7)), "rank <= min(out,in)");
     /* non-divisible: partial blocks count whole */
@@ -64,6 +68,10 @@ static void test_cost_formulas(void)
     /* weights ceil(7/2)*ceil(9/4) = 4*3 = 12; x ceil(9/8) = 2, y ceil(7/8) = 1; flops 126 */
     CHECK(pf_cost_dense(&cm, &s2) == 3.0 * 15 + 0.5 * 126, "nondiv dense %g", pf_cost_dense(&cm, &s2));
     CHECK(!isnan(pf_cost_sparse(&cm, &s2, 12)) && isnan(pf_cost_sparse(&cm, &s2, 13)), "nnz range nondiv");
+    /* all 12 grid blocks: 3*12 + 0.5 * 2*1*12*8 = 36 + 96 */
+    CHECK(pf_cost_sparse(&cm, &s2, 12) == 3.0 * 12 + 0.5 * 192, "nondiv full sparse %g", pf_cost_sparse(&cm, &s2, 12));
+    /* rank 7 (= min): U ceil(49/8) = 7, V ceil(63/8) = 8; flops 2*1*7*16 = 224 */
+    CHECK(pf_cost_lowrank(&cm, &s2, 7) == 3.0 * 15 + 0.5 * 224, "nondiv lowrank %g", pf_cost_lowrank(&cm, &s2, 7));
     /* cost_mem = 0: pure flops */
     pf_cost_model cf = {0.0, 1.0, 32, 32};
     pf_layer_shape g = {3072, 768, 1024};
@@ -351,7 +359,7 @@ static void test_alloc_single_layer(void)
     pf_layer_shape s = {3072, 768, 8192};
     pf_budget_opts o = default_opts(0.25);
     o.redistribute = 0;
-    o.cm.cost_mem = 1000.0; /* balance ~0.5 FLOP/byte: activations do not dominate */
+    o.cm.cost_mem = 1000.0; /* balance ~0.5 FLOP/byte: memory is nearly free, flops decide */
     int64_t prev_rank = -1;
     double prev_density = -1;
     int n_sparse = 0;
@@ -424,6 +432,35 @@ static void test_alloc_redistribute(void)
     }
 }
 
+/* The default A100-like model (cost_mem = 200 FLOP/byte * 2 bytes * 32 * 32): activation
+ * traffic is counted in the dense cost only, so at a quarter budget every GPT-2-small layer
+ * (T = 1024) is sparsified and the total stays within rho. */
+static void test_alloc_gpt2_small(void)
+{
+    pf_layer_shape L[48];
+    pf_layer_plan P[48];
+    const int64_t shp[4][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};
+    for (int i = 0; i < 48; i++) {
+        L[i].out_features = shp[i % 4][0];
+        L[i].in_features = shp[i % 4][1];
+        L[i].tokens = 1024;
+    }
+    for (int red = 0; red <= 1; red++) {
+        pf_budget_opts o = default_opts(0.25);
+        o.redistribute = red;
+        CHECK(!pf_allocate_budget(L, 48, &o, P), "gpt2");
+        CHECK(check_plan(L, 48, &o, P) == 48, "every GPT-2-small layer sparsified at rho 0.25 (redistribute %d)", red);
+        double spent = 0, dense = 0;
+        for (int i = 0; i < 48; i++) {
+            spent += P[i].sparse_cost + P[i].lowrank_cost;
+            dense += P[i].dense_cost;
+            CHECK(P[i].rank > 0 && P[i].density < 1.0, "layer %d: rank %lld density %g", i,
+                  (long long)P[i].rank, P[i].density);
+        }
+        CHECK(spent <= 0.25 * dense, "gpt2 ratio %g", spent / dense);
+    }
+}
+
 static void test_special_statuses(void)
 {
     pf_layer_shape L[5] = {{100, 64, 8}, {64, 100, 8}, {32, 4096, 8}, {64, 64, 8}, {4096, 4096, 4096}};
@@ -438,7 +475,7 @@ static void test_special_statuses(void)
     CHECK(!pf_allocate_budget(L, 5, &o, P), "rho .3");
     CHECK(P[0].status == PF_PLAN_NOT_DIVISIBLE && P[2].status == PF_PLAN_TOO_SMALL, "statuses kept");
     CHECK(P[4].status == PF_PLAN_SPARSE, "big layer sparse %d", P[4].status);
-    /* tiny budget: over budget (activation traffic alone exceeds it) */
+    /* tiny budget: over budget (even the sparsest butterfly exceeds it) */
     o.rho = 1e-6;
     CHECK(!pf_allocate_budget(L, 5, &o, P), "tiny rho");
     CHECK(P[4].status == PF_PLAN_OVER_BUDGET && P[3].status == PF_PLAN_OVER_BUDGET, "over budget");
@@ -529,6 +566,7 @@ int main(void)
     test_alloc_properties();
     test_alloc_single_layer();
     test_alloc_redistribute();
+    test_alloc_gpt2_small();
     test_special_statuses();
     test_fuzz();
     printf("test_budget: %d passed, %d failed\n", n_pass, n_fail);

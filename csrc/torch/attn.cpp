@@ -2,6 +2,7 @@
 // kernels of csrc/cpu/attn.c (see pixelfly_attn.h). ops.cpp owns TORCH_LIBRARY(pixelfly);
 // this file adds a fragment. Fake kernels and autograd live in pixelfly/attention_ops.py.
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <atomic>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -14,6 +15,7 @@ namespace {
 #define PFA_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, "pixelfly.bsattn: ", __VA_ARGS__)
 
 std::atomic<int64_t> g_attn_isa{PF_ISA_AUTO};
+std::atomic<int64_t> g_attn_bwd_mode{0};  // 0 auto, 1 per problem, 2 rows/columns
 
 pf_dtype attn_dtype(const at::Tensor &t) {
   if (t.scalar_type() == at::kFloat) return PF_FLOAT32;
@@ -85,7 +87,13 @@ struct Setup {
     a.scale = scale; a.causal = causal ? 1 : 0;
     a.q = view(q); a.k = view(k); a.v = view(v);
     a.isa = static_cast<int>(g_attn_isa.load());
-    a.max_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    a.max_tasks = 4 * threads;
+    // Backward schedule: one task per (batch, head) (5 GEMMs per block instead of 7) when
+    // the problems alone keep every thread evenly busy; otherwise row/column tasks.
+    const int64_t N = a.batch * a.heads;
+    a.bwd_per_problem = g_attn_bwd_mode.load() == 1 ||
+        (g_attn_bwd_mode.load() == 0 && N >= threads && (N % threads == 0 || N >= 4 * threads));
   }
 };
 
@@ -159,6 +167,13 @@ int64_t bsattn_set_cpu_isa(int64_t isa) {
   return g_attn_isa.exchange(isa);
 }
 
+// Backward schedule (0 auto, 1 one task per (batch, head), 2 row/column tasks); returns the
+// previous setting. For tests and benchmarks.
+int64_t bsattn_set_bwd_mode(int64_t mode) {
+  PFA_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (auto), 1 (per problem) or 2 (rows/columns), got ", mode);
+  return g_attn_bwd_mode.exchange(mode);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(pixelfly, m) {
@@ -168,6 +183,7 @@ TORCH_LIBRARY_FRAGMENT(pixelfly, m) {
         "Tensor lse, Tensor row_ptr, Tensor col_idx, Tensor col_ptr, Tensor row_idx, int block, "
         "float scale, bool causal) -> (Tensor dq, Tensor dk, Tensor dv)");
   m.def("bsattn_set_cpu_isa(int isa) -> int", &bsattn_set_cpu_isa);
+  m.def("bsattn_set_bwd_mode(int mode) -> int", &bsattn_set_bwd_mode);
 }
 
 TORCH_LIBRARY_IMPL(pixelfly, CPU, m) {

@@ -1,0 +1,225 @@
+"""CPU benchmark of Pixelfly's block-sparse attention core against dense attention.
+
+Methods (q, k, v: [1, 8, L, 64] float32, all cores):
+  * ``dense``: ``torch.nn.functional.scaled_dot_product_attention`` (the dense baseline);
+  * ``pixelfly``: the block-sparse kernel ``pixelfly::bsattn_fwd`` (+ its backward) on a flat
+    block butterfly layout (block 32, butterfly size 32, 3 factors: density 4/32 = 1/8);
+  * ``pixelfly+lr``: the same plus the low-rank part (64 random features, one normaliser),
+    i.e. ``PixelflyAttention``'s whole attention core.
+
+Correctness is checked first (each method against a float64 masked-dense reference, on
+the first query rows of one head). Then forward+backward time (median of --reps) and peak
+memory. Memory method: the peak resident-set growth of one forward+backward, measured in a
+fresh subprocess per (method, L): ``ru_maxrss`` after the step minus ``ru_maxrss`` once
+the inputs exist and one warm-up step has run in a *smaller* problem is not used; instead
+the child allocates and touches its inputs, records ``ru_maxrss``, runs one step, and reports
+the difference (glibc returns large blocks to the OS, so this is the step's peak working set:
+workspace, saved tensors, outputs and gradients).
+
+    python -m benchmarks.bench_attention                        # L = 1024, 2048, 4096
+    python -m benchmarks.bench_attention --quick                # small, seconds
+    python -m benchmarks.bench_attention --json out.json --plot out.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pixelfly.attention import build_attention_layout, gaussian_features, sparse_lowrank_attention
+from pixelfly.attention_ops import AttentionIndex
+
+HEADS, HEAD_DIM, BLOCK = 8, 64, 32
+BUTTERFLY, FACTORS, FEATURES = 32, 3, 64
+METHODS = ("dense", "pixelfly", "pixelfly+lr")
+
+
+def make_index(L):
+    return AttentionIndex(build_attention_layout(L // BLOCK, "pixelfly", n_factors=FACTORS,
+                                                 butterfly_size=BUTTERFLY))
+
+
+def method_fn(name, L):
+    if name == "dense":
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
+    idx = make_index(L)
+    feats = gaussian_features(FEATURES, HEAD_DIM, generator=torch.Generator().manual_seed(0)) \
+        if name == "pixelfly+lr" else None
+    return lambda q, k, v: sparse_lowrank_attention(q, k, v, idx, BLOCK, features=feats)
+
+
+def inputs(L, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, HEADS, L, HEAD_DIM, generator=g, dtype=dtype).requires_grad_()
+            for _ in range(3)] + [torch.randn(1, HEADS, L, HEAD_DIM, generator=g, dtype=dtype)]
+
+
+def check(name, L, rows=256):
+    """Max error of the method's output and input gradients against float64 (head 0, first
+    ``rows`` query rows for the output; full gradients at small L)."""
+    q, k, v, g = inputs(L)
+    out = method_fn(name, L)(q, k, v)
+    q64, k64, v64 = (t.detach()[:, :1].double().requires_grad_() for t in (q, k, v))
+    s = (q64 @ k64.transpose(-1, -2)) * HEAD_DIM ** -0.5
+    if name == "pixelfly":
+        mask = torch.from_numpy(np.kron(make_index(L).layout, np.ones((BLOCK, BLOCK), bool)))
+        s = s.masked_fill(~mask, float("-inf"))
+    ref = torch.softmax(s, -1) @ v64
+    if name == "pixelfly+lr":  # exact formula needs features: compare with the float64 path
+        feats = gaussian_features(FEATURES, HEAD_DIM, generator=torch.Generator().manual_seed(0))
+        ref = sparse_lowrank_attention(q64, k64, v64, make_index(L), BLOCK,
+                                       features=feats.double())
+    err = (out[:, :1, :rows].double() - ref[:, :, :rows]).abs().max().item()
+    gq, = torch.autograd.grad(out[:, :1, :rows], q, g[:, :1, :rows])
+    gq64, = torch.autograd.grad(ref[:, :, :rows], q64, g[:, :1, :rows].double())
+    gerr = (gq[:, :1].double() - gq64).abs().max().item() / max(1.0, gq64.abs().max().item())
+    return err, gerr
+
+
+def time_fb(name, L, reps):
+    q, k, v, g = inputs(L)
+    fn = method_fn(name, L)
+
+    def step():
+        for t in (q, k, v):
+            t.grad = None
+        fn(q, k, v).backward(g)
+
+    step()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _child_memory(name, L):
+    """Run in a subprocess: peak RSS growth (bytes) of one forward+backward."""
+    q, k, v, g = inputs(L)
+    fn = method_fn(name, L)
+    torch.ones(1).add_(1)  # touch the allocator and thread pool
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn(q, k, v).backward(g)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_bytes": (after - before) * 1024}))
+
+
+def peak_memory(name, L, threads):
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "benchmarks.bench_attention", "--_child", name, str(L),
+           "--threads", str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def print_table(results):
+    print(f"\n{'L':>6} {'method':>12} {'density':>8} {'f+b ms':>9} {'vs dense':>9} "
+          f"{'peak MiB':>9} {'mem vs dense':>12} {'out err':>9} {'grad err':>9}")
+    for r in results:
+        print(f"{r['L']:>6} {r['method']:>12} {r['density']:>8.4f} {r['fb_s'] * 1e3:>9.1f} "
+              f"{r['speedup_vs_dense']:>8.2f}x {r['peak_bytes'] / 2**20:>9.1f} "
+              f"{r['mem_ratio_vs_dense']:>11.3f}x {r['out_err']:>9.1e} {r['grad_err']:>9.1e}")
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for m in METHODS:
+        rs = [r for r in results if r["method"] == m]
+        if not rs:
+            continue
+        Ls = [r["L"] for r in rs]
+        a1.plot(Ls, [r["fb_s"] * 1e3 for r in rs], "o-", label=m)
+        a2.plot(Ls, [r["peak_bytes"] / 2**20 for r in rs], "o-", label=m)
+    for a, t in ((a1, "forward+backward time (ms)"), (a2, "peak memory growth (MiB)")):
+        a.set_xscale("log", base=2)
+        a.set_yscale("log")
+        a.set_xlabel("sequence length L")
+        a.set_title(t)
+        a.grid(True, which="both", alpha=0.3)
+        a.legend()
+    fig.suptitle(f"attention core, 1 x {HEADS} heads x d={HEAD_DIM}, fp32, "
+                 f"{torch.get_num_threads()} threads")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="L = 256, 512 only")
+    ap.add_argument("--lengths", type=str, default=None, help="comma-separated L values")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--plot", help="write a PNG plot here")
+    ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args._child:
+        _child_memory(args._child[0], int(args._child[1]))
+        return 0
+    lengths = ([256, 512] if args.quick else [1024, 2048, 4096]) if args.lengths is None \
+        else [int(x) for x in args.lengths.split(",")]
+
+    results = []
+    with tqdm(total=len(lengths) * len(METHODS) * (2 if args.no_memory else 3),
+              desc="bench_attention") as bar:
+        # correctness first, at every length (on the first rows of one head)
+        checks = {}
+        for L in lengths:
+            for m in METHODS:
+                checks[(L, m)] = check(m, L)
+                err, gerr = checks[(L, m)]
+                if not (err < 1e-4 and gerr < 1e-3):
+                    raise SystemExit(f"correctness check failed: {m} at L={L}: out err {err:.2e}, "
+                                     f"grad err {gerr:.2e}")
+                bar.update()
+        for L in lengths:
+            row = {}
+            for m in METHODS:
+                t = time_fb(m, L, args.reps)
+                bar.update()
+                mem = float("nan") if args.no_memory else peak_memory(m, L, args.threads)
+                if not args.no_memory:
+                    bar.update()
+                density = 1.0 if m == "dense" else make_index(L).density
+                row[m] = dict(L=L, method=m, density=density, fb_s=t, peak_bytes=mem,
+                              out_err=checks[(L, m)][0], grad_err=checks[(L, m)][1])
+            for m in METHODS:
+                row[m]["speedup_vs_dense"] = row["dense"]["fb_s"] / row[m]["fb_s"]
+                row[m]["mem_ratio_vs_dense"] = row[m]["peak_bytes"] / row["dense"]["peak_bytes"]
+                results.append(row[m])
+    print_table(results)
+    meta = dict(machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                torch=torch.__version__, heads=HEADS, head_dim=HEAD_DIM, block=BLOCK,
+                butterfly_size=BUTTERFLY, n_factors=FACTORS, n_random_features=FEATURES,
+                memory_method="peak RSS growth (ru_maxrss delta) of one forward+backward in a "
+                              "fresh subprocess, inputs allocated beforehand")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, results=results), f, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
