@@ -89,7 +89,8 @@ class PixelflyLinear(nn.Module):
         low_rank_fraction: share of the density spent on the low-rank part (default 1/4).
 
     Parameters: ``blocks [nnz, b1, b2]`` (the only storage of ``B``), ``U [out, r]``,
-    ``V [in, r]``, ``gamma_logit`` (scalar; absent when ``r == 0``: then ``gamma = 1``),
+    ``V [in, r]``, ``gamma_logit`` (scalar; these three are absent when ``r == 0``, and then
+    ``gamma = 1``),
     ``bias [out]``. Buffer ``layout [R, C]`` (bool) is saved in ``state_dict``.
 
     Example::
@@ -136,8 +137,9 @@ class PixelflyLinear(nn.Module):
         self.register_buffer("layout", torch.as_tensor(layout, device=device))
         self._set_index(layout)
         self.blocks = nn.Parameter(torch.empty(self.index.nnz, b1, b2, **factory))
-        self.U = nn.Parameter(torch.empty(out_features, rank, **factory))
-        self.V = nn.Parameter(torch.empty(in_features, rank, **factory))
+        # U, V exist only with a low-rank part (an unused parameter would trip DDP).
+        self.register_parameter("U", nn.Parameter(torch.empty(out_features, rank, **factory)) if rank else None)
+        self.register_parameter("V", nn.Parameter(torch.empty(in_features, rank, **factory)) if rank else None)
         self.gamma_logit = nn.Parameter(torch.zeros((), **factory)) if rank > 0 else None
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()

@@ -111,7 +111,7 @@ def bsmm_bwd_w(dy, x, layout, b1: int, b2: int):
 def pixelfly_weight(blocks, layout, U=None, V=None, gamma=1.0):
     """Dense ``W = gamma * B + (1 - gamma) * U V^T`` (U: ``out x r``, V: ``in x r``)."""
     W = gamma * blocks_to_dense(blocks, layout)
-    if U is not None and U.shape[1] > 0:
+    if U is not None and not isinstance(U, int) and U.shape[1] > 0:
         W = W + (1 - gamma) * (U @ V.T)
     return W
 

@@ -118,6 +118,10 @@ class Plan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        """Plain JSON-ready data (``Plan.from_dict(p.to_dict())`` round-trips)."""
+        return json.loads(json.dumps(self._raw()))
+
+    def _raw(self) -> dict:
         return {"budget": self.budget, "low_rank_fraction": self.low_rank_fraction,
                 "block_size": list(self.block_size), "cost_model": self.cost_model,
                 "layers": [dataclasses.asdict(lay) for lay in self.layers]}

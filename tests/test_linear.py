@@ -14,7 +14,7 @@ def ref_forward(layer, x):
     """Masked dense reference with the layer's own parameters, in float64."""
     p = {k: v.double() for k, v in layer.named_parameters()}
     gamma = torch.sigmoid(p["gamma_logit"]) if layer.rank else 1.0
-    return reference.pixelfly_linear(x.double(), p["blocks"], layer.layout.cpu(), p["U"], p["V"],
+    return reference.pixelfly_linear(x.double(), p["blocks"], layer.layout.cpu(), p.get("U"), p.get("V"),
                                      gamma, p.get("bias"))
 
 
@@ -40,7 +40,7 @@ def test_forward_and_gradients_match_reference(device, dtype, case):
     y64 = ref_forward(layer.cpu().double(), x.detach().cpu())
     layer.to(device=device, dtype=dtype)
     base = reference.pixelfly_linear(
-        x.detach(), layer.blocks.detach(), layer.layout, layer.U.detach(), layer.V.detach(),
+        x.detach(), layer.blocks.detach(), layer.layout, r and layer.U.detach(), r and layer.V.detach(),
         layer.gamma.detach() if r else 1.0, None if layer.bias is None else layer.bias.detach())
     assert_close_to_oracle(y.detach().cpu(), y64, base.cpu(), "forward")
     gy = torch.randn_like(y)
@@ -49,7 +49,7 @@ def test_forward_and_gradients_match_reference(device, dtype, case):
     params = {k: v.detach().double().cpu().requires_grad_() for k, v in layer.named_parameters()}
     x64 = x.detach().double().cpu().requires_grad_()
     g64 = params.get("gamma_logit")
-    out = reference.pixelfly_linear(x64, params["blocks"], layer.layout.cpu(), params["U"], params["V"],
+    out = reference.pixelfly_linear(x64, params["blocks"], layer.layout.cpu(), params.get("U"), params.get("V"),
                                     torch.sigmoid(g64) if r else 1.0, params.get("bias"))
     out.backward(gy.double().cpu())
     tol = {torch.float64: 1e-9, torch.float32: 1e-3, torch.bfloat16: 0.15}[dtype]

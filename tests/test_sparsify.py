@@ -58,9 +58,9 @@ def test_plan_reports_why_layers_stay_dense():
     assert p["body.5"].reason == "not called by the example input"
     assert p["body.4"].status == "dense"  # 128 -> 10 does not divide into 16 x 16 blocks
     assert "divis" in p["body.4"].reason or "multiple" in p["body.4"].reason
-    gpt = build_model("gpt2", config="tiny")
+    gpt = build_model("gpt2", config="tiny", tie_weights=False)
     pg = plan(gpt, example_input("gpt2", gpt.config, batch=2), budget=0.3, block_size=16)
-    assert not pg["lm_head"].sparse
+    assert not pg["lm_head"].sparse and "keep_dense" in pg["lm_head"].reason
 
 
 def test_plan_json_round_trip(tmp_path):
@@ -137,7 +137,7 @@ def test_sparsify_hugging_face_gpt2_conv1d():
     sparsify(model, p, init="from_dense")
     assert isinstance(model.transformer.h[0].attn.c_attn, PixelflyLinear)
     torch.testing.assert_close(model(ids).logits, want, rtol=1e-4, atol=1e-4)
-    p2 = plan(transformers.GPT2LMHeadModel(cfg), ids, budget=0.25, block_size=16)
+    p2 = plan(transformers.GPT2LMHeadModel(cfg), ids, budget=0.5, block_size=16)
     assert sum(lay.sparse for lay in p2.layers) > 0
 
 

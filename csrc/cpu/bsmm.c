@@ -89,6 +89,9 @@ void pf_tile_portable(const pf_tile *t) {
 #ifndef PF_TC
 #define PF_TC 256           /* rows of T per FWD/BWD_X task chunk (may shrink) */
 #endif
+#ifndef PF_TCW_IN
+#define PF_TCW_IN 256       /* rows of T per BWD_W kernel call (smaller measured slower) */
+#endif
 #ifndef PF_TCW
 #define PF_TCW 256          /* rows of T per BWD_W reduction chunk */
 #endif
@@ -148,7 +151,7 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
             p->convdy_rows = p->out > 0 ? clamp64(PF_CONV_ELEMS / p->out, 1, T > 0 ? T : 1) : 1;
             p->n_convdy = (p->out > 0 && T > 0) ? ceil_div(T, p->convdy_rows) : 0;
         }
-        if (op == PF_OP_BWD_W && T > PF_TCW) {
+        if (op == PF_OP_BWD_W && T > PF_TCW_IN) {
             p->ws_acc = off;
             off += round_up(nnz * b1 * b2 * 4, 64);
         }
@@ -474,24 +477,31 @@ static void run_bwd_w(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, in
     t.ldc = b2;
     for (int64_t ch = 0; ch < nchunks; ++ch) {
         const int64_t t0 = ch * PF_TCW, t1 = t0 + PF_TCW < T ? t0 + PF_TCW : T;
-        const int last = ch == nchunks - 1;
         int64_t r = r_first;
         for (int64_t j = lo; j < hi; ++j) {
             while (ix->row_ptr[r + 1] <= j) ++r;
             const int64_t c = ix->col_idx[j];
-            /* T == 0: K = 0, A and B are never read (and may be NULL) */
-            t.A = T > 0 ? DY + t0 * ldy + r * b1 : DY;
-            t.B = T > 0 ? X + t0 * ldx + c * b2 : X;
-            t.K = t1 - t0;
-            t.Cin = ch == 0 ? NULL : acc + j * b1 * b2;
-            if (last) {
-                t.C = (char *)a->out + j * b1 * b2 * es;
-                t.c_bf16 = p->bf16;
-            } else {
-                t.C = acc + j * b1 * b2;
-                t.c_bf16 = 0;
+            /* sub-chunks of PF_TCW_IN rows: the x / dy rows they touch stay in L1 (and in
+             * the L1 TLB) while every row tile of the block reduces over them; the partial
+             * dw block round-trips through L1 */
+            for (int64_t s0 = t0; s0 < t1 || s0 == t0; s0 += PF_TCW_IN) {
+                const int64_t s1 = s0 + PF_TCW_IN < t1 ? s0 + PF_TCW_IN : t1;
+                const int first = s0 == 0, last = s1 == T;
+                /* T == 0: K = 0, A and B are never read (and may be NULL) */
+                t.A = T > 0 ? DY + s0 * ldy + r * b1 : DY;
+                t.B = T > 0 ? X + s0 * ldx + c * b2 : X;
+                t.K = s1 - s0;
+                t.Cin = first ? NULL : acc + j * b1 * b2;
+                if (last) {
+                    t.C = (char *)a->out + j * b1 * b2 * es;
+                    t.c_bf16 = p->bf16;
+                } else {
+                    t.C = acc + j * b1 * b2;
+                    t.c_bf16 = 0;
+                }
+                fn(&t);
+                if (s1 >= t1) break;
             }
-            fn(&t);
         }
     }
 }

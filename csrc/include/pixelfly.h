@@ -261,10 +261,16 @@ enum { PF_ISA_AUTO = 0, PF_ISA_PORTABLE = 1, PF_ISA_AVX2 = 2, PF_ISA_AVX512 = 3 
 int pf_cpu_has_avx2_fma(void);
 int pf_cpu_has_avx512(void); /* avx512f (+bw/vl) */
 
-/* Check sizes, strides and index consistency; NULL if the call is well-formed. */
+/* Check sizes, strides, pointers (non-NULL wherever the operand has elements, aligned
+ * to the element size), the isa (an explicit PF_ISA_AVX2/AVX512 the CPU lacks is an
+ * error) and full index consistency (CSR and CSC sorted, in range, csc_blk the exact
+ * transpose); O(R + C + nnz). NULL if the call is well-formed. Does not look at `work`
+ * (it is sized afterwards with pf_bsmm_workspace). */
 pf_err pf_bsmm_check(int op, const pf_bsmm_args *a);
 
-/* Bytes of scratch the op needs (e.g. packed blocks). */
+/* Bytes of scratch the op needs: FWD / BWD_X the packed (fp32, padded) blocks; with
+ * bf16 storage also fp32 copies of x / dy (and BWD_W's fp32 partial sums). fp32 BWD_W
+ * needs none. Any alignment works; 64 bytes is best. */
 int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a);
 
 /* Work is split into phases (0: packing, 1: compute) of independent tasks. The caller
@@ -275,7 +281,13 @@ int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a);
 int64_t pf_bsmm_num_tasks(int op, int phase, const pf_bsmm_args *a);
 void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_t end);
 
-/* Convenience: check, then run every phase serially. */
+/* Results do not depend on the task split, the order tasks run in, or the ISA: every ISA
+ * accumulates each output in fp32 with fused multiply-adds in the same order (blocks in
+ * index order, then k / t ascending), so AVX2, AVX-512 and portable are bitwise equal.
+ * bf16 outputs are rounded to nearest even once, at the end. */
+
+/* Convenience: check, then run every phase serially (a->work must hold
+ * pf_bsmm_workspace bytes when that is > 0, else an error is returned). */
 pf_err pf_bsmm_serial(int op, const pf_bsmm_args *a);
 
 #ifdef __cplusplus

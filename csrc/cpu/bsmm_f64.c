@@ -1,0 +1,102 @@
+/*
+ * bsmm_f64.c - the float64 path of the block-sparse matmul ops (PF_FLOAT64).
+ *
+ * Exact double-precision loops with double accumulation, for gradcheck and float64 models.
+ * It is not tuned for speed (float64 training is a correctness tool); it shares the task
+ * protocol of bsmm.c: phase 0 has no tasks, phase 1 splits the output into disjoint parts:
+ *   FWD:   one task per block-row r      (writes y[:, r*b1 : (r+1)*b1])
+ *   BWD_X: one task per block-column c   (writes dx[:, c*b2 : (c+1)*b2])
+ *   BWD_W: one task per stored block     (writes dw[blk])
+ * Arguments are validated by pf_bsmm_check before any of this runs.
+ */
+#include "pixelfly.h"
+
+int64_t pf_bsmm_f64_num_tasks(int op, int phase, const pf_bsmm_args *a);
+void pf_bsmm_f64_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_t end);
+
+int64_t pf_bsmm_f64_num_tasks(int op, int phase, const pf_bsmm_args *a)
+{
+    if (phase != 1) return 0;
+    const pf_bsr_index *ix = a->ix;
+    switch (op) {
+    case PF_OP_FWD: return ix->R;
+    case PF_OP_BWD_X: return ix->C;
+    case PF_OP_BWD_W: return ix->nnz;
+    default: return 0;
+    }
+}
+
+/* out[t, o0 + i] = sum over the blocks of one block-row (or column) of in[t, ...] * w. */
+static void fwd_row(const pf_bsmm_args *a, int64_t r)
+{
+    const pf_bsr_index *ix = a->ix;
+    const double *x = (const double *)a->x, *w = (const double *)a->w;
+    double *y = (double *)a->out;
+    const int64_t b1 = ix->b1, b2 = ix->b2;
+    for (int64_t t = 0; t < a->T; ++t) {
+        double *yr = y + t * a->ldo + r * b1;
+        for (int64_t i = 0; i < b1; ++i) yr[i] = 0.0;
+        for (int64_t p = ix->row_ptr[r]; p < ix->row_ptr[r + 1]; ++p) {
+            const double *xr = x + t * a->ldx + ix->col_idx[p] * b2, *blk = w + p * b1 * b2;
+            for (int64_t i = 0; i < b1; ++i) {
+                double s = 0.0;
+                for (int64_t k = 0; k < b2; ++k) s += xr[k] * blk[i * b2 + k];
+                yr[i] += s;
+            }
+        }
+    }
+}
+
+static void bwd_x_col(const pf_bsmm_args *a, int64_t c)
+{
+    const pf_bsr_index *ix = a->ix;
+    const double *dy = (const double *)a->dy, *w = (const double *)a->w;
+    double *dx = (double *)a->out;
+    const int64_t b1 = ix->b1, b2 = ix->b2;
+    for (int64_t t = 0; t < a->T; ++t) {
+        double *dxr = dx + t * a->ldo + c * b2;
+        for (int64_t k = 0; k < b2; ++k) dxr[k] = 0.0;
+        for (int64_t q = ix->col_ptr[c]; q < ix->col_ptr[c + 1]; ++q) {
+            const int64_t blkid = ix->csc_blk[q];
+            const double *dyr = dy + t * a->ldy + ix->row_idx[q] * b1, *blk = w + blkid * b1 * b2;
+            for (int64_t i = 0; i < b1; ++i)
+                for (int64_t k = 0; k < b2; ++k) dxr[k] += dyr[i] * blk[i * b2 + k];
+        }
+    }
+}
+
+static void bwd_w_block(const pf_bsmm_args *a, int64_t p, int64_t r)
+{
+    const pf_bsr_index *ix = a->ix;
+    const double *x = (const double *)a->x, *dy = (const double *)a->dy;
+    const int64_t b1 = ix->b1, b2 = ix->b2, c = ix->col_idx[p];
+    double *dw = (double *)a->out + p * b1 * b2;
+    for (int64_t e = 0; e < b1 * b2; ++e) dw[e] = 0.0;
+    for (int64_t t = 0; t < a->T; ++t) {
+        const double *dyr = dy + t * a->ldy + r * b1, *xr = x + t * a->ldx + c * b2;
+        for (int64_t i = 0; i < b1; ++i)
+            for (int64_t k = 0; k < b2; ++k) dw[i * b2 + k] += dyr[i] * xr[k];
+    }
+}
+
+void pf_bsmm_f64_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_t end)
+{
+    if (phase != 1) return;
+    const pf_bsr_index *ix = a->ix;
+    for (int64_t task = begin; task < end; ++task) {
+        if (op == PF_OP_FWD) {
+            fwd_row(a, task);
+        } else if (op == PF_OP_BWD_X) {
+            bwd_x_col(a, task);
+        } else if (op == PF_OP_BWD_W) {
+            int64_t r = 0; /* block-row of stored block `task`: binary search in row_ptr */
+            int64_t lo = 0, hi = ix->R;
+            while (lo < hi) {
+                int64_t mid = lo + (hi - lo) / 2;
+                if (ix->row_ptr[mid + 1] <= task) lo = mid + 1; else hi = mid;
+            }
+            r = lo;
+            bwd_w_block(a, task, r);
+        }
+    }
+}
