@@ -820,7 +820,8 @@ static void bwd_problem(const pf_attn_args *a, const plan_t *P, const tile_ops *
 }
 
 void pf_attn_run(int op, int phase, const pf_attn_args *a, int64_t begin, int64_t end) {
-    if (!a || !a->work || (op != PF_ATTN_FWD && op != PF_ATTN_BWD)) return;
+    /* re-validated here too (O(nnz log nnz)), so a bad call is a no-op, never a crash */
+    if (!a || !a->work || pf_attn_check(op, a)) return;
     plan_t P;
     make_plan(op, a, &P);
     const tile_ops *ops = pick_ops(a);

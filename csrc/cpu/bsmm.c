@@ -220,8 +220,8 @@ pf_err pf_bsmm_check(int op, const pf_bsmm_args *a) {
     if (!a) return "pf_bsmm: args is NULL";
     if (op != PF_OP_FWD && op != PF_OP_BWD_X && op != PF_OP_BWD_W)
         return "pf_bsmm: op must be PF_OP_FWD, PF_OP_BWD_X or PF_OP_BWD_W";
-    if (a->dtype != PF_FLOAT32 && a->dtype != PF_BFLOAT16)
-        return "pf_bsmm: dtype must be PF_FLOAT32 or PF_BFLOAT16 on the CPU";
+    if (a->dtype != PF_FLOAT32 && a->dtype != PF_BFLOAT16 && a->dtype != PF_FLOAT64)
+        return "pf_bsmm: dtype must be PF_FLOAT32, PF_BFLOAT16 or PF_FLOAT64 on the CPU";
     if (a->isa < PF_ISA_AUTO || a->isa > PF_ISA_AVX512)
         return "pf_bsmm: isa must be PF_ISA_AUTO, PF_ISA_PORTABLE, PF_ISA_AVX2 or PF_ISA_AVX512";
     if (a->isa == PF_ISA_AVX2 && !pf_cpu_has_avx2_fma())
@@ -276,7 +276,7 @@ pf_err pf_bsmm_check(int op, const pf_bsmm_args *a) {
 
     /* operands */
     const int bf = a->dtype == PF_BFLOAT16;
-    const uintptr_t al = bf ? 2 : 4;
+    const uintptr_t al = bf ? 2 : (a->dtype == PF_FLOAT64 ? 8 : 4);
     const int need_x = op != PF_OP_BWD_X, need_dy = op != PF_OP_FWD, need_w = op != PF_OP_BWD_W;
     if (need_x) {
         if (a->ldx < in) return "pf_bsmm: ldx must be >= in = C*b2";
@@ -312,12 +312,14 @@ pf_err pf_bsmm_check(int op, const pf_bsmm_args *a) {
 /* ------------------------------------------------------------------ API */
 
 int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a) {
+    if (a && a->dtype == PF_FLOAT64) return 0; /* the float64 path reads operands in place */
     pf_plan p;
     if (!make_plan(op, a, &p)) return 0;
     return p.ws_total;
 }
 
 int64_t pf_bsmm_num_tasks(int op, int phase, const pf_bsmm_args *a) {
+    if (a && a->dtype == PF_FLOAT64) return pf_bsmm_f64_num_tasks(op, phase, a);
     pf_plan p;
     if (!make_plan(op, a, &p)) return 0;
     if (phase == 0) return p.n_pack + p.n_convx + p.n_convdy;
@@ -507,6 +509,12 @@ static void run_bwd_w(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, in
 }
 
 void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_t end) {
+    if (a && a->dtype == PF_FLOAT64) {
+        const int64_t n = pf_bsmm_f64_num_tasks(op, phase, a);
+        if (begin < 0) begin = 0;
+        pf_bsmm_f64_run(op, phase, a, begin, end > n ? n : end);
+        return;
+    }
     pf_plan p;
     if (!make_plan(op, a, &p)) return;
     if (begin < 0) begin = 0;

@@ -10,9 +10,7 @@
  * Arguments are validated by pf_bsmm_check before any of this runs.
  */
 #include "pixelfly.h"
-
-int64_t pf_bsmm_f64_num_tasks(int op, int phase, const pf_bsmm_args *a);
-void pf_bsmm_f64_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_t end);
+#include "bsmm_internal.h"
 
 int64_t pf_bsmm_f64_num_tasks(int op, int phase, const pf_bsmm_args *a)
 {

@@ -58,4 +58,9 @@ static inline float pf_bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* The float64 path (bsmm_f64.c): exact loops, same task protocol, no workspace. */
+#include "pixelfly.h"
+int64_t pf_bsmm_f64_num_tasks(int op, int phase, const pf_bsmm_args *a);
+void pf_bsmm_f64_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_t end);
+
 #endif /* PF_BSMM_INTERNAL_H */

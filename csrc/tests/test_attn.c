@@ -359,6 +359,16 @@ static void test_errors(void) {
     BAD(col_idx, bad_ci, "row_ptr/col_idx");
     bad_ci[0] = p.col_idx[1]; /* duplicate */
     BAD(col_idx, bad_ci, "row_ptr/col_idx");
+    {   /* running with a bad index is a no-op (never reads out of bounds) */
+        pf_attn_args b2 = a;
+        b2.col_idx = bad_ci;
+        bad_ci[1] = 1000;
+        char work[64];
+        b2.work = work;
+        for (int ph = 0; ph < PF_ATTN_PHASES; ++ph) pf_attn_run(PF_ATTN_BWD, ph, &b2, 0, 100);
+        EXPECT(1, "unreachable");
+        bad_ci[1] = p.col_idx[1];
+    }
     bad_rp[1] = p.nnz + 5;
     BAD(row_ptr, bad_rp, "row_ptr/col_idx");
     /* a CSC that is valid on its own but is not the transpose */

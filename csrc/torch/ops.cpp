@@ -32,7 +32,8 @@ void check_dense(const char *name, const at::Tensor &t, int64_t cols) {
 pf_dtype to_pf_dtype(const char *name, const at::Tensor &t) {
   if (t.scalar_type() == at::kFloat) return PF_FLOAT32;
   if (t.scalar_type() == at::kBFloat16) return PF_BFLOAT16;
-  PF_CHECK_TYPE(false, name, " must be float32 or bfloat16 on the CPU, got ", t.scalar_type());
+  if (t.scalar_type() == at::kDouble) return PF_FLOAT64;
+  PF_CHECK_TYPE(false, name, " must be float32, bfloat16 or float64 on the CPU, got ", t.scalar_type());
   return PF_FLOAT32;
 }
 
