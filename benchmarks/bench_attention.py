@@ -89,22 +89,27 @@ def check(name, L, rows=256):
     return err, gerr
 
 
-def time_fb(name, L, reps):
+def time_fb(L, reps):
+    """Median forward+backward seconds per method. Methods are interleaved within each rep
+    (dense, pixelfly, pixelfly+lr, dense, ...) so that load from other processes on a shared
+    machine hits them alike and the ratios stay meaningful."""
     q, k, v, g = inputs(L)
-    fn = method_fn(name, L)
+    fns = {m: method_fn(m, L) for m in METHODS}
 
-    def step():
+    def step(fn):
         for t in (q, k, v):
             t.grad = None
         fn(q, k, v).backward(g)
 
-    step()
-    times = []
+    for fn in fns.values():
+        step(fn)  # warm-up
+    times = {m: [] for m in METHODS}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for m, fn in fns.items():
+            t0 = time.perf_counter()
+            step(fn)
+            times[m].append(time.perf_counter() - t0)
+    return {m: statistics.median(ts) for m, ts in times.items()}
 
 
 def _status_kib(field):
@@ -185,7 +190,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="L = 512, 1024 only")
     ap.add_argument("--lengths", type=str, default=None, help="comma-separated L values")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     ap.add_argument("--json", help="write results here")
@@ -214,8 +219,9 @@ def main(argv=None):
                 bar.update()
         for L in lengths:
             row = {}
+            fb = time_fb(L, args.reps)
             for m in METHODS:
-                t = time_fb(m, L, args.reps)
+                t = fb[m]
                 bar.update()
                 mem = float("nan") if args.no_memory else peak_memory(m, L, args.threads)
                 if not args.no_memory:
