@@ -8,10 +8,13 @@ Methods (q, k, v: [1, 8, L, 64] float32, all cores):
     i.e. ``PixelflyAttention``'s whole attention core.
 
 Correctness is checked first (each method against a float64 masked-dense reference, on
-the first query rows of one head). Then forward+backward time (median of --reps, inputs
-reused, gradients reset) and peak memory. Memory method: peak resident-set growth of one
+the first query rows of one head; pixelfly+lr against its own formula in float64, whose
+exactness tests/test_attention.py checks against an explicit L x L computation). Then forward+backward time (median of --reps; methods
+interleaved within each rep so load from other processes hits them alike; inputs reused,
+gradients reset) and peak memory. Memory method: peak resident-set growth of one
 forward+backward, each (method, L) in a fresh subprocess: the child warms the method up on a
-small problem (L = 256: code pages, thread pool), allocates and fills its inputs, resets the kernel's RSS high-water mark (``/proc/self/clear_refs``), runs one step
+small problem (L = 256: code pages, thread pool), allocates and fills its inputs, resets
+the kernel's RSS high-water mark (``/proc/self/clear_refs``), runs one step
 and reports ``VmHWM - VmRSS(before)``. glibc serves large blocks with mmap and returns them,
 so this is the step's peak working set
 (workspace, saved tensors, outputs, gradients, and for the dense baseline whatever SDPA's
