@@ -24,12 +24,12 @@ __all__ = [
     "csr_transpose", "default_butterfly_size", "flat_butterfly_layout", "layout_to_csr",
     "layout_to_mask", "local_layout", "mask_to_layout", "random_layout",
     "sparse_transformer_layout", "PixelflyLinear", "choose_config", "plan", "sparsify",
-    "densify", "Plan", "ButterflyLinear",
+    "densify", "Plan", "ButterflyLinear", "PixelflyAttention",
 ]
 
 
 _LAZY = {"PixelflyLinear": "linear", "choose_config": "linear", "ops": None,
-         "ButterflyLinear": "butterfly",
+         "ButterflyLinear": "butterfly", "PixelflyAttention": "attention",
          "plan": "sparsify", "sparsify": "sparsify", "densify": "sparsify", "Plan": "sparsify",
          "models": None, "data": None}
 

@@ -134,7 +134,7 @@ class PixelflyLinear(nn.Module):
         self.butterfly_size = butterfly_size or default_butterfly_size(*layout.shape)
         self.rank = rank
         factory = {"device": device, "dtype": dtype}
-        self.register_buffer("layout", torch.as_tensor(layout, device=device))
+        self.register_buffer("layout", torch.tensor(np.asarray(layout), device=device))
         self._set_index(layout)
         self.blocks = nn.Parameter(torch.empty(self.index.nnz, b1, b2, **factory))
         # U, V exist only with a low-rank part (an unused parameter would trip DDP).

@@ -293,4 +293,7 @@ pf_err pf_bsmm_serial(int op, const pf_bsmm_args *a);
 #ifdef __cplusplus
 }
 #endif
+/* Block-sparse attention kernels (csrc/cpu/attn.c). */
+#include "pixelfly_attn.h"
+
 #endif /* PIXELFLY_H */

@@ -71,15 +71,24 @@ def resolve_attention(attention: AttentionSpec, dim: int, n_heads: int, seq_len:
                       dropout: float = 0.0) -> nn.Module:
     """Build the attention module for one block.
 
-    ``attention`` is ``"dense"`` (``MultiHeadSelfAttention``, with ``dropout``) or a factory
+    ``attention`` is ``"dense"`` (``MultiHeadSelfAttention``, with ``dropout``), a block
+    layout name (``"pixelfly"``, ``"bigbird"``, ``"sparse_transformer"``, ``"local"``:
+    :class:`pixelfly.PixelflyAttention` with that layout, blocks of 32, or 16 for short
+    sequences; use ``PixelflyAttention.factory(...)`` for other settings), or a factory
     called as ``attention(dim, n_heads, seq_len, causal)``, which must return an
     ``nn.Module`` with the contract ``[B, L, dim] -> [B, L, dim]``.
     """
     if isinstance(attention, str):
-        if attention != "dense":
-            raise ValueError(f"unknown attention {attention!r}: use 'dense' or a factory "
+        if attention == "dense":
+            return MultiHeadSelfAttention(dim, n_heads, seq_len, causal, dropout=dropout)
+        from ..attention import LAYOUTS, PixelflyAttention  # block-sparse attention (C kernels)
+        if attention not in LAYOUTS:
+            raise ValueError(f"unknown attention {attention!r}: use 'dense', one of the block "
+                             f"layouts {LAYOUTS} (PixelflyAttention), or a factory "
                              "attention(dim, n_heads, seq_len, causal) -> nn.Module")
-        return MultiHeadSelfAttention(dim, n_heads, seq_len, causal, dropout=dropout)
+        block = 32 if seq_len % 32 == 0 and seq_len >= 64 else 16
+        return PixelflyAttention(dim, n_heads, seq_len, causal=causal, layout=attention,
+                                 block_size=block, dropout=dropout)
     if not callable(attention):
         raise TypeError(f"attention must be 'dense' or a callable factory, got {type(attention).__name__}")
     module = attention(dim, n_heads, seq_len, causal)
