@@ -2,6 +2,7 @@
 #   make run     - the main job: python -m pixelfly (builds first)
 #   make test    - the whole suite: C core under AddressSanitizer, nvcc compile check, pytest
 #   make bench   - CPU benchmarks (ratios against dense PyTorch, JSON + plots in bench-results/)
+#   make bench-gpu - the CUDA benchmark (needs an NVIDIA GPU and a CUDA build of torch)
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -12,7 +13,7 @@ CORE_C  := $(wildcard csrc/core/*.c csrc/cpu/*.c)
 C_TESTS := $(wildcard csrc/tests/test_*.c)
 CU_SRC  := $(wildcard csrc/cuda/*.cu)
 
-.PHONY: all venv build run test test-c test-py test-cuda-compile bench clean
+.PHONY: all venv build run test test-c test-py test-cuda-compile bench bench-gpu clean
 
 all: build
 
@@ -80,6 +81,10 @@ test: test-c test-cuda-compile test-py
 
 bench: build
 	$(PY) -m benchmarks.bench_linear --json bench-results/linear.json --plot bench-results/linear.png
+	$(PY) -m benchmarks.bench_attention --json bench-results/attention.json --plot bench-results/attention.png
+
+bench-gpu: build
+	$(PY) -m benchmarks.bench_cuda --json bench-results/cuda.json
 
 clean:
 	rm -rf build csrc/tests/bin pixelfly/*.so *.egg-info

@@ -30,7 +30,9 @@ INCLUDE = os.path.join(ROOT, "csrc", "include")
 CORE_SOURCES = sorted(glob.glob("csrc/core/*.c") + glob.glob("csrc/cpu/*.c"))
 ALL_SOURCES = sorted(glob.glob("csrc/**/*.*", recursive=True))
 C_FLAGS = ["-O3", "-std=c11", "-fPIC", "-Wall", "-Wextra", "-fno-math-errno"]
-CXX_FLAGS = ["-O3", "-std=c++20", "-fPIC"]
+# -fopenmp: at::parallel_for is inline OpenMP in torch's headers; without it the ops would
+# silently run on one thread.
+CXX_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-fopenmp"]
 
 
 class BuildCoreLib(build_clib):
@@ -72,7 +74,7 @@ def extensions():
         cpp_extension.CppExtension(
             "pixelfly._ops", sorted(glob.glob("csrc/torch/*.cpp")),
             include_dirs=[INCLUDE], depends=ALL_SOURCES,
-            extra_compile_args={"cxx": CXX_FLAGS}),
+            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"]),
     ]
     if cuda_wanted():
         # Torch-free kernels (csrc/cuda) + the one binding file (csrc/torch/ops_cuda.cu).
