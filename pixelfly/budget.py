@@ -54,6 +54,8 @@ DEFAULT_MACHINE_BALANCE = 200.0
 DEFAULT_ELEM_BYTES = 2
 
 _STATUSES = ("sparse", "not_divisible", "too_small", "over_budget", "budget_one")
+#: Smallest butterfly size the planner uses: n = 2 has density (m + 1) / n = 1 (dense).
+_MIN_BUTTERFLY = 4
 
 
 def _is_int(x) -> bool:
@@ -230,8 +232,9 @@ class LayerPlan:
     name : str
     out_features, in_features, tokens : int
     status : str
-        ``"sparse"`` (sparsified), ``"not_divisible"``, ``"too_small"``, ``"over_budget"``
-        or ``"budget_one"`` (the last four stay dense).
+        ``"sparse"`` (sparsified), ``"not_divisible"``, ``"too_small"`` (block grid below
+        4 x 4, where every butterfly is dense), ``"over_budget"`` or ``"budget_one"`` (the
+        last four stay dense).
     reason : str
         Human-readable reason why the layer stays dense ("" when sparsified).
     R, C : int
@@ -428,12 +431,15 @@ def _reason(d: dict, o: int, i: int, t: int, cm: CostModel, rho: float) -> str:
         bad = [f"{f}={v} % {b} != 0" for f, v, b in (("out_features", o, b1), ("in_features", i, b2)) if v % b]
         return f"not divisible by the {b1}x{b2} block ({', '.join(bad)})"
     if st == "too_small":
-        return f"block grid {d['R']}x{d['C']} is below 2x2: no butterfly fits"
+        R, C = d["R"], d["C"]
+        if min(R, C) < _MIN_BUTTERFLY:
+            return f"block grid {R}x{C} is below 4x4: every butterfly on it is dense"
+        return f"every butterfly on the block grid {R}x{C} keeps all {R * C} blocks: it would be dense"
     if st == "budget_one":
         return "budget 1: the dense layer is already the cheapest"
     if st == "over_budget":
         R, C = d["R"], d["C"]
-        n, best = 2, None
+        n, best = _MIN_BUTTERFLY, None
         while n <= min(R, C):
             z = _C.flat_butterfly_nnz(R, C, 1, n)
             if best is None or z < best[0]:
@@ -481,15 +487,19 @@ def allocate_budget(layers, budget: float = 0.25, low_rank_fraction: float = 0.2
     -----
     Each layer gets ``budget_l = rho * dense_cost_l``. The rank is the largest whose cost
     fits ``phi * budget_l``; the flat block butterfly (butterfly size ``n`` a power of two,
-    ``2 <= n <= min(R, C)``, ``1 <= m <= log2 n``) with the most blocks whose cost fits the
+    ``4 <= n <= min(R, C)``, ``1 <= m <= log2 n``) with the most blocks whose cost fits the
     rest, ``(1 - phi) * budget_l``, is chosen (ties: more factors, then larger ``n``); so
     without redistribution rank and density never decrease as ``budget`` grows. If not
     even the sparsest butterfly fits that share, it is taken with the largest rank that
     still fits beside it; if not even rank 0 fits, the layer stays dense
     (``"over_budget"``). With ``redistribute``, what the layers leave unused forms a pool
     that first rescues over-budget layers (smallest shortfall first), then buys density
-    (smallest step relative to the layer's dense cost first), then rank. Layers
-    not divisible by the block or with a grid below 2 x 2 stay dense too. The summed cost
+    (smallest step relative to the layer's dense cost first), then rank. Layers of identical
+    ``(out_features, in_features, tokens)`` are upgraded together: a step is taken for every
+    one of them or for none, so identical layers always get identical plans. Layers not
+    divisible by the block stay dense too, and so do layers whose block grid is below
+    4 x 4 (``"too_small"``): ``n = 2`` has density ``(m + 1) / n = 1``, the dense layout,
+    which with a rank on top would cost more than the dense layer. The summed cost
     of the sparsified layers never exceeds ``rho`` times their summed dense cost; layers
     left dense are reported apart (``dense_kept_cost``).
 

@@ -37,7 +37,9 @@ def train(model, xs, ys):
 
 def worker(rank, world, out):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # rendezvous through a file (no port to race for); gloo then talks over loopback
+    dist.init_process_group("gloo", init_method="file://" + out + ".rendezvous", rank=rank,
+                            world_size=world)
     try:
         model = nn.parallel.DistributedDataParallel(make_model())
         xs, ys = data()

@@ -168,9 +168,23 @@ def _check_common(plan, rho, phi):
             assert p.budget >= rho * p.dense_cost * (1 - 1e-15)
             assert p.nnz == flat_butterfly_nnz(p.R, p.C, p.n_factors, p.butterfly_size)
             assert _rel(p.density, p.nnz / (p.R * p.C))
+            assert p.butterfly_size >= 4 and p.nnz < p.R * p.C and p.density < 1  # n = 2 is dense
         else:
             assert p.reason and p.cost == p.dense_cost and p.density == 1.0 and p.rank == 0
+        if p.status != "not_divisible":
+            assert (p.status == "too_small") == (min(p.R, p.C) < 4), (p.R, p.C, p.status)
+    _check_identical(plan)
     assert plan.sparse_total <= rho * plan.sparse_dense_total
+
+
+def _check_identical(plan):
+    """Layers of identical (out, in, tokens) have identical plans."""
+    seen = {}
+    for p in plan:
+        key = (p.out_features, p.in_features, p.tokens)
+        conf = (p.status, p.butterfly_size, p.n_factors, p.rank, p.nnz, p.budget)
+        assert seen.setdefault(key, (p.name, conf))[1] == conf, (p.name, seen[key], conf)
+    return len(plan) - len(seen)
 
 
 @pytest.mark.parametrize("redistribute", [False, True])
@@ -204,7 +218,7 @@ def test_shares_proportional_without_redistribution():
             kw = CHEAP_MEM._kw()
             o, i, t = p.out_features, p.in_features, p.tokens
             d_rank = (_C.cost_lowrank(o, i, t, p.rank + 1, **kw) - p.lowrank_cost) if p.rank < min(o, i) else 0
-            denser = [flat_butterfly_nnz(p.R, p.C, m, n) for n in (2 ** k for k in range(1, 21)) if n <= min(p.R, p.C)
+            denser = [flat_butterfly_nnz(p.R, p.C, m, n) for n in (2 ** k for k in range(2, 21)) if n <= min(p.R, p.C)
                       for m in range(1, n.bit_length())]
             denser = [z for z in denser if z > p.nnz]
             d_dens = (_C.cost_sparse(o, i, t, min(denser), **kw) - p.sparse_cost) if denser else 0
@@ -272,7 +286,7 @@ def test_dense_statuses_with_reasons():
     assert plan.dense_kept_cost == odd.dense_cost + thin.dense_cost + odd_in.dense_cost
     assert plan["ok"] is ok
     text = str(plan)
-    for s in ("odd", "thin", "not divisible", "below 2x2", "reported apart"):
+    for s in ("odd", "thin", "not divisible", "below 4x4", "reported apart"):
         assert s in text
 
 
@@ -293,6 +307,67 @@ def test_gpt2_small_quarter_budget():
     half = allocate_budget(GPT2_SMALL, budget=0.5)
     assert all(p.sparsified for p in half) and half.ratio <= 0.5
     _check_common(half, 0.5, 0.25)
+
+
+def test_grids_below_4x4_stay_dense():
+    # n = 2 has density (m + 1) / n = 1: the dense layout plus a rank costs more than nn.Linear.
+    # 256 x 64 with 32 x 32 blocks is a grid of 8 x 2, where only n = 2 would fit.
+    for rho in (0.1, 0.25, 0.5, 0.9, 0.99, 1.0):
+        for redistribute in (False, True):
+            plan = allocate_budget([("a", 256, 64, 1024), ("b", 96, 256, 1024), ("c", 64, 64, 1024),
+                                    ("d", 128, 128, 1024), ("e", 128, 512, 1024)],
+                                   budget=rho, cost_model=CHEAP_MEM, redistribute=redistribute)
+            a, b, c, d, e = plan
+            assert a.status == "too_small" and (a.R, a.C) == (8, 2)
+            assert a.reason == "block grid 8x2 is below 4x4: every butterfly on it is dense"
+            assert b.reason == "block grid 3x8 is below 4x4: every butterfly on it is dense"
+            assert c.status == "too_small" and "2x2 is below 4x4" in c.reason
+            for p in (a, b, c):
+                assert p.nnz == p.R * p.C and p.rank == 0 and p.cost == p.dense_cost
+            for p in (d, e):
+                assert p.status in ("sparse", "budget_one", "over_budget"), (rho, p.status, p.reason)
+                if p.sparsified:
+                    assert p.butterfly_size == 4 and p.density < 1
+            if 0.5 <= rho < 1:
+                assert d.sparsified and e.sparsified
+            if rho < 1:
+                _check_common(plan, rho, 0.25)
+    # every grid up to 12 x 12 (block 1): sparse plans never keep every block
+    for R in range(1, 13):
+        for C in range(1, 13):
+            for rho in (0.2, 0.6, 0.95):
+                (p,) = allocate_budget([(R, C, 64)], budget=rho, block_size=1)
+                assert (p.status == "too_small") == (min(R, C) < 4), (R, C, p.status)
+                if p.sparsified:
+                    assert p.butterfly_size >= 4 and p.nnz < R * C
+
+
+def test_identical_layers_get_identical_plans():
+    for rho in (0.1, 0.25, 0.5, 0.75):
+        plan = allocate_budget(GPT2_SMALL, budget=rho)
+        assert _check_identical(plan) == 44
+        for k, p in enumerate(plan):
+            ref = plan[k % 4]
+            assert (p.butterfly_size, p.n_factors, p.rank) == (ref.butterfly_size, ref.n_factors, ref.rank), \
+                (rho, p.name, ref.name)
+        _check_common(plan, rho, 0.25)
+    rng = random.Random(11)
+    repeats = upgraded = 0
+    for _ in range(120):
+        b = rng.choice([8, 16, 32])
+        palette = [(b * rng.randint(1, 64), b * rng.randint(1, 64), rng.randint(1, 4096))
+                   for _ in range(rng.randint(1, 4))]
+        layers = [rng.choice(palette) for _ in range(rng.randint(2, 24))]
+        rho = rng.uniform(0.03, 0.93)
+        cm = CostModel(cost_mem=rng.choice([0.0, 1000.0, None]), block=b)
+        a = allocate_budget(layers, budget=rho, block_size=b, cost_model=cm, redistribute=False)
+        plan = allocate_budget(layers, budget=rho, block_size=b, cost_model=cm)
+        _check_common(a, rho, 0.25)
+        _check_common(plan, rho, 0.25)
+        repeats += _check_identical(plan) > 0
+        upgraded += sum(q.sparsified and (not p.sparsified or q.nnz > p.nnz or q.rank > p.rank)
+                        for p, q in zip(a, plan))
+    assert repeats > 80 and upgraded > 50, (repeats, upgraded)
 
 
 def test_over_budget_reported_apart():

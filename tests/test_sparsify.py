@@ -2,7 +2,6 @@
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -180,15 +179,9 @@ def test_bf16_autocast_on_cpu():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_match_single_process(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = tmp_path / "ddp.pt"
     proc = subprocess.run([sys.executable, script, str(out)], env=env, capture_output=True,

@@ -196,20 +196,28 @@ typedef struct { int64_t n, m, nnz; } cand;
 
 enum { PICK_BEST_LE = 0, PICK_NEXT_GT = 1 };
 
-/* PICK_BEST_LE: the flat butterfly with the largest nnz <= bound (ties: more m, then larger n).
+/* Smallest butterfly size the planner considers: n = 2 has density (m + 1) / n = 1, the
+ * dense layout, which costs more than nn.Linear once a rank is added. */
+#define PF_PLAN_MIN_N 4
+
+/* Candidates: n a power of two, PF_PLAN_MIN_N <= n <= min(R, C), 1 <= m <= log2 n, and
+ * nnz < R * C (a butterfly keeping every block is the dense layout; with n >= 4 the
+ * cells with p ^ q = n - 1 are always dropped, so this only guards the invariant).
+ * PICK_BEST_LE: the candidate with the largest nnz <= bound (ties: more m, then larger n).
  * PICK_NEXT_GT: the one with the smallest nnz > bound (same ties; bound = -1 gives the
- * sparsest). Returns 0 if none. R, C >= 2. */
+ * sparsest). Returns 0 if none (always so when min(R, C) < PF_PLAN_MIN_N). */
 static int pick(int64_t R, int64_t C, int mode, int64_t bound, cand *res)
 {
     int64_t by_m[64];
     int found = 0;
     cand best = {0, 0, 0};
-    int64_t mn = R < C ? R : C;
-    for (int64_t n = 2; n <= mn; n *= 2) {
+    int64_t mn = R < C ? R : C, all = R * C; /* R, C <= PF_MAX_GRID = 2^20 */
+    for (int64_t n = PF_PLAN_MIN_N; n <= mn; n *= 2) {
         int64_t L = log2i(n);
         flat_nnz_all(R, C, n, by_m);
         for (int64_t m = 1; m <= L; m++) {
             cand c = {n, m, by_m[m]};
+            if (c.nnz >= all) continue;
             int ok = mode == PICK_BEST_LE ? c.nnz <= bound : c.nnz > bound;
             if (!ok) continue;
             int better;
@@ -340,6 +348,56 @@ static int density_step(const pf_cost_model *cm, const lstate *L, cand *next, do
     return 1;
 }
 
+/* Layers of identical (out_features, in_features, tokens) that the pool may upgrade
+ * (status SPARSE or OVER_BUDGET after pass 1; equal shapes always share the status).
+ * Members are mem[start .. start + count), ascending; first = mem[start]. */
+typedef struct { int64_t start, count, first; } pf_group;
+
+typedef struct { int64_t o, i, t, idx; } shape_key;
+
+static int cmp_shape_key(const void *a, const void *b)
+{
+    const shape_key *x = a, *y = b;
+    if (x->o != y->o) return x->o < y->o ? -1 : 1;
+    if (x->i != y->i) return x->i < y->i ? -1 : 1;
+    if (x->t != y->t) return x->t < y->t ? -1 : 1;
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+static int cmp_group_first(const void *a, const void *b)
+{
+    const pf_group *x = a, *y = b;
+    return (x->first > y->first) - (x->first < y->first);
+}
+
+/* Groups ordered by their first member, so ties in the heaps fall to the earlier layer. */
+static pf_err make_groups(const pf_layer_shape *layers, const pf_layer_plan *out, int64_t n,
+                          pf_group **grp_out, int64_t **mem_out, int64_t *ng_out)
+{
+    shape_key *key = malloc((size_t)n * sizeof *key);
+    int64_t *mem = malloc((size_t)n * sizeof *mem);
+    pf_group *grp = malloc((size_t)n * sizeof *grp);
+    if (!key || !mem || !grp) { free(key); free(mem); free(grp); return "out of memory"; }
+    int64_t nm = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (out[i].status == PF_PLAN_SPARSE || out[i].status == PF_PLAN_OVER_BUDGET)
+            key[nm++] = (shape_key){layers[i].out_features, layers[i].in_features, layers[i].tokens, i};
+    qsort(key, (size_t)nm, sizeof *key, cmp_shape_key);
+    int64_t ng = 0;
+    for (int64_t k = 0; k < nm; k++) {
+        mem[k] = key[k].idx;
+        if (k == 0 || key[k].o != key[k - 1].o || key[k].i != key[k - 1].i || key[k].t != key[k - 1].t)
+            grp[ng++] = (pf_group){k, 0, key[k].idx};
+        grp[ng - 1].count++;
+    }
+    free(key);
+    qsort(grp, (size_t)ng, sizeof *grp, cmp_group_first);
+    *grp_out = grp;
+    *mem_out = mem;
+    *ng_out = ng;
+    return NULL;
+}
+
 pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
                           const pf_budget_opts *opts, pf_layer_plan *out)
 {
@@ -364,6 +422,8 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
     }
     if (n_layers == 0) return NULL;
 
+    pf_group *grp = NULL;
+    int64_t *mem = NULL;
     lstate *st = calloc((size_t)n_layers, sizeof *st);
     hent *heap = malloc((size_t)n_layers * sizeof *heap);
     if (!st || !heap) { free(st); free(heap); return "out of memory"; }
@@ -390,7 +450,11 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
         L->R = p->R = s->out_features / cm->b1;
         L->C = p->C = s->in_features / cm->b2;
         p->nnz = p->R * p->C;
-        if (p->R < 2 || p->C < 2) { p->status = PF_PLAN_TOO_SMALL; continue; }
+        cand sp0;
+        if (p->R < PF_PLAN_MIN_N || p->C < PF_PLAN_MIN_N || !pick(L->R, L->C, PICK_NEXT_GT, -1, &sp0)) {
+            p->status = PF_PLAN_TOO_SMALL; /* every butterfly on this grid is dense */
+            continue;
+        }
         if (rho == 1.0) { p->status = PF_PLAN_BUDGET_ONE; continue; }
         int64_t mn = s->out_features < s->in_features ? s->out_features : s->in_features;
         L->rmax = (opts->max_rank > 0 && opts->max_rank < mn) ? opts->max_rank : mn;
@@ -404,77 +468,105 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
     }
 
     if (opts->redistribute) {
-        /* Pool = allowed - spent, always kept above a margin of SLACK * allowed. */
+        /* Pool = allowed - spent, always kept above a margin of SLACK * allowed. Layers of
+         * identical (out, in, tokens) form a group (their status and pass-1 plan are equal):
+         * every upgrade below is bought for the whole group at once, so they stay equal.
+         * The group's state lives in its first member and is copied to the others at the end. */
+        int64_t ng = 0;
+        if ((e = make_groups(layers, out, n_layers, &grp, &mem, &ng))) goto done;
         int64_t nh = 0;
-        /* (a) rescue over-budget layers, smallest shortfall first. */
-        for (int64_t i = 0; i < n_layers; i++) {
+        /* (a) rescue over-budget groups, smallest shortfall (per layer) first. */
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t i = grp[g].first;
             if (out[i].status != PF_PLAN_OVER_BUDGET) continue;
             lstate *L = &st[i];
             cand sp;
             if (!pick(L->R, L->C, PICK_NEXT_GT, -1, &sp)) continue;
-            hent h = {cost_sparse_u(cm, &L->s, sp.nnz) - L->own, i};
+            hent h = {cost_sparse_u(cm, &L->s, sp.nnz) - L->own, g};
             heap[nh++] = h;
         }
         qsort(heap, (size_t)nh, sizeof *heap, cmp_hent);
         for (int64_t k = 0; k < nh; k++) {
-            lstate *L = &st[heap[k].idx];
+            const pf_group *G = &grp[heap[k].idx];
+            lstate *L = &st[G->first];
+            double cnt = (double)G->count;
             cand sp;
             pick(L->R, L->C, PICK_NEXT_GT, -1, &sp);
             double c = cost_sparse_u(cm, &L->s, sp.nnz);
-            double a2 = allowed + L->own, s2 = spent + c;
-            if (!(s2 <= a2 * (1.0 - PF_BUDGET_SLACK))) break; /* sorted: later ones need more */
+            double a2 = allowed + cnt * L->own, s2 = spent + cnt * c;
+            if (!(s2 <= a2 * (1.0 - PF_BUDGET_SLACK))) continue; /* a smaller group may still fit */
             L->cur = sp;
             L->rank = 0;
             L->received = c > L->own ? c - L->own : 0.0;
             allowed = a2;
             spent = s2;
-            out[heap[k].idx].status = PF_PLAN_SPARSE;
+            out[G->first].status = PF_PLAN_SPARSE;
         }
-        /* (b) density: repeatedly the step to a layer's next denser butterfly that is smallest
-         * relative to the layer's dense cost; a step the pool cannot pay drops that layer. */
+        /* (b) density: repeatedly the group whose step to its next denser butterfly is
+         * smallest relative to the layer's dense cost; a step the pool cannot pay for the
+         * whole group drops that group. */
         nh = 0;
-        for (int64_t i = 0; i < n_layers; i++) {
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t i = grp[g].first;
             if (out[i].status != PF_PLAN_SPARSE) continue;
             double d;
-            if (density_step(cm, &st[i], &st[i].next, &d)) heap_push(heap, &nh, (hent){d / out[i].dense_cost, i});
+            if (density_step(cm, &st[i], &st[i].next, &d)) heap_push(heap, &nh, (hent){d / out[i].dense_cost, g});
         }
         while (nh > 0) {
             hent h = heap_pop(heap, &nh);
-            lstate *L = &st[h.idx];
+            const pf_group *G = &grp[h.idx];
+            lstate *L = &st[G->first];
             double d = cost_sparse_u(cm, &L->s, L->next.nnz) - cost_sparse_u(cm, &L->s, L->cur.nnz);
-            if (!(spent + d <= allowed * (1.0 - PF_BUDGET_SLACK))) continue; /* too big: drop it */
+            double dg = (double)G->count * d;
+            if (!(spent + dg <= allowed * (1.0 - PF_BUDGET_SLACK))) continue; /* too big: drop it */
             L->cur = L->next;
             L->received += d;
-            spent += d;
-            if (density_step(cm, L, &L->next, &d)) heap_push(heap, &nh, (hent){d / out[h.idx].dense_cost, h.idx});
+            spent += dg;
+            if (density_step(cm, L, &L->next, &d))
+                heap_push(heap, &nh, (hent){d / out[G->first].dense_cost, h.idx});
         }
-        /* (c) rank: layers in order of their next rank step relative to their dense cost; each
-         * takes as many rank steps as the pool and its phi share allow. */
+        /* (c) rank: groups in order of their next rank step relative to the layer's dense
+         * cost; each takes as many rank steps as the pool (for the whole group) and the
+         * phi share allow. */
         nh = 0;
-        for (int64_t i = 0; i < n_layers; i++) {
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t i = grp[g].first;
             lstate *L = &st[i];
             if (out[i].status != PF_PLAN_SPARSE || L->rank >= L->rmax) continue;
             double d = cost_lowrank_u(cm, &L->s, L->rank + 1) - cost_lowrank_u(cm, &L->s, L->rank);
-            heap[nh++] = (hent){d / out[i].dense_cost, i};
+            heap[nh++] = (hent){d / out[i].dense_cost, g};
         }
         qsort(heap, (size_t)nh, sizeof *heap, cmp_hent);
         for (int64_t k = 0; k < nh; k++) {
-            lstate *L = &st[heap[k].idx];
+            const pf_group *G = &grp[heap[k].idx];
+            lstate *L = &st[G->first];
+            double cnt = (double)G->count;
             double lr0 = cost_lowrank_u(cm, &L->s, L->rank);
             double B = L->own + L->received;
             double pool = allowed * (1.0 - PF_BUDGET_SLACK) - spent;
             if (!(pool > 0.0)) break;
-            /* r' fits iff lr(r') - lr0 <= pool and lr(r') <= phi * (B + lr(r') - lr0),
-             * i.e. lr(r') <= min(lr0 + pool, phi * (B - lr0) / (1 - phi)). */
-            double cap = lr0 + pool, capphi = phi * (B - lr0) / (1.0 - phi) * (1.0 - 1e-12);
+            /* r' fits iff cnt * (lr(r') - lr0) <= pool and lr(r') <= phi * (B + lr(r') - lr0),
+             * i.e. lr(r') <= min(lr0 + pool / cnt, phi * (B - lr0) / (1 - phi)). */
+            double cap = lr0 + pool / cnt, capphi = phi * (B - lr0) / (1.0 - phi) * (1.0 - 1e-12);
             if (capphi < cap) cap = capphi;
             int64_t r2 = max_rank_within(cm, &L->s, L->rank + 1, L->rmax, cap);
             if (r2 <= L->rank) continue;
             double d = cost_lowrank_u(cm, &L->s, r2) - lr0;
-            if (!(spent + d <= allowed * (1.0 - PF_BUDGET_SLACK))) continue;
+            if (!(spent + cnt * d <= allowed * (1.0 - PF_BUDGET_SLACK))) continue;
             L->rank = r2;
             L->received += d;
-            spent += d;
+            spent += cnt * d;
+        }
+        /* Hand every group's state to its other members. */
+        for (int64_t g = 0; g < ng; g++) {
+            const pf_group *G = &grp[g];
+            for (int64_t k = 1; k < G->count; k++) {
+                int64_t j = mem[G->start + k];
+                st[j].cur = st[G->first].cur;
+                st[j].rank = st[G->first].rank;
+                st[j].received = st[G->first].received;
+                out[j].status = out[G->first].status;
+            }
         }
     }
 
@@ -493,7 +585,10 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
         /* received is a sum of cost differences: absorb its rounding so cost <= budget. */
         if (p->budget < p->sparse_cost + p->lowrank_cost) p->budget = p->sparse_cost + p->lowrank_cost;
     }
+done:
     free(st);
     free(heap);
-    return NULL;
+    free(grp);
+    free(mem);
+    return e;
 }

@@ -174,7 +174,7 @@ pf_err pf_flat_butterfly_check(int64_t R, int64_t C, int64_t m, int64_t n);
 typedef enum {
     PF_PLAN_SPARSE = 0,         /* sparsified */
     PF_PLAN_NOT_DIVISIBLE = 1,  /* a feature size is not a multiple of the block size */
-    PF_PLAN_TOO_SMALL = 2,      /* block grid below 2 x 2: no butterfly fits */
+    PF_PLAN_TOO_SMALL = 2,      /* block grid below 4 x 4: every butterfly on it is dense */
     PF_PLAN_OVER_BUDGET = 3,    /* even the sparsest configuration exceeds its budget */
     PF_PLAN_BUDGET_ONE = 4      /* rho == 1 leaves the layer dense (dense is cheapest) */
 } pf_plan_status;
@@ -203,25 +203,33 @@ typedef struct {
 } pf_layer_plan;
 
 /* Plan n_layers layers (SPEC 3). out: n_layers entries, fully written on success.
- *  1. budget_l = rho * dense_cost_l (layers not divisible by b1 x b2, grids below 2 x 2,
- *     and every layer when rho == 1 stay dense and are left out of the accounting);
+ *  1. budget_l = rho * dense_cost_l (layers not divisible by b1 x b2, grids with
+ *     min(R, C) < 4, and every layer when rho == 1 stay dense and are left out of the
+ *     accounting). The planner only uses butterfly sizes n >= 4: n = 2 has density
+ *     (m + 1) / n = 1, the dense layout, which with a rank on top costs more than the
+ *     dense layer; so a grid below 4 x 4 is PF_PLAN_TOO_SMALL. A sparsified layer always
+ *     has nnz < R * C (pf_flat_butterfly_nnz itself still accepts n = 2);
  *  2. rank = largest r <= min(out, in, max_rank) with lowrank_cost(r) <= phi * budget_l;
  *  3. the rest, (1 - phi) * budget_l, buys the largest nnz among flat butterflies with n a
- *     power of two, 2 <= n <= min(R, C), 1 <= m <= log2 n (ties: more factors m, then
+ *     power of two, 4 <= n <= min(R, C), 1 <= m <= log2 n (ties: more factors m, then
  *     larger n). Splitting by the shares (not by the rank's actual cost) keeps rank and
  *     density non-decreasing in rho; what rounding leaves goes to the pool (step 4).
  *     If not even the sparsest butterfly fits (1 - phi) * budget_l, it is taken anyway
  *     with the largest rank that still fits next to it; if not even rank 0 fits:
  *     PF_PLAN_OVER_BUDGET (the layer stays dense).
- *  4. redistribute: pool = sum over sparsified layers of (budget_l - cost_l). It first
- *     rescues over-budget layers (smallest shortfall first, sparsest butterfly, rank 0),
- *     then buys density (repeatedly the step to a layer's next denser butterfly that is
- *     smallest relative to the layer's dense cost), then rank (layers in the order of
- *     their relative rank step, each as far as the pool and lowrank_cost <= phi * budget_l
- *     allow).
+ *  4. redistribute: pool = sum over sparsified layers of (budget_l - cost_l). Layers of
+ *     identical (out_features, in_features, tokens) form a group that is upgraded as one:
+ *     a step is applied to every member at once, and only if the pool pays for all of
+ *     them, so identical layers always get identical plans (butterfly_size, n_factors,
+ *     rank, budget). The pool first rescues over-budget groups (smallest per-layer
+ *     shortfall first, sparsest butterfly, rank 0), then buys density (repeatedly the
+ *     group whose step to its next denser butterfly is smallest relative to the layer's
+ *     dense cost; a group whose step the pool cannot pay drops out), then rank (groups in
+ *     the order of their relative rank step, each as far as the pool and
+ *     lowrank_cost <= phi * budget_l allow).
  * Guarantees: every sparsified layer has cost <= budget; the summed cost of the
  * sparsified layers never exceeds rho times their summed dense cost (a relative margin of
- * 1e-9 absorbs float rounding). Errors are returned before anything is planned. */
+ * 1e-9 absorbs float rounding). Argument errors are returned before anything is planned. */
 pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
                           const pf_budget_opts *opts, pf_layer_plan *out);
 

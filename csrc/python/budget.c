@@ -319,6 +319,8 @@ PyMethodDef pf_budget_methods[] = {
      "                redistribute=True, max_rank=0)\n--\n\n"
      "Plan (out_features, in_features, tokens) layers under the global budget rho (SPEC 3).\n"
      "Returns one dict per layer with status, status_code, R, C, butterfly_size, n_factors,\n"
-     "nnz, rank, density, dense_cost, budget, sparse_cost, lowrank_cost."},
+     "nnz, rank, density, dense_cost, budget, sparse_cost, lowrank_cost. Butterfly sizes\n"
+     "n >= 4 only (n = 2 is dense): grids below 4 x 4 are 'too_small'. Layers of identical\n"
+     "(out_features, in_features, tokens) always get identical plans."},
     {NULL, NULL, 0, NULL}
 };

@@ -284,7 +284,13 @@ static int check_plan(const pf_layer_shape *L, int64_t n, const pf_budget_opts *
         int div = L[i].out_features % cm->b1 == 0 && L[i].in_features % cm->b2 == 0;
         if (!div) { CHECK(p->status == PF_PLAN_NOT_DIVISIBLE, "status nondiv %d", p->status); continue; }
         CHECK(p->R == L[i].out_features / cm->b1 && p->C == L[i].in_features / cm->b2, "grid");
-        if (p->R < 2 || p->C < 2) { CHECK(p->status == PF_PLAN_TOO_SMALL, "too small %d", p->status); continue; }
+        /* butterflies with n = 2 are dense: the planner needs a 4 x 4 grid */
+        if (p->R < 4 || p->C < 4) {
+            CHECK(p->status == PF_PLAN_TOO_SMALL && p->nnz == p->R * p->C && p->rank == 0 &&
+                  p->density == 1.0 && p->butterfly_size == 0, "too small %d", p->status);
+            continue;
+        }
+        CHECK(p->status != PF_PLAN_TOO_SMALL, "grid %lldx%lld is not too small", (long long)p->R, (long long)p->C);
         if (o->rho == 1.0) { CHECK(p->status == PF_PLAN_BUDGET_ONE, "rho 1 %d", p->status); continue; }
         if (p->status != PF_PLAN_SPARSE) {
             CHECK(p->status == PF_PLAN_OVER_BUDGET, "status %d", p->status);
@@ -294,7 +300,7 @@ static int check_plan(const pf_layer_shape *L, int64_t n, const pf_budget_opts *
             int64_t mn = p->R < p->C ? p->R : p->C, dn = 1;
             while (dn * 2 <= mn) dn *= 2;
             int64_t minnnz = INT64_MAX;
-            for (int64_t nn = 2; nn <= mn; nn *= 2) {
+            for (int64_t nn = 4; nn <= mn; nn *= 2) {
                 int64_t z = pf_flat_butterfly_nnz(p->R, p->C, 1, nn);
                 if (z < minnnz) minnnz = z;
             }
@@ -303,6 +309,8 @@ static int check_plan(const pf_layer_shape *L, int64_t n, const pf_budget_opts *
         }
         ns++;
         CHECK(pf_flat_butterfly_check(p->R, p->C, p->n_factors, p->butterfly_size) == NULL, "valid config");
+        CHECK(p->butterfly_size >= 4, "planner picked n = %lld (dense layout)", (long long)p->butterfly_size);
+        CHECK(p->nnz < p->R * p->C && p->density < 1.0, "sparse plan with every block kept");
         CHECK(p->nnz == pf_flat_butterfly_nnz(p->R, p->C, p->n_factors, p->butterfly_size), "nnz matches");
         CHECK(close_rel(p->density, (double)p->nnz / ((double)p->R * (double)p->C)), "density");
         CHECK(p->sparse_cost == pf_cost_sparse(cm, &L[i], p->nnz), "sparse cost");
@@ -319,6 +327,18 @@ static int check_plan(const pf_layer_shape *L, int64_t n, const pf_budget_opts *
         spent += p->sparse_cost + p->lowrank_cost;
     }
     CHECK(spent <= allowed, "sparsified total %.17g > rho * dense %.17g", spent, allowed);
+    /* identical (out, in, tokens) -> identical plan, with or without redistribution */
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = i + 1; j < n; j++) {
+            if (L[i].out_features != L[j].out_features || L[i].in_features != L[j].in_features ||
+                L[i].tokens != L[j].tokens) continue;
+            CHECK(P[i].status == P[j].status && P[i].butterfly_size == P[j].butterfly_size &&
+                  P[i].n_factors == P[j].n_factors && P[i].rank == P[j].rank && P[i].nnz == P[j].nnz &&
+                  P[i].budget == P[j].budget,
+                  "identical layers %lld, %lld differ: n %lld/%lld m %lld/%lld r %lld/%lld", (long long)i,
+                  (long long)j, (long long)P[i].butterfly_size, (long long)P[j].butterfly_size,
+                  (long long)P[i].n_factors, (long long)P[j].n_factors, (long long)P[i].rank, (long long)P[j].rank);
+        }
     return ns;
 }
 
@@ -375,7 +395,7 @@ static void test_alloc_single_layer(void)
         prev_density = p.density;
         double B = p.budget, net = B * (1 - 1e-9);
         int64_t next = INT64_MAX, sparsest = INT64_MAX;
-        for (int64_t n = 2; n <= 24; n *= 2)
+        for (int64_t n = 4; n <= 24; n *= 2)
             for (int64_t m = 1; (1 << m) <= n; m++) {
                 int64_t z = pf_flat_butterfly_nnz(96, 24, m, n);
                 if (z < sparsest) sparsest = z;
@@ -407,7 +427,7 @@ static void test_alloc_redistribute(void)
     /* a list where some layers are over budget alone: the pool rescues or upgrades them,
      * and the total never exceeds rho * dense of the sparsified layers */
     pf_layer_shape L[6] = {{2304, 768, 1024}, {768, 768, 1024}, {3072, 768, 1024},
-                           {768, 3072, 1024}, {4096, 4096, 64}, {64, 64, 100000}};
+                           {768, 3072, 1024}, {4096, 4096, 64}, {128, 128, 100000}};
     for (int k = 5; k <= 95; k += 10) {
         pf_budget_opts o = default_opts(k / 100.0);
         pf_layer_plan P0[6], P1[6];
@@ -461,9 +481,22 @@ static void test_alloc_gpt2_small(void)
     }
 }
 
+static void test_small_grid_statuses(void)
+{
+    pf_layer_shape L[6] = {{100, 64, 8}, {64, 100, 8}, {32, 4096, 8}, {128, 128, 8}, {4096, 4096, 4096},
+                           {64, 64, 8}};
+    pf_layer_plan P[6];
+    pf_budget_opts o = default_opts(1.0);
+    CHECK(!pf_allocate_budget(L, 6, &o, P), "rho 1");
+    CHECK(P[5].status == PF_PLAN_TOO_SMALL && P[5].R == 2 && P[5].C == 2, "2x2 too small (n = 2 is dense)");
+    o.rho = 0.5;
+    CHECK(!pf_allocate_budget(L, 6, &o, P), "rho .5");
+    CHECK(P[5].status == PF_PLAN_TOO_SMALL && P[5].nnz == 4 && P[5].butterfly_size == 0, "2x2 stays dense");
+}
+
 static void test_special_statuses(void)
 {
-    pf_layer_shape L[5] = {{100, 64, 8}, {64, 100, 8}, {32, 4096, 8}, {64, 64, 8}, {4096, 4096, 4096}};
+    pf_layer_shape L[5] = {{100, 64, 8}, {64, 100, 8}, {32, 4096, 8}, {128, 128, 8}, {4096, 4096, 4096}};
     pf_layer_plan P[5];
     pf_budget_opts o = default_opts(1.0);
     CHECK(!pf_allocate_budget(L, 5, &o, P), "rho 1");
@@ -485,6 +518,101 @@ static void test_special_statuses(void)
     o.cm.cost_mem = 0;
     CHECK(!pf_allocate_budget(L, 5, &o, P), "max_rank");
     CHECK(P[4].status == PF_PLAN_SPARSE && P[4].rank == 3, "rank capped at 3: %lld", (long long)P[4].rank);
+}
+
+/* n = 2 butterflies are dense ((m + 1) / n = 1): the planner never picks them, and a grid
+ * with min(R, C) < 4 stays dense (PF_PLAN_TOO_SMALL) at every budget. */
+static void test_alloc_no_dense_butterfly(void)
+{
+    /* 256 x 64 with 32 x 32 blocks: grid 8 x 2, where only n = 2 would fit */
+    pf_layer_shape L[4] = {{256, 64, 1024}, {96, 256, 1024}, {128, 128, 1024}, {256, 256, 1024}};
+    pf_layer_plan P[4];
+    int sparse4 = 0;
+    for (int k = 1; k <= 100; k++) {
+        for (int red = 0; red <= 1; red++) {
+            pf_budget_opts o = default_opts(k / 100.0);
+            o.redistribute = red;
+            o.cm.cost_mem = 1000.0;
+            CHECK(!pf_allocate_budget(L, 4, &o, P), "alloc");
+            check_plan(L, 4, &o, P);
+            CHECK(P[0].status == PF_PLAN_TOO_SMALL && P[0].R == 8 && P[0].C == 2, "8x2 too small at rho %g", o.rho);
+            CHECK(P[1].status == PF_PLAN_TOO_SMALL && P[1].R == 3 && P[1].C == 8, "3x8 too small at rho %g", o.rho);
+            if (P[2].status == PF_PLAN_SPARSE) {
+                CHECK(P[2].butterfly_size == 4 && P[2].nnz < 16, "4x4: n %lld nnz %lld",
+                      (long long)P[2].butterfly_size, (long long)P[2].nnz);
+                sparse4++;
+            }
+        }
+    }
+    CHECK(sparse4 > 50, "a 4x4 grid is sparsified with n = 4 (%d)", sparse4);
+    /* every grid up to 12 x 12 (block 1): sparse plans use n >= 4 and keep fewer than R*C blocks */
+    for (int64_t R = 1; R <= 12; R++)
+        for (int64_t C = 1; C <= 12; C++) {
+            pf_layer_shape s = {R, C, 64};
+            pf_layer_plan p;
+            for (int k = 1; k <= 19; k++) {
+                pf_budget_opts o = default_opts(k / 20.0);
+                o.cm.b1 = o.cm.b2 = 1;
+                o.cm.cost_mem = (k % 3) * 10.0;
+                o.redistribute = k & 1;
+                CHECK(!pf_allocate_budget(&s, 1, &o, &p), "alloc");
+                check_plan(&s, 1, &o, &p);
+                CHECK((p.status == PF_PLAN_TOO_SMALL) == (R < 4 || C < 4), "%lldx%lld status %d",
+                      (long long)R, (long long)C, p.status);
+            }
+        }
+}
+
+/* Layers of identical (out, in, tokens) get identical plans: the pool upgrades them together. */
+static void test_alloc_identical_layers(void)
+{
+    pf_layer_shape L[48];
+    pf_layer_plan P[48];
+    const int64_t shp[4][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};
+    for (int i = 0; i < 48; i++) {
+        L[i].out_features = shp[i % 4][0];
+        L[i].in_features = shp[i % 4][1];
+        L[i].tokens = 1024;
+    }
+    const double rhos[] = {0.1, 0.25, 0.3, 0.5, 0.75};
+    for (int k = 0; k < 5; k++) {
+        pf_budget_opts o = default_opts(rhos[k]);
+        CHECK(!pf_allocate_budget(L, 48, &o, P), "gpt2");
+        check_plan(L, 48, &o, P); /* includes: identical shapes -> identical plans */
+        for (int i = 4; i < 48; i++)
+            CHECK(P[i].butterfly_size == P[i % 4].butterfly_size && P[i].n_factors == P[i % 4].n_factors &&
+                  P[i].rank == P[i % 4].rank, "gpt2 rho %g: layer %d differs from layer %d", rhos[k], i, i % 4);
+    }
+    /* random plans drawn from a small palette of shapes, so shapes repeat */
+    int repeats = 0, upgraded = 0;
+    for (int t = 0; t < 300; t++) {
+        pf_layer_shape pal[4], Q[24];
+        pf_layer_plan R0[24], R1[24];
+        pf_budget_opts o = default_opts(0.03 + 0.9 * runif());
+        o.phi = 0.25 + runif() / 12.0;
+        o.cm.cost_mem = (double[]){0.0, 1000.0, 409600.0}[rnd() % 3];
+        o.cm.b1 = o.cm.b2 = (int64_t[]){8, 16, 32}[rnd() % 3];
+        o.max_rank = rnd() % 3 ? 0 : rint_in(1, 64);
+        int64_t np = rint_in(1, 4), n = rint_in(2, 24);
+        for (int64_t i = 0; i < np; i++) {
+            pal[i].out_features = o.cm.b1 * rint_in(1, 64);
+            pal[i].in_features = o.cm.b2 * rint_in(1, 64);
+            pal[i].tokens = rint_in(1, 4096);
+        }
+        for (int64_t i = 0; i < n; i++) Q[i] = pal[rnd() % (uint64_t)np];
+        o.redistribute = 0;
+        CHECK(!pf_allocate_budget(Q, n, &o, R0), "alloc");
+        check_plan(Q, n, &o, R0);
+        o.redistribute = 1;
+        CHECK(!pf_allocate_budget(Q, n, &o, R1), "alloc");
+        check_plan(Q, n, &o, R1);
+        repeats += n > np;
+        for (int64_t i = 0; i < n; i++)
+            upgraded += R1[i].status == PF_PLAN_SPARSE &&
+                        (R0[i].status != PF_PLAN_SPARSE || R1[i].nnz > R0[i].nnz || R1[i].rank > R0[i].rank);
+    }
+    CHECK(repeats > 200 && upgraded > 100, "identical-layer plans exercised (%d repeats, %d upgraded)",
+          repeats, upgraded);
 }
 
 /* Random and extreme arguments at every entry point: must not crash (ASan/UBSan watch),
@@ -568,6 +696,9 @@ int main(void)
     test_alloc_redistribute();
     test_alloc_gpt2_small();
     test_special_statuses();
+    test_small_grid_statuses();
+    test_alloc_no_dense_butterfly();
+    test_alloc_identical_layers();
     test_fuzz();
     printf("test_budget: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
