@@ -29,7 +29,7 @@ from .sparsify import sparsify
 # Default demo sizes: wide enough that the linear layers dominate a step (as in the paper's
 # models), small enough to train in a few minutes on 2 CPU cores.
 DEMO_OVERRIDES = {
-    "mixer": dict(image_size=8, patch_size=1, dim=256, depth=4, token_mlp_dim=256, channel_mlp_dim=1024),
+    "mixer": dict(image_size=8, patch_size=1, dim=512, depth=2, token_mlp_dim=64, channel_mlp_dim=2048),
     "vit": dict(dim=256, depth=4, n_heads=8, mlp_dim=1024),
     "gpt2": dict(dim=256, n_layer=4, n_heads=8, mlp_dim=1024, seq_len=128),
 }
@@ -162,7 +162,7 @@ def plot_curves(results, path, title):
     plt.close(fig)
 
 
-def run_demo(model_name: str = "mixer", budget: float = 0.25, steps: int = 150, batch: int = 64,
+def run_demo(model_name: str = "mixer", budget: float = 0.25, steps: int = 120, batch: int = 64,
              lr: float = 2e-3, seed: int = 0, block_size: int = 32, plot: str | None = "pixelfly-demo.png",
              corpus=None, threads: int | None = None, **overrides):
     """Train dense and Pixelfly versions of ``model_name``; returns ``(results, plan)``."""
@@ -192,7 +192,7 @@ def run_demo(model_name: str = "mixer", budget: float = 0.25, steps: int = 150, 
 def add_arguments(ap):
     ap.add_argument("--model", choices=sorted(DEMO_OVERRIDES), default="mixer")
     ap.add_argument("--budget", type=float, default=0.25)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
