@@ -49,7 +49,7 @@ test-c:
 # the check then defines C10_CUDA_NO_CMAKE_CONFIGURE_FILE (that header only holds the
 # build-time C10_CUDA_BUILD_SHARED_LIBS switch) and says so.
 CUDA_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
-test-cuda-compile:
+test-cuda-compile: $(STAMP)
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
 	  set -e; mkdir -p build/cuda-check; for f in $(CU_SRC); do \
 	    echo "== nvcc $$f (sm_80, sm_90)"; \
