@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .linear_fn import pixelfly_linear
 from .layouts import BlockIndex, default_butterfly_size, flat_butterfly_layout
 
 __all__ = ["PixelflyLinear", "choose_config"]
@@ -211,11 +212,11 @@ class PixelflyLinear(nn.Module):
         if torch.is_autocast_enabled(x.device.type):  # like nn.Linear: run in the autocast dtype
             dt = torch.get_autocast_dtype(x.device.type)
             x2, blocks = x2.to(dt), blocks.to(dt)
-        y = ops.bsmm(x2, blocks, self._idx())
+        V = Ut = None
         if self.rank:
-            y = torch.addmm(y, x2 @ self.V, (self.U * (1 - g)).t())
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
+            V, Ut = self.V.to(x2.dtype), (self.U * (1 - g)).t().to(x2.dtype)
+        bias = self.bias.to(x2.dtype) if self.bias is not None else None
+        y = pixelfly_linear(x2, blocks, self._idx(), V, Ut, bias)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -74,6 +74,32 @@ def test_gradcheck_whole_layer():
 
     params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
     assert torch.autograd.gradcheck(f, (x, *params))
+    assert torch.autograd.gradgradcheck(f, (x, *params))
+
+
+@pytest.mark.parametrize("rank,bias", [(0, False), (0, True), (3, False), (3, True)])
+def test_fused_function_matches_reference_and_frees_nothing_it_needs(rank, bias):
+    """pixelfly_linear adds the low-rank and bias terms in place: the result and the
+    gradients equal the plain composition, including with the output reused afterwards."""
+    from pixelfly.linear_fn import pixelfly_linear
+    layer = PixelflyLinear(64, 48, bias=bias, block_size=16, n_factors=1, rank=rank, dtype=torch.float64)
+    x = torch.randn(9, 64, dtype=torch.float64, requires_grad=True)
+    b = layer.blocks.detach().clone().requires_grad_()
+    V = layer.V.detach().clone().requires_grad_() if rank else None
+    Ut = layer.U.detach().t().clone().requires_grad_() if rank else None
+    bb = layer.bias.detach().clone().requires_grad_() if bias else None
+    args = [t for t in (x, b, V, Ut, bb) if t is not None]
+    y = pixelfly_linear(x, b, layer._idx(), V, Ut, bb)
+    ref = reference.pixelfly_linear(x, b, layer.layout, Ut.t() if rank else None, V, 0.5 if rank else 1.0, bb)
+    ref = ref * 2 - (bb if bias else 0) if rank else ref  # gamma=0.5 halves both terms
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y * 1.0, args, gy)
+    want = torch.autograd.grad(ref, args, gy)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="V and Ut"):
+        pixelfly_linear(x, b, layer._idx(), V=torch.zeros(64, 2, dtype=torch.float64))
 
 
 def test_initial_output_scale_matches_nn_linear():
