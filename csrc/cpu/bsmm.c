@@ -19,10 +19,12 @@
  *       that row, so each output element is written exactly once; output block-rows with
  *       no block are written as zeros.
  *     BWD_W: task = a contiguous range of blocks in CSR order (blocks sharing a block-row
- *       of dy are adjacent). pf_bsmm_run loops T in chunks of 256 rows outermost over its
- *       whole task range, so the x / dy rows of a chunk stay in cache for all its blocks;
- *       per block, a register tile of 8 x 32 of dw is reduced over the chunk's rows, and
- *       partial sums round-trip through fp32 (dw itself for fp32, the workspace for bf16).
+ *       of dy are adjacent). pf_bsmm_run loops T in chunks of 128 rows outermost over its
+ *       whole task range; per chunk and block the dy panel (kept while the block-row does
+ *       not change) and the x panel are packed into contiguous stack buffers (blocks up to
+ *       64 x 64; larger ones are read in place in chunks of 256 rows), then a register tile
+ *       of 8 x 32 of dw is reduced over the chunk's rows; partial sums round-trip through
+ *       fp32 (dw itself for fp32, the workspace for bf16).
  *   Results are bitwise identical across ISAs (same fmaf order, bsmm_internal.h).
  */
 #include <stdint.h>
@@ -95,6 +97,12 @@ void pf_tile_portable(const pf_tile *t) {
 #ifndef PF_TCW
 #define PF_TCW 256          /* rows of T per BWD_W reduction chunk */
 #endif
+#ifndef PF_PKW
+#define PF_PKW 128          /* rows of T per packed BWD_W chunk (2 panels of 16 KiB at b = 32) */
+#endif
+#ifndef PF_PKB
+#define PF_PKB 64           /* BWD_W packs blocks up to PF_PKB x PF_PKB (panels on the stack) */
+#endif
 #define PF_TASK_FLOPS (1 << 21)
 #define PF_MAX_TASKS 256
 #define PF_PACK_BLOCKS 32   /* blocks per phase-0 packing task */
@@ -151,7 +159,7 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
             p->convdy_rows = p->out > 0 ? clamp64(PF_CONV_ELEMS / p->out, 1, T > 0 ? T : 1) : 1;
             p->n_convdy = (p->out > 0 && T > 0) ? ceil_div(T, p->convdy_rows) : 0;
         }
-        if (op == PF_OP_BWD_W && T > PF_TCW_IN) {
+        if (op == PF_OP_BWD_W && T > (PF_PKW < PF_TCW_IN ? PF_PKW : PF_TCW_IN)) {
             p->ws_acc = off;
             off += round_up(nnz * b1 * b2 * 4, 64);
         }
@@ -456,7 +464,16 @@ static void run_bwd_w(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, in
     /* fp32: partial sums live in dw itself; bf16: in the workspace (if T needs > 1 chunk) */
     float *acc = p->bf16 ? (float *)((char *)a->work + p->ws_acc) : (float *)a->out;
     const int64_t es = p->bf16 ? 2 : 4;
-    const int64_t nchunks = T > 0 ? ceil_div(T, PF_TCW) : 1;
+    /* Blocks of at most PF_PKB x PF_PKB are packed: per chunk of PF_PKW rows, the dy panel
+     * [rows][b1] of the block-row (kept while consecutive blocks share it) and the x panel
+     * [rows][b2] of the block are copied into contiguous stack buffers, so the kernel reads
+     * dense 128-byte rows from L1 instead of rows ldx / ldy apart (which alias in L1 sets
+     * and the TLB when the feature sizes are powers of two). Larger blocks read in place. */
+    const int pack = b1 <= PF_PKB && b2 <= PF_PKB;
+    const int64_t rows = pack ? PF_PKW : PF_TCW;
+    float pa[PF_PKW * PF_PKB] __attribute__((aligned(64)));
+    float pb[PF_PKW * PF_PKB] __attribute__((aligned(64)));
+    const int64_t nchunks = T > 0 ? ceil_div(T, rows) : 1;
     /* first block-row: last r with row_ptr[r] <= lo */
     int64_t r_first = 0;
     {
@@ -470,28 +487,40 @@ static void run_bwd_w(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, in
     pf_tile t;
     memset(&t, 0, sizeof t);
     t.ams = 1;
-    t.ass = ldy;
-    t.bss = ldx;
+    t.ass = pack ? b1 : ldy;
+    t.bss = pack ? b2 : ldx;
     t.nseg = 1;
     t.M = b1;
     t.N = b2;
     t.ldcin = b2;
     t.ldc = b2;
     for (int64_t ch = 0; ch < nchunks; ++ch) {
-        const int64_t t0 = ch * PF_TCW, t1 = t0 + PF_TCW < T ? t0 + PF_TCW : T;
-        int64_t r = r_first;
+        const int64_t t0 = ch * rows, t1 = t0 + rows < T ? t0 + rows : T;
+        int64_t r = r_first, packed_r = -1;
         for (int64_t j = lo; j < hi; ++j) {
             while (ix->row_ptr[r + 1] <= j) ++r;
             const int64_t c = ix->col_idx[j];
-            /* sub-chunks of PF_TCW_IN rows: the x / dy rows they touch stay in L1 (and in
-             * the L1 TLB) while every row tile of the block reduces over them; the partial
+            /* sub-chunks of PF_TCW_IN rows (unpacked path): the x / dy rows they touch
+             * stay in L1 while every row tile of the block reduces over them; the partial
              * dw block round-trips through L1 */
             for (int64_t s0 = t0; s0 < t1 || s0 == t0; s0 += PF_TCW_IN) {
                 const int64_t s1 = s0 + PF_TCW_IN < t1 ? s0 + PF_TCW_IN : t1;
                 const int first = s0 == 0, last = s1 == T;
-                /* T == 0: K = 0, A and B are never read (and may be NULL) */
-                t.A = T > 0 ? DY + s0 * ldy + r * b1 : DY;
-                t.B = T > 0 ? X + s0 * ldx + c * b2 : X;
+                if (pack && s1 > s0) {
+                    if (r != packed_r) {
+                        for (int64_t k = s0; k < s1; ++k)
+                            memcpy(pa + (k - s0) * b1, DY + k * ldy + r * b1, (size_t)b1 * sizeof(float));
+                        packed_r = r;
+                    }
+                    for (int64_t k = s0; k < s1; ++k)
+                        memcpy(pb + (k - s0) * b2, X + k * ldx + c * b2, (size_t)b2 * sizeof(float));
+                    t.A = pa;
+                    t.B = pb;
+                } else {
+                    /* T == 0: K = 0, A and B are never read (and may be NULL) */
+                    t.A = T > 0 ? DY + s0 * ldy + r * b1 : DY;
+                    t.B = T > 0 ? X + s0 * ldx + c * b2 : X;
+                }
                 t.K = s1 - s0;
                 t.Cin = first ? NULL : acc + j * b1 * b2;
                 if (last) {

@@ -1,7 +1,7 @@
 /*
  * test_bsmm.c - block-sparse matmul (csrc/cpu/bsmm*.c) against a naive double-precision
  * reference: random layouts (empty block-rows / block-columns, nnz = 0, empty grids),
- * T in {0, 1, 7, 33, 100}, square and rectangular blocks, row strides > width, fp32 and
+ * T in {0, 1, 7, 33, 100} (and a few up to 600), square and rectangular blocks, row strides > width, fp32 and
  * bf16, every ISA this CPU has compared bitwise with the portable kernel, tasks run in
  * shuffled order and in random sub-ranges, and pf_bsmm_check's rejections.
  */
@@ -376,6 +376,11 @@ int main(void) {
     test_case(3, 0, 16, 16, 7, 0.5, 1, 1);
     test_case(2, 3, 32, 16, 600, 0.7, 0, 3);
     test_case(3, 2, 16, 32, 530, 0.7, 1, 0);
+    /* BWD_W packs blocks up to 64 x 64 per 128-row chunk and reads larger ones in place */
+    test_case(2, 2, 64, 64, 300, 0.8, 0, 2);
+    test_case(2, 3, 64, 48, 257, 0.8, 1, 0);
+    test_case(2, 2, 80, 72, 300, 0.8, 0, 1);
+    test_case(2, 2, 72, 16, 129, 0.8, 1, 0);
     printf("test_bsmm: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
