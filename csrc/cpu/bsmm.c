@@ -103,6 +103,9 @@ void pf_tile_portable(const pf_tile *t) {
 #ifndef PF_PKB
 #define PF_PKB 64           /* BWD_W packs blocks up to PF_PKB x PF_PKB (panels on the stack) */
 #endif
+#ifndef PF_STREAM_BYTES
+#define PF_STREAM_BYTES (4 << 20) /* FWD / BWD_X outputs at least this large: streaming stores */
+#endif
 #define PF_TASK_FLOPS (1 << 21)
 #define PF_MAX_TASKS 256
 #define PF_PACK_BLOCKS 32   /* blocks per phase-0 packing task */
@@ -432,6 +435,9 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int
     t.N = N;
     t.ldc = a->ldo;
     t.c_bf16 = p->bf16;
+    /* an output larger than a core's L2 is streamed past the caches: it is written exactly
+     * once, and plain stores would first read every line (RFO) and evict the operands */
+    t.c_stream = (double)p->T * (double)(fwd ? p->out : p->in) * (double)es >= PF_STREAM_BYTES;
     for (int64_t u = u0; u < u1; ++u) {
         t.aidx = idx + ptr[u];
         t.nseg = ptr[u + 1] - ptr[u];
@@ -561,6 +567,9 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
         run_bwd_w(&p, a, fn, begin, end);
     } else {
         for (int64_t task = begin; task < end; ++task) run_rows(&p, a, fn, task);
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+        __builtin_ia32_sfence(); /* order the non-temporal stores before the caller's join */
+#endif
     }
 }
 

@@ -48,7 +48,9 @@ INL void store_vec(const pf_tile *t, int64_t m, int64_t n, __m256 v, __m256i k, 
     if (t->c_bf16) {
         uint16_t *c = (uint16_t *)t->C + m * t->ldc + n;
         const __m128i h = bf16_pack(v);
-        if (full) {
+        if (full && t->c_stream && ((uintptr_t)c & 15) == 0) {
+            _mm_stream_si128((__m128i *)c, h);
+        } else if (full) {
             _mm_storeu_si128((__m128i *)c, h);
         } else if (cnt > 0) {
             uint16_t tmp[8];
@@ -57,7 +59,9 @@ INL void store_vec(const pf_tile *t, int64_t m, int64_t n, __m256 v, __m256i k, 
         }
     } else {
         float *c = (float *)t->C + m * t->ldc + n;
-        if (full)
+        if (full && t->c_stream && ((uintptr_t)c & 31) == 0)
+            _mm256_stream_ps(c, v);
+        else if (full)
             _mm256_storeu_ps(c, v);
         else if (cnt > 0)
             _mm256_maskstore_ps(c, k, v);

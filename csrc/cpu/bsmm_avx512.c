@@ -46,13 +46,17 @@ INL void store_vec(const pf_tile *t, int64_t m, int64_t n, __m512 v, __mmask16 k
     if (t->c_bf16) {
         uint16_t *c = (uint16_t *)t->C + m * t->ldc + n;
         const __m256i h = bf16_pack(v);
-        if (full)
+        if (full && t->c_stream && ((uintptr_t)c & 31) == 0)
+            _mm256_stream_si256((__m256i *)c, h);
+        else if (full)
             _mm256_storeu_si256((__m256i *)c, h);
         else
             _mm256_mask_storeu_epi16(c, k, h);
     } else {
         float *c = (float *)t->C + m * t->ldc + n;
-        if (full)
+        if (full && t->c_stream && ((uintptr_t)c & 63) == 0)
+            _mm512_stream_ps(c, v);
+        else if (full)
             _mm512_storeu_ps(c, v);
         else
             _mm512_mask_storeu_ps(c, k, v);

@@ -34,6 +34,8 @@ typedef struct {
     void *C;                /* output, fp32 or bf16 (uint16_t) */
     int64_t ldc;
     int c_bf16;
+    int c_stream;           /* C is large and written once: aligned full vectors may use
+                             * non-temporal stores (pf_bsmm_run fences after phase 1) */
 } pf_tile;
 
 typedef void (*pf_tile_fn)(const pf_tile *t);
