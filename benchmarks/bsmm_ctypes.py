@@ -43,7 +43,7 @@ class Args(C.Structure):
     _fields_ = [("dtype", C.c_int), ("T", C.c_int64), ("ix", C.POINTER(Index)),
                 ("x", C.c_void_p), ("ldx", C.c_int64), ("w", C.c_void_p),
                 ("dy", C.c_void_p), ("ldy", C.c_int64), ("out", C.c_void_p), ("ldo", C.c_int64),
-                ("work", C.c_void_p), ("isa", C.c_int)]
+                ("work", C.c_void_p), ("isa", C.c_int), ("out_fresh", C.c_int)]
 
 
 FWD, BWD_X, BWD_W = 0, 1, 2

@@ -20,7 +20,8 @@ try:  # CUDA kernels are optional: built only when torch has CUDA and nvcc was f
 except ImportError:
     HAS_CUDA_KERNELS = False
 
-__all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "index_tensors", "HAS_CUDA_KERNELS"]
+__all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "index_tensors", "HAS_CUDA_KERNELS",
+           "empty_cache", "set_cache_limit", "cache_held"]
 
 _ops_ns = torch.ops.pixelfly
 INDEX_FIELDS = ("row_ptr", "col_idx", "col_ptr", "row_idx", "csc_blk")
@@ -30,6 +31,31 @@ def index_tensors(index, device=None):
     """The five int64 index tensors of a :class:`~pixelfly.layouts.BlockIndex`, on ``device``."""
     return tuple(torch.tensor(getattr(index, f), dtype=torch.int64, device=device)
                  for f in INDEX_FIELDS)
+
+
+# ---------------------------------------------------------------- CPU output cache
+# The CPU ops take their large outputs (>= 4 MiB: y, dx, and the bf16 workspace) from a
+# small cache of freed buffers instead of fresh memory: under glibc every allocation of
+# 32 MiB or more is a fresh mmap whose pages fault in (and are zeroed) on first touch,
+# about 8 ms per 32 MiB on a 2-core VM. Default limit 512 MiB of *free* buffers; set
+# PIXELFLY_CPU_CACHE_MB (read once) or call set_cache_limit; 0 turns the cache off.
+def empty_cache() -> int:
+    """Free the CPU output cache's free buffers; returns the number of bytes released."""
+    return int(_ops_ns.cpu_cache_clear())
+
+
+def set_cache_limit(nbytes: int) -> int:
+    """Set the CPU output cache's limit in bytes (0: off); returns the previous limit."""
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+        raise TypeError(f"set_cache_limit: nbytes must be an int, got {type(nbytes).__name__}")
+    if nbytes < 0:
+        raise ValueError(f"set_cache_limit: nbytes must be >= 0, got {nbytes}")
+    return int(_ops_ns.cpu_cache_set_limit(nbytes))
+
+
+def cache_held() -> int:
+    """Bytes of free buffers the CPU output cache holds now."""
+    return int(_ops_ns.cpu_cache_held())
 
 
 def _check_device(t):

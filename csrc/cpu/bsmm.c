@@ -107,7 +107,7 @@ void pf_tile_portable(const pf_tile *t) {
 #define PF_STREAM_BYTES (4 << 20) /* FWD / BWD_X outputs at least this large ... */
 #endif
 #ifndef PF_STREAM_MAX_BYTES
-#define PF_STREAM_MAX_BYTES (32 << 20) /* ... and below this: streaming stores (see run_rows) */
+#define PF_STREAM_MAX_BYTES (32 << 20) /* ... and, if freshly allocated, below this (run_rows) */
 #endif
 #define PF_TASK_FLOPS (1 << 21)
 #define PF_MAX_TASKS 256
@@ -440,12 +440,12 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int
     t.c_bf16 = p->bf16;
     /* An output larger than a core's L2 is streamed past the caches: it is written exactly
      * once, and plain stores would first read every line (RFO) and evict the operands
-     * (measured: up to +45% kernel throughput into an already-touched buffer). Not from
-     * 32 MiB up: glibc's malloc maps allocations that large freshly every time (its mmap
-     * threshold never rises above 32 MiB), so torch's output pages are not yet faulted in,
-     * and streaming into pages the kernel has just zeroed measured 10-20% slower. */
+     * (measured: up to +45% kernel throughput into an already-touched buffer). Not into a
+     * fresh buffer of 32 MiB or more: glibc's malloc maps allocations that large freshly
+     * every time (its mmap threshold never rises above 32 MiB), so its pages are not yet
+     * faulted in, and streaming into pages the OS has just zeroed measured 10-20% slower. */
     const double out_bytes = (double)p->T * (double)(fwd ? p->out : p->in) * (double)es;
-    t.c_stream = out_bytes >= PF_STREAM_BYTES && out_bytes < PF_STREAM_MAX_BYTES;
+    t.c_stream = out_bytes >= PF_STREAM_BYTES && (!a->out_fresh || out_bytes < PF_STREAM_MAX_BYTES);
     for (int64_t u = u0; u < u1; ++u) {
         t.aidx = idx + ptr[u];
         t.nseg = ptr[u + 1] - ptr[u];

@@ -262,6 +262,10 @@ typedef struct {
     void *out;      int64_t ldo;  /* FWD: y [T, out]; BWD_X: dx [T, in]; BWD_W: dw [nnz, b1, b2] (ldo ignored) */
     void *work;                   /* scratch of pf_bsmm_workspace() bytes, may be NULL if 0 */
     int isa;                      /* PF_ISA_*: AUTO picks the best the CPU has */
+    int out_fresh;                /* 1: `out` was just allocated and its pages may not be
+                                   * faulted in yet (0: already touched, e.g. reused).
+                                   * A hint: large FWD / BWD_X outputs are written with
+                                   * streaming stores unless fresh and >= 32 MiB */
 } pf_bsmm_args;
 
 enum { PF_ISA_AUTO = 0, PF_ISA_PORTABLE = 1, PF_ISA_AVX2 = 2, PF_ISA_AVX512 = 3 };

@@ -381,6 +381,10 @@ int main(void) {
     test_case(2, 3, 64, 48, 257, 0.8, 1, 0);
     test_case(2, 2, 80, 72, 300, 0.8, 0, 1);
     test_case(2, 2, 72, 16, 129, 0.8, 1, 0);
+    /* outputs of >= 4 MiB take the streaming-store path (fp32 and bf16, padded rows) */
+    test_case(16, 16, 32, 32, 2100, 0.2, 0, 0);
+    test_case(16, 16, 32, 32, 2100, 0.2, 0, 5);
+    test_case(32, 32, 32, 32, 2100, 0.1, 1, 0);
     printf("test_bsmm: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -9,6 +9,7 @@
 #include <Python.h>
 
 #include "pixelfly.h"
+#include "cpu_cache.h"
 
 namespace {
 
@@ -66,7 +67,7 @@ void run(int op, pf_bsmm_args &a) {
   pf_err err = pf_bsmm_check(op, &a);
   PF_CHECK(err == nullptr, err ? err : "");
   const int64_t ws = pf_bsmm_workspace(op, &a);
-  at::Tensor work = at::empty({ws > 0 ? ws : 0}, at::TensorOptions().dtype(at::kByte));
+  at::Tensor work = pixelfly::cached_empty({ws > 0 ? ws : 0}, at::TensorOptions().dtype(at::kByte));
   a.work = ws > 0 ? work.data_ptr() : nullptr;
   for (int phase = 0; phase < PF_BSMM_PHASES; ++phase) {
     const int64_t n = pf_bsmm_num_tasks(op, phase, &a);
@@ -91,8 +92,10 @@ at::Tensor bsmm_fwd(const at::Tensor &x, const at::Tensor &blocks, const at::Ten
   Index I(row_ptr, col_idx, col_ptr, row_idx, csc_blk, blocks.size(1), blocks.size(2));
   check_dense("x", x, I.ix.C * I.ix.b2);
   at::Tensor w = blocks.contiguous();
-  at::Tensor y = at::empty({x.size(0), I.ix.R * I.ix.b1}, x.options());
+  bool fresh = true;
+  at::Tensor y = pixelfly::cached_empty({x.size(0), I.ix.R * I.ix.b1}, x.options(), &fresh);
   pf_bsmm_args a{};
+  a.out_fresh = fresh;
   a.dtype = to_pf_dtype("x", x);
   a.T = x.size(0);
   a.ix = &I.ix;
@@ -110,8 +113,10 @@ at::Tensor bsmm_bwd_x(const at::Tensor &dy, const at::Tensor &blocks, const at::
   Index I(row_ptr, col_idx, col_ptr, row_idx, csc_blk, blocks.size(1), blocks.size(2));
   check_dense("dy", dy, I.ix.R * I.ix.b1);
   at::Tensor w = blocks.contiguous();
-  at::Tensor dx = at::empty({dy.size(0), I.ix.C * I.ix.b2}, dy.options());
+  bool fresh = true;
+  at::Tensor dx = pixelfly::cached_empty({dy.size(0), I.ix.C * I.ix.b2}, dy.options(), &fresh);
   pf_bsmm_args a{};
+  a.out_fresh = fresh;
   a.dtype = to_pf_dtype("dy", dy);
   a.T = dy.size(0);
   a.ix = &I.ix;
@@ -146,6 +151,10 @@ at::Tensor bsmm_bwd_w(const at::Tensor &dy, const at::Tensor &x, const at::Tenso
   return dw;
 }
 
+int64_t cpu_cache_clear() { return pixelfly::cache_clear(); }
+int64_t cpu_cache_set_limit(int64_t bytes) { return pixelfly::cache_set_limit(bytes); }
+int64_t cpu_cache_held() { return pixelfly::cache_held(); }
+
 int64_t cpu_isa() {
   if (pf_cpu_has_avx512()) return PF_ISA_AVX512;
   return pf_cpu_has_avx2_fma() ? PF_ISA_AVX2 : PF_ISA_PORTABLE;
@@ -170,6 +179,9 @@ TORCH_LIBRARY(pixelfly, m) {
         "Tensor row_idx, Tensor csc_blk, int b1, int b2) -> Tensor");
   m.def("cpu_isa() -> int", &cpu_isa);
   m.def("set_cpu_isa(int isa) -> int", &set_cpu_isa);
+  m.def("cpu_cache_clear() -> int", &cpu_cache_clear);
+  m.def("cpu_cache_set_limit(int bytes) -> int", &cpu_cache_set_limit);
+  m.def("cpu_cache_held() -> int", &cpu_cache_held);
 }
 
 TORCH_LIBRARY_IMPL(pixelfly, CPU, m) {
