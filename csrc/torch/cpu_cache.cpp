@@ -62,10 +62,12 @@ void give_back(void *p, size_t bytes) {
   std::free(p);
 }
 
+// A buffer of `bytes` (cached if one is free, else new); nullptr if the cache is off.
 void *take(size_t bytes, bool *fresh) {
   Cache &c = cache();
   {
     std::lock_guard<std::mutex> g(c.mu);
+    if (c.get_limit() == 0) return nullptr;
     auto it = c.free_bufs.find(bytes);
     if (it != c.free_bufs.end()) {
       void *p = it->second;
@@ -75,8 +77,9 @@ void *take(size_t bytes, bool *fresh) {
       return p;
     }
   }
-  *fresh = true;
-  return std::aligned_alloc(kAlign, bytes);
+  void *p = std::aligned_alloc(kAlign, bytes);
+  TORCH_CHECK(p != nullptr, "pixelfly: out of memory allocating ", bytes, " bytes");
+  return p;
 }
 
 }  // namespace
@@ -89,14 +92,9 @@ at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions &opts, bo
   for (int64_t s : sizes) numel *= s;
   const int64_t nbytes = numel * int64_t(at::elementSize(at::typeMetaToScalarType(opts.dtype())));
   if (nbytes < kMinBytes) return at::empty(sizes, opts);
-  {
-    Cache &c = cache();
-    std::lock_guard<std::mutex> g(c.mu);
-    if (c.get_limit() == 0) return at::empty(sizes, opts);
-  }
   const size_t bytes = (size_t(nbytes) + kAlign - 1) / kAlign * kAlign;
   void *p = take(bytes, fresh);
-  TORCH_CHECK(p != nullptr, "pixelfly: out of memory allocating ", bytes, " bytes");
+  if (!p) return at::empty(sizes, opts);  // the cache is off
   return at::from_blob(p, sizes, [bytes](void *q) { give_back(q, bytes); }, opts);
 }
 
