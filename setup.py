@@ -130,7 +130,15 @@ def cuda_arch_flags():
     return flags
 
 
+def runtime_requirements():
+    """The extension links against this torch's C++ ABI, so the installed package asks for
+    exactly the torch release it was built with (local labels such as ``+cu130`` match)."""
+    release = torch.__version__.split("+")[0]
+    return ["numpy>=1.24", f"torch=={release}", "tqdm", "matplotlib"]
+
+
 setup(
+    install_requires=runtime_requirements(),
     libraries=[("pixelfly_core", {"sources": CORE_SOURCES, "include_dirs": [INCLUDE],
                                   "cflags": C_FLAGS})],
     ext_modules=extensions(),
