@@ -81,6 +81,33 @@ pf_err pf_sparse_transformer_layout(int64_t R, int64_t C, int64_t stride, uint8_
  * cells is equally likely (selection sampling on a splitmix64 stream). out: R*C. */
 pf_err pf_random_layout(int64_t R, int64_t C, double density, uint64_t seed, uint8_t *out);
 
+/* The authors' flat block butterfly (csrc/core/fly_layout.c): the rule of the paper's own
+ * release (FlatBlockButterflySparsityConfig), which lays the pattern over elements and
+ * pools it to blocks. With n = butterfly_size, m = n_factors, a weight of out x in
+ * elements (out = out_features, in = in_features) and blocks b1 x b2:
+ *   1. cells: element row a is in cell p = floor(a / (out/n)), element column b in cell
+ *      q = floor(b / (in/n)) (n must divide out and in);
+ *   2. shuffle = 0: element (a, b) is kept iff (p ^ q) in {0} U {2^s : 0 <= s < m};
+ *      shuffle = 1 (ShuffleNet channel shuffle of the cell columns, G = n / 2^m groups):
+ *      kept iff (p ^ c) is, with c = (q mod G) * 2^m + floor(q / G);
+ *   3. the first global_size element rows and the first global_size element columns are
+ *      kept too (global_size >= 0; larger than out or in keeps everything);
+ *   4. block (i, j) is kept iff any element of it is kept.
+ * When b1 divides out/n and b2 divides in/n (a cell spans whole blocks), shuffle = 0 and
+ * global_size = 0, this equals pf_flat_butterfly_layout(out/b1, in/b2, m, n).
+ * Requires 1 <= b1, b2 <= PF_MAX_GRID dividing out and in, a grid R = out/b1, C = in/b2 as
+ * for the other layouts, n a power of two in [2, PF_MAX_GRID] dividing out and in, and
+ * 1 <= m <= log2 n. Messages name out_features, in_features, butterfly_size, n_factors,
+ * block b1 / b2, global_size, shuffle. out: R*C. Work O((m + 1)(n + R + C) + R*C). */
+pf_err pf_fly_config_layout(int64_t out_features, int64_t in_features, int64_t butterfly_size,
+                            int64_t n_factors, int64_t b1, int64_t b2, int64_t global_size,
+                            int shuffle, uint8_t *out);
+
+/* NULL if pf_fly_config_layout accepts these arguments (out aside), else its message. */
+pf_err pf_fly_config_check(int64_t out_features, int64_t in_features, int64_t butterfly_size,
+                           int64_t n_factors, int64_t b1, int64_t b2, int64_t global_size,
+                           int shuffle);
+
 /* --------------------------------------------------------- masks and CSR */
 /* csrc/core/csr.c. Here grids may be empty: 0 <= R, C <= PF_MAX_GRID, R * C <=
  * PF_MAX_CELLS. A nonzero layout / mask byte means "kept". Nothing is written on error. */

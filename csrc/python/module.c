@@ -16,6 +16,7 @@
 #include "pixelfly.h"
 
 extern PyMethodDef pf_budget_methods[];
+extern PyMethodDef pf_fly_methods[];
 
 /* ------------------------------------------------------------ helpers */
 
@@ -445,6 +446,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     if (PyModule_AddFunctions(m, pf_budget_methods) < 0 ||
+        PyModule_AddFunctions(m, pf_fly_methods) < 0 ||
         PyModule_AddIntConstant(m, "MAX_GRID", (long)PF_MAX_GRID) < 0 ||
         PyModule_AddIntConstant(m, "MAX_CELLS", (long)PF_MAX_CELLS) < 0) {
         Py_DECREF(m);
