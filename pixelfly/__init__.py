@@ -11,6 +11,7 @@ Main entry points:
 """
 from . import reference
 from .budget import BudgetPlan, CostModel, LayerPlan, allocate_budget, layer_cost
+from .fly_layouts import fly_config_layout
 from .layouts import (BlockIndex, bigbird_layout, butterfly_factor_layout,
                       butterfly_product_layout, csr_transpose, default_butterfly_size,
                       flat_butterfly_layout, layout_to_csr, layout_to_mask, local_layout,
@@ -23,7 +24,7 @@ __all__ = [
     "BlockIndex", "bigbird_layout", "butterfly_factor_layout", "butterfly_product_layout",
     "csr_transpose", "default_butterfly_size", "flat_butterfly_layout", "layout_to_csr",
     "layout_to_mask", "local_layout", "mask_to_layout", "random_layout",
-    "sparse_transformer_layout", "PixelflyLinear", "choose_config", "plan", "sparsify",
+    "sparse_transformer_layout", "fly_config_layout", "PixelflyLinear", "choose_config", "plan", "sparsify",
     "densify", "Plan", "ButterflyLinear", "PixelflyAttention",
 ]
 
