@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from . import ops
+from .custom_layout import as_block_layout
+from .gate import check_gate, new_token_gate, reset_token_gate, token_gated_linear
 from .linear_fn import pixelfly_linear
 from .layouts import BlockIndex, default_butterfly_size, flat_butterfly_layout
 
@@ -88,6 +90,14 @@ class PixelflyLinear(nn.Module):
             ``n_factors``, ``butterfly_size`` and ``rank`` with :func:`choose_config`. Used
             when ``n_factors`` is not given (default ``0.25``).
         low_rank_fraction: share of the density spent on the low-rank part (default 1/4).
+        layout: any boolean block layout ``[out/b1, in/b2]`` (NumPy or torch), e.g. from
+            :func:`~pixelfly.fly_config_layout` (the authors' rule), ``bigbird_layout``,
+            ``random_layout`` or your own, instead of the flat butterfly; then give ``rank``
+            (default 0), not ``n_factors``, ``butterfly_size`` or ``density``.
+        gate: ``"scalar"`` (SPEC 2's learnable ``gamma``, default) or ``"token"`` (the
+            authors' ``SparseLRLinear`` gate: ``gamma = 1 - sigmoid(x w + c)`` per token,
+            from a submodule ``gate = nn.Linear(in_features, 1)``; see :mod:`pixelfly.gate`).
+            ``"token"`` needs ``rank > 0``.
 
     Parameters: ``blocks [nnz, b1, b2]`` (the only storage of ``B``), ``U [out, r]``,
     ``V [in, r]``, ``gamma_logit`` (scalar; these three are absent when ``r == 0``, and then
@@ -105,7 +115,8 @@ class PixelflyLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  block_size=32, n_factors: int | None = None, butterfly_size: int | None = None,
                  rank: int | None = None, density: float | None = None,
-                 low_rank_fraction: float = 0.25, device=None, dtype=None):
+                 low_rank_fraction: float = 0.25, layout=None, gate: str = "scalar",
+                 device=None, dtype=None):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int):
@@ -119,7 +130,14 @@ class PixelflyLinear(nn.Module):
                 f"(out_features % {b1} = {out_features % b1}, in_features % {b2} = "
                 f"{in_features % b2}); pick a block size that divides both or pad the features")
         self.in_features, self.out_features, self.block_size = in_features, out_features, (b1, b2)
-        if n_factors is None:
+        if layout is not None:  # a layout of the user's: no butterfly to choose
+            given = [k for k, v in (("n_factors", n_factors), ("butterfly_size", butterfly_size),
+                                    ("density", density)) if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} choose a flat butterfly layout; with layout= "
+                                 "give rank= (and the layout) only")
+            layout = as_block_layout(layout, out_features // b1, in_features // b2)
+        elif n_factors is None:
             density = 0.25 if density is None else density
             n, m, r = choose_config(out_features, in_features, density, (b1, b2),
                                     low_rank_fraction)
@@ -129,11 +147,14 @@ class PixelflyLinear(nn.Module):
         rank = 0 if rank is None else rank
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= min(in_features, out_features):
             raise ValueError(f"rank must be an int in [0, {min(in_features, out_features)}], got {rank!r}")
-        layout = flat_butterfly_layout(out_features // b1, in_features // b2, n_factors,
-                                       butterfly_size)
-        self.n_factors = n_factors
-        self.butterfly_size = butterfly_size or default_butterfly_size(*layout.shape)
+        self.custom_layout = layout is not None
+        if layout is None:
+            layout = flat_butterfly_layout(out_features // b1, in_features // b2, n_factors,
+                                           butterfly_size)
+            butterfly_size = butterfly_size or default_butterfly_size(*layout.shape)
+        self.n_factors, self.butterfly_size = n_factors, butterfly_size  # None for a custom layout
         self.rank = rank
+        self.gate_kind = check_gate(gate, rank)
         factory = {"device": device, "dtype": dtype}
         self.register_buffer("layout", torch.tensor(np.asarray(layout), device=device))
         self._set_index(layout)
@@ -141,7 +162,9 @@ class PixelflyLinear(nn.Module):
         # U, V exist only with a low-rank part (an unused parameter would trip DDP).
         self.register_parameter("U", nn.Parameter(torch.empty(out_features, rank, **factory)) if rank else None)
         self.register_parameter("V", nn.Parameter(torch.empty(in_features, rank, **factory)) if rank else None)
-        self.gamma_logit = nn.Parameter(torch.zeros((), **factory)) if rank > 0 else None
+        self.gamma_logit = nn.Parameter(torch.zeros((), **factory)) if rank > 0 and gate == "scalar" else None
+        if gate == "token":
+            self.gate = new_token_gate(in_features, **factory)
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
 
@@ -158,7 +181,10 @@ class PixelflyLinear(nn.Module):
     # ----------------------------------------------------------------- init
     @property
     def gamma(self) -> torch.Tensor:
-        """The mixing weight in ``[0, 1]`` (1 when the layer has no low-rank part)."""
+        """The mixing weight in ``[0, 1]`` (1 when the layer has no low-rank part). With the
+        token gate: its value for a zero input, ``1 - sigmoid(gate.bias)`` (1/2 at init)."""
+        if self.gate_kind == "token":
+            return 1 - torch.sigmoid(self.gate.bias[0])
         if self.gamma_logit is None:
             return torch.ones((), device=self.blocks.device, dtype=self.blocks.dtype)
         return torch.sigmoid(self.gamma_logit)
@@ -184,6 +210,8 @@ class PixelflyLinear(nn.Module):
         variance (``s = 1`` without low rank, else ``1/2``); the low-rank part the rest.
         """
         b1, b2 = self.block_size
+        if self.gate_kind == "token":
+            reset_token_gate(self.gate)
         g = float(self.gamma) if self.rank else 1.0
         share = 1.0 if self.rank == 0 else 0.5
         k = max(1.0, self.index.nnz * b1 * b2 / self.out_features)
@@ -207,6 +235,8 @@ class PixelflyLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
+        if self.gate_kind == "token":
+            return self._token_gated(x2).reshape(*lead, self.out_features)
         g = self.gamma
         blocks = self.blocks * g if self.rank else self.blocks
         if torch.is_autocast_enabled(x.device.type):  # like nn.Linear: run in the autocast dtype
@@ -219,18 +249,31 @@ class PixelflyLinear(nn.Module):
         y = pixelfly_linear(x2, blocks, self._idx(), V, Ut, bias)
         return y.reshape(*lead, self.out_features)
 
+    def _token_gated(self, x2):
+        blocks, V, U, gw, gb = self.blocks, self.V, self.U, self.gate.weight, self.gate.bias
+        if torch.is_autocast_enabled(x2.device.type):
+            x2 = x2.to(torch.get_autocast_dtype(x2.device.type))
+        V, U, gw, gb, blocks = (t.to(x2.dtype) for t in (V, U, gw, gb, blocks))
+        bias = self.bias.to(x2.dtype) if self.bias is not None else None
+        return token_gated_linear(x2, blocks, self._idx(), V, U, gw, gb, bias)
+
     def extra_repr(self) -> str:
         b1, b2 = self.block_size
         R, C = self.layout.shape
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, block={b1}x{b2}, blocks={self.index.nnz}/{R * C}, "
-                f"butterfly_size={self.butterfly_size}, n_factors={self.n_factors}, "
-                f"rank={self.rank}, density={self.density:.4f}")
+                + ("layout=custom, " if self.custom_layout else
+                   f"butterfly_size={self.butterfly_size}, n_factors={self.n_factors}, ")
+                + f"rank={self.rank}, density={self.density:.4f}"
+                + (", gate=token" if self.gate_kind == "token" else ""))
 
     # ----------------------------------------------------------- conversion
     @torch.no_grad()
     def weight_dense(self) -> torch.Tensor:
         """The dense ``out x in`` weight ``gamma B + (1 - gamma) U V^T`` (for checks only)."""
+        if self.gate_kind == "token":
+            raise ValueError("a token-gated layer (gate='token') has no single dense weight: "
+                             "its mix of B and U V^T depends on the input")
         b1, b2 = self.block_size
         W = self.blocks.new_zeros(self.out_features, self.in_features)
         Wb = W.view(self.layout.shape[0], b1, self.layout.shape[1], b2).permute(0, 2, 1, 3)

@@ -13,7 +13,7 @@ import torch
 __all__ = [
     "flat_butterfly_layout", "butterfly_factor_layout", "butterfly_product_layout",
     "layout_to_mask", "blocks_to_dense", "dense_to_blocks", "bsmm_fwd", "bsmm_bwd_x",
-    "bsmm_bwd_w", "pixelfly_weight", "pixelfly_linear",
+    "bsmm_bwd_w", "pixelfly_weight", "pixelfly_linear", "token_gated_linear",
 ]
 
 
@@ -119,4 +119,15 @@ def pixelfly_weight(blocks, layout, U=None, V=None, gamma=1.0):
 def pixelfly_linear(x, blocks, layout, U=None, V=None, gamma=1.0, bias=None):
     """``y = x W^T + bias`` with the dense Pixelfly weight, any leading batch dimensions."""
     y = x @ pixelfly_weight(blocks, layout, U, V, gamma).T
+    return y if bias is None else y + bias
+
+
+def token_gated_linear(x, blocks, layout, U, V, gate_weight, gate_bias, bias=None):
+    """The authors' gated mix (``gate="token"``), per row of ``x``:
+    ``g = sigmoid(x w^T + c)`` (one value per token), ``y = (1 - g) x B^T + g x V U^T + bias``.
+    ``gate_weight`` is ``[1, in]``, ``gate_bias`` ``[1]``."""
+    g = torch.sigmoid(x @ gate_weight.T + gate_bias)
+    sparse = x @ blocks_to_dense(blocks, layout).T
+    low = x @ (U @ V.T).T
+    y = (1 - g) * sparse + g * low
     return y if bias is None else y + bias
