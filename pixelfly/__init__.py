@@ -25,14 +25,14 @@ __all__ = [
     "csr_transpose", "default_butterfly_size", "flat_butterfly_layout", "layout_to_csr",
     "layout_to_mask", "local_layout", "mask_to_layout", "random_layout",
     "sparse_transformer_layout", "fly_config_layout", "PixelflyLinear", "choose_config", "plan", "sparsify",
-    "densify", "Plan", "ButterflyLinear", "PixelflyAttention",
+    "densify", "Plan", "ButterflyLinear", "PixelflyAttention", "fly_config", "apply_fly_configs",
 ]
 
 
 _LAZY = {"PixelflyLinear": "linear", "choose_config": "linear", "ops": None,
          "ButterflyLinear": "butterfly", "PixelflyAttention": "attention",
          "plan": "sparsify", "sparsify": "sparsify", "densify": "sparsify", "Plan": "sparsify",
-         "models": None, "data": None}
+         "models": None, "data": None, "fly_config": "authors", "apply_fly_configs": "authors"}
 
 
 def __getattr__(name):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .budget import CostModel, allocate_budget
+from .custom_layout import layout_from_spec
 from .linear import PixelflyLinear
 
 __all__ = ["Plan", "PlannedLayer", "plan", "sparsify", "densify", "linear_layers"]
@@ -64,6 +65,10 @@ class PlannedLayer:
     dense_cost: float = 0.0
     budget: float = 0.0
     cost: float = 0.0
+    # A named layout instead of the flat butterfly (n, m), e.g. the authors' rule:
+    # {"name": "fly_config", "butterfly_size": 16, "n_factors": 2}; see pixelfly.custom_layout.
+    layout: dict | None = None
+    gate: str = "scalar"       # "scalar" (SPEC 2's gamma) or "token" (the authors' gate)
 
     @property
     def sparse(self) -> bool:
@@ -285,7 +290,10 @@ def sparsify(model: nn.Module, plan_or_budget, example_input=None, init: str = "
             raise ValueError(f"plan layer {entry.name!r} is {entry.out_features}x{entry.in_features} "
                              f"but the model's is {_shape(mod)[0]}x{_shape(mod)[1]}")
         kw = dict(block_size=p.block_size, n_factors=entry.n_factors,
-                  butterfly_size=entry.butterfly_size, rank=entry.rank)
+                  butterfly_size=entry.butterfly_size, rank=entry.rank, gate=entry.gate)
+        if entry.layout is not None:
+            kw.update(n_factors=None, butterfly_size=None, layout=layout_from_spec(
+                entry.layout, entry.out_features, entry.in_features, p.block_size))
         if init == "from_dense":
             new = PixelflyLinear.from_dense(_as_linear(mod), **kw)
         else:
