@@ -120,3 +120,19 @@ def test_bad_gate():
         PixelflyLinear(64, 64, block_size=16, n_factors=1, rank=2, gate="tokens")
     with pytest.raises(ValueError, match="rank > 0"):
         PixelflyLinear(64, 64, block_size=16, n_factors=1, rank=0, gate="token")
+
+
+def test_bf16_autocast_runs_in_the_autocast_dtype():
+    layer = PixelflyLinear(64, 96, block_size=16, n_factors=1, rank=4, gate="token")
+    randomise(layer)
+    x = torch.randn(5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    p = {k: v.detach().double() for k, v in layer.named_parameters()}
+    y64 = ref_gated(p, layer.layout, x.double())
+    pb = {k: v.detach().bfloat16() for k, v in layer.named_parameters()}
+    base = ref_gated(pb, layer.layout, x.bfloat16())
+    assert_close_to_oracle(y.detach(), y64, base, "autocast forward")
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
