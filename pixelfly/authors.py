@@ -67,7 +67,9 @@ def apply_fly_configs(plan, configs: dict):
     becomes sparse with the release's layout, rank and gate; its ``nnz``, ``density``
     (kept blocks / all blocks) and ``cost`` follow from them (its ``budget`` is left as
     planned). The config's ``block`` must equal the plan's block size. Other layers are
-    unchanged.
+    unchanged. A pattern also matches layers the plan kept dense for a reason (a weight
+    tied to another module, a layer the example input never calls): name the layers the
+    release sparsifies, e.g. ``"*.mlp.fc1"``, not ``"*"``.
     """
     out = copy.deepcopy(plan)
     parsed = [(pat, fly_config(cfg)) for pat, cfg in configs.items()]
