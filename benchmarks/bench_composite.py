@@ -12,34 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
-import numpy as np
 import torch
 
-from pixelfly import composite, ops
+from benchmarks.bench_linear import timeit
+from pixelfly import choose_config, composite, ops
 from pixelfly.layouts import BlockIndex, flat_butterfly_layout
-
-
-def density_layout(R, C, density):
-    """Flat butterfly of exactly ``density`` = (m+1)/n (largest n that allows it)."""
-    n = 1 << int(np.log2(min(R, C)))
-    while n >= 2:
-        m = density * n - 1
-        if abs(m - round(m)) < 1e-9 and 1 <= round(m) <= np.log2(n):
-            return flat_butterfly_layout(R, C, int(round(m)), butterfly_size=n)
-        n //= 2
-    raise SystemExit(f"no flat butterfly of density {density} on a {R} x {C} grid")
-
-
-def median_ms(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
 
 
 def main(argv=None):
@@ -56,7 +34,8 @@ def main(argv=None):
     out_f, in_f = (int(v) for v in args.shape.split("x"))
     num, den = (args.density.split("/") + ["1"])[:2]
     b, T = args.block, args.T
-    layout = density_layout(out_f // b, in_f // b, float(num) / float(den))
+    n, m, _ = choose_config(out_f, in_f, float(num) / float(den), b, low_rank_fraction=0.0)
+    layout = flat_butterfly_layout(out_f // b, in_f // b, m, n)
     it = ops.index_tensors(BlockIndex.from_layout(layout))
     nnz = int(layout.sum())
     torch.manual_seed(0)
@@ -76,7 +55,7 @@ def main(argv=None):
             raise SystemExit(f"composite and native disagree: relative error {err:.3e}")
     rows = {}
     for name, fns in impls.items():
-        ms = [median_ms(f, args.reps) for f in fns]
+        ms = [1e3 * timeit(f, args.reps) for f in fns]
         rows[name] = dict(zip(["fwd", "bwd_x", "bwd_w"], ms), total=sum(ms))
     print(f"{args.shape} T={T} density {args.density} block {b} {args.dtype}, "
           f"{torch.get_num_threads()} threads (median of {args.reps}, ms)")

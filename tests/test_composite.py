@@ -4,14 +4,14 @@ float64 oracle over the native tests' shapes and dtypes, against the native CPU 
 gradients, opcheck, torch.compile, chunking, index validation and the plan cache."""
 import random
 
-import numpy as np
 import pytest
 import torch
 
-from pixelfly import composite, ops, reference
+import test_ops as native_tests
+from pixelfly import composite, ops
 from pixelfly.layouts import BlockIndex, flat_butterfly_layout, random_layout
-from test_ops import BLOCKS, ROWS, make_case, oracle_and_baseline
-from testing import assert_close_to_oracle, dtypes
+from test_ops import BLOCKS, ROWS, make_case
+from testing import dtypes
 
 
 @pytest.fixture
@@ -32,48 +32,43 @@ def native(op, *args):
         ops.use_composite("cpu", prev)
 
 
+# The native tests' bodies, run with the composite ops behind torch.ops.pixelfly.*.
 @pytest.mark.parametrize("dtype", dtypes)
 @pytest.mark.parametrize("b1,b2", BLOCKS)
 @pytest.mark.parametrize("T", ROWS)
-def test_three_ops_match_reference_and_native(forced, dtype, b1, b2, T):
-    rng = random.Random(b1 * 1000 + b2 * 10 + T)
-    R, C = rng.randint(1, 5), rng.randint(1, 5)
-    layout, it, blocks, x, dy = make_case(R, C, b1, b2, T, dtype, seed=rng.randint(0, 99))
-    lay = torch.as_tensor(layout)
-    results = {
-        "fwd": (ops.bsmm_fwd(x, blocks, *it), lambda a, w: reference.bsmm_fwd(a, w, lay), (x, blocks),
-                ("bsmm_fwd", x, blocks, *it)),
-        "bwd_x": (ops.bsmm_bwd_x(dy, blocks, *it), lambda g, w: reference.bsmm_bwd_x(g, w, lay),
-                  (dy, blocks), ("bsmm_bwd_x", dy, blocks, *it)),
-        "bwd_w": (ops.bsmm_bwd_w(dy, x, *it, b1=b1, b2=b2),
-                  lambda g, a: reference.bsmm_bwd_w(g, a, lay, b1, b2), (dy, x),
-                  ("bsmm_bwd_w", dy, x, *it, b1, b2)),
-    }
-    for name, (out, fn, inputs, nat) in results.items():
-        assert out.dtype == dtype
-        o64, base = oracle_and_baseline(fn, *inputs, dtype=dtype)
-        assert_close_to_oracle(out, o64, base, name)
-        # Native and composite agree to the dtype's rounding (both round each output once).
-        tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1.6e-2}[dtype]
-        scale = o64.abs().max().item() if o64.numel() else 1.0
-        torch.testing.assert_close(out, native(*nat), rtol=tol, atol=tol * max(1.0, scale))
+def test_three_ops_match_reference(forced, dtype, b1, b2, T):
+    native_tests.test_three_ops_match_reference("cpu", dtype, b1, b2, T)
 
 
 @pytest.mark.parametrize("m", [1, 2, 3])
 def test_flat_butterfly_rectangular_and_empty_layouts(forced, m):
-    for R, C in [(8, 8), (4, 16), (16, 4), (6, 10)]:
-        layout = flat_butterfly_layout(R, C, min(m, int(np.log2(min(R, C)))))
-        _, it, blocks, x, dy = make_case(R, C, 16, 16, 19, torch.float64, layout=layout)
-        lay = torch.as_tensor(layout)
-        torch.testing.assert_close(ops.bsmm_fwd(x, blocks, *it), reference.bsmm_fwd(x, blocks, lay))
-        torch.testing.assert_close(ops.bsmm_bwd_x(dy, blocks, *it), reference.bsmm_bwd_x(dy, blocks, lay))
-        torch.testing.assert_close(ops.bsmm_bwd_w(dy, x, *it, b1=16, b2=16),
-                                   reference.bsmm_bwd_w(dy, x, lay, 16, 16))
-    empty = np.zeros((3, 4), dtype=bool)
-    _, it, blocks, x, dy = make_case(3, 4, 16, 16, 5, torch.float32, layout=empty)
-    assert torch.equal(ops.bsmm_fwd(x, blocks, *it), torch.zeros(5, 48))
-    assert torch.equal(ops.bsmm_bwd_x(dy, blocks, *it), torch.zeros(5, 64))
-    assert ops.bsmm_bwd_w(dy, x, *it, b1=16, b2=16).shape == (0, 16, 16)
+    native_tests.test_flat_butterfly_rectangular_and_empty_layouts(m)
+
+
+def test_gradcheck_and_gradgradcheck(forced):
+    native_tests.test_gradcheck_and_gradgradcheck()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(forced, dtype):
+    native_tests.test_opcheck(dtype)
+
+
+@pytest.mark.parametrize("dtype", dtypes)
+@pytest.mark.parametrize("b1,b2", BLOCKS)
+def test_agrees_with_native_kernels(forced, dtype, b1, b2):
+    rng = random.Random(b1 * 100 + b2)
+    R, C, T = rng.randint(1, 6), rng.randint(1, 6), rng.randint(1, 70)
+    _, it, blocks, x, dy = make_case(R, C, b1, b2, T, dtype, seed=rng.randint(0, 99))
+    ours = (ops.bsmm_fwd(x, blocks, *it), ops.bsmm_bwd_x(dy, blocks, *it),
+            ops.bsmm_bwd_w(dy, x, *it, b1=b1, b2=b2))
+    theirs = (native("bsmm_fwd", x, blocks, *it), native("bsmm_bwd_x", dy, blocks, *it),
+              native("bsmm_bwd_w", dy, x, *it, b1, b2))
+    # Both round each output once from an fp32 (fp64) accumulation, in different orders.
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1.6e-2}[dtype]
+    for a, b in zip(ours, theirs):
+        scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale)
 
 
 def test_butterfly_cells_are_grouped():
@@ -87,39 +82,15 @@ def test_butterfly_cells_are_grouped():
 
 
 def test_strided_rows_and_chunking_agree(forced, monkeypatch):
+    native_tests.test_strided_rows_are_honoured()
     layout, it, blocks, x, dy = make_case(6, 7, 16, 16, 45, torch.float32, seed=3)
-    wide = torch.randn(45, 200)
-    wide[:, 10:122] = x
-    y = ops.bsmm_fwd(x, blocks, *it)
-    torch.testing.assert_close(ops.bsmm_fwd(wide[:, 10:122], blocks, *it), y)
-    full = (y, ops.bsmm_bwd_x(dy, blocks, *it), ops.bsmm_bwd_w(dy, x, *it, b1=16, b2=16))
+    full = (ops.bsmm_fwd(x, blocks, *it), ops.bsmm_bwd_x(dy, blocks, *it),
+            ops.bsmm_bwd_w(dy, x, *it, b1=16, b2=16))
     monkeypatch.setattr(composite, "CHUNK_BYTES", 1)       # one group per batched matmul
     small = (ops.bsmm_fwd(x, blocks, *it), ops.bsmm_bwd_x(dy, blocks, *it),
              ops.bsmm_bwd_w(dy, x, *it, b1=16, b2=16))
     for a, b in zip(full, small):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-
-
-def test_gradcheck_and_gradgradcheck(forced):
-    layout, it, blocks, x, dy = make_case(3, 4, 4, 2, 5, torch.float64, seed=1)
-    blocks.requires_grad_(), x.requires_grad_(), dy.requires_grad_()
-    b1, b2 = blocks.shape[1:]
-    torch.autograd.gradcheck(lambda a, w: ops.bsmm_fwd(a, w, *it), (x, blocks))
-    torch.autograd.gradgradcheck(lambda a, w: ops.bsmm_fwd(a, w, *it), (x, blocks))
-    torch.autograd.gradcheck(lambda g, w: ops.bsmm_bwd_x(g, w, *it), (dy, blocks))
-    torch.autograd.gradcheck(lambda g, a: ops.bsmm_bwd_w(g, a, *it, b1=b1, b2=b2), (dy, x))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck(forced, dtype):
-    layout, it, blocks, x, dy = make_case(4, 3, 8, 16, 6, dtype, seed=2)
-    b1, b2 = blocks.shape[1:]
-    for op, args in [
-        (torch.ops.pixelfly.bsmm_fwd.default, (x.requires_grad_(), blocks.requires_grad_(), *it)),
-        (torch.ops.pixelfly.bsmm_bwd_x.default, (dy.requires_grad_(), blocks, *it)),
-        (torch.ops.pixelfly.bsmm_bwd_w.default, (dy, x, *it, b1, b2)),
-    ]:
-        torch.library.opcheck(op, args)
 
 
 def test_torch_compile_forward_backward(forced):
