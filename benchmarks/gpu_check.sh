@@ -73,7 +73,7 @@ if ((HAVE_GPU)); then
 
 # ---------------------------------------------------------------- 1. build
 # setup.py builds against the imported torch; TORCH_CUDA_ARCH_LIST = the local GPU only.
-run_step build 240 env PIXELFLY_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" \
+run_step build 300 env PIXELFLY_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" \
   "$PY" setup.py -q build_clib build_ext --inplace
 BUILT=$?
 if ((BUILT == 0)); then
