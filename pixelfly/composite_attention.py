@@ -59,8 +59,8 @@ def _check(q, k, v, idx, block, scale):
     for name, t in zip(("row_ptr", "col_idx", "col_ptr", "row_idx"), idx):
         if t.dtype != torch.int64:
             _fail(TypeError, f"{name} must be int64, got {t.dtype}")
-        if t.device != q.device:
-            _fail(ValueError, f"{name} must be on {q.device}, got {t.device}")
+        if t.device not in (q.device, torch.device("cpu")):   # the CPU kernels' contract: CPU
+            _fail(ValueError, f"{name} must be on the CPU or on {q.device}, got {t.device}")
         if t.dim() != 1:
             _fail(ValueError, f"{name} must be 1-D, got {t.dim()}-D")
     for name, t in (("row_ptr", idx[0]), ("col_ptr", idx[2])):
@@ -72,8 +72,9 @@ def _check(q, k, v, idx, block, scale):
     return R
 
 
-def _plan(idx, R):
-    """Buckets of query block-rows: ``[(rows [n], kidx [n, K]), ...]``, validated once."""
+def _plan(idx, R, dev):
+    """Buckets of query block-rows: ``[(rows [n], kidx [n, K]), ...]`` on ``dev``, validated
+    once per index (and device)."""
     def build():
         rp, ci, cp, ri = (composite._host(t) for t in idx)
         try:
@@ -82,14 +83,13 @@ def _plan(idx, R):
             which = "col_ptr/row_idx" if "col_ptr" in str(e) or "row_idx" in str(e) else "row_ptr/col_idx"
             _fail(ValueError, f"{which} are not a valid block-CSR/CSC of the (L/block)^2 layout: {e}")
         _, buckets = composite.group_buckets(rp, ci, np.arange(ci.size))
-        dev = idx[0].device
         out = []
         for rows, sets, _ in buckets:        # groups of rows sharing key blocks: split back
             G, K = rows.shape[1], sets.shape[1]
             out.append((torch.as_tensor(rows.reshape(-1), device=dev),
                         torch.as_tensor(np.repeat(sets, G, axis=0).reshape(-1, K), device=dev)))
         return out
-    return composite.cached_plan("attn", idx, build)
+    return composite.cached_plan(("attn", str(dev)), idx, build)
 
 
 def _chunks(N, R_b, per_row):
@@ -145,7 +145,7 @@ def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal
     out = torch.zeros(N, R, block, d, dtype=q.dtype, device=q.device)
     lse = torch.full((N, R, block), float("-inf"), dtype=ct, device=q.device)
     if N:
-        for rows, kidx in _plan(idx, R):
+        for rows, kidx in _plan(idx, R, q.device):
             K = kidx.shape[1]
             for n0, n1, r0, r1 in _chunks(N, rows.numel(), _per_row(K, block, d, q.element_size(), 2)):
                 rr = rows[r0:r1]
@@ -183,7 +183,7 @@ def bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx
     dk = torch.zeros(N, R, block, d, dtype=ct, device=q.device)
     dv = torch.zeros(N, R, block, d, dtype=ct, device=q.device)
     if N:
-        for rows, kidx in _plan(idx, R):
+        for rows, kidx in _plan(idx, R, q.device):
             K = kidx.shape[1]
             for n0, n1, r0, r1 in _chunks(N, rows.numel(), _per_row(K, block, d, q.element_size(), 4)):
                 rr, kk = rows[r0:r1], kidx[r0:r1]

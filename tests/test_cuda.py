@@ -328,7 +328,7 @@ def test_attention_on_cuda(path, dtype, causal):
     o64 = torch.softmax(s, -1) @ v64
     ref = (o64,) + torch.autograd.grad(o64, (q64, k64, v64), go.to(dtype).double())
     qc, kc, vc = (t.to("cuda", dtype).requires_grad_() for t in (q, k, v))
-    out, lse = bsattn(qc, kc, vc, _CudaIndex(idx), b, causal=causal)
+    out, lse = bsattn(qc, kc, vc, idx, b, causal=causal)   # index on the CPU, as the module's
     got = (out,) + torch.autograd.grad(out, (qc, kc, vc), go.to("cuda", dtype))
     tol = 2e-5 if dtype == torch.float32 else 3e-2
     for name, a, r in zip(("out", "dq", "dk", "dv"), got, ref):
@@ -337,11 +337,20 @@ def test_attention_on_cuda(path, dtype, causal):
     assert torch.isfinite(lse).all()
 
 
-class _CudaIndex:
-    """An AttentionIndex's tensors on the GPU."""
-
-    def __init__(self, idx):
-        self._t = tuple(t.cuda() for t in idx.tensors())
-
-    def tensors(self):
-        return self._t
+def test_attention_module_on_cuda(path):
+    # PixelflyAttention (CPU index, composite attention on the GPU) matches itself on the CPU.
+    from pixelfly.attention import PixelflyAttention
+    torch.manual_seed(0)
+    m = PixelflyAttention(128, 4, causal=True)
+    x = torch.randn(2, 256, 128)
+    with fp32_mode("fp32"):
+        ref = m(x)
+        ref.sum().backward()
+        gref = [p.grad.clone() for p in m.parameters()]
+        m.zero_grad()
+        mc = m.cuda()
+        out = mc(x.cuda())
+        out.sum().backward()
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
+    for p, g in zip(mc.parameters(), gref):
+        torch.testing.assert_close(p.grad.cpu(), g, rtol=1e-3, atol=1e-3)
