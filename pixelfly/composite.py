@@ -148,6 +148,14 @@ def _check_blocks(blocks, other, nnz):
 
 
 # ------------------------------------------------------------------ the math
+def _compute_dtype(t):
+    """float32 for 16-bit inputs on the CPU (whose 16-bit matmuls are slow or emulated: the
+    native CPU kernels also compute in float32); the input dtype everywhere else."""
+    if t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return t.dtype
+
+
 def _steps(n, per_item):
     step = max(1, CHUNK_BYTES // max(1, per_item))
     return ((s, min(n, s + step)) for s in range(0, n, step))
@@ -162,8 +170,10 @@ def _gather_mm(act, w_io, plan, n_out):
                                                       device=act.device)
     if T == 0:
         return out
-    a3, o3 = act.view(T, -1, bi), out.view(T, n_out, bo)
-    es = act.element_size()
+    cdt = _compute_dtype(act)
+    a3, o3 = act.to(cdt).view(T, -1, bi), out.view(T, n_out, bo)
+    w_io = w_io.to(cdt)
+    es = a3.element_size()
     for rows, gidx, wpos in buckets:
         NG, G = rows.shape
         K = gidx.shape[1]
@@ -172,7 +182,7 @@ def _gather_mm(act, w_io, plan, n_out):
             panel = a3.index_select(1, gidx[s:e].reshape(-1)).view(T, n, K * bi).transpose(0, 1)
             wm = w_io[wpos[s:e]].permute(0, 2, 3, 1, 4).reshape(n, K * bi, G * bo)
             res = torch.bmm(panel, wm).view(n, T, G, bo).transpose(0, 1).reshape(T, n * G, bo)
-            o3.index_copy_(1, rows[s:e].reshape(-1), res)
+            o3.index_copy_(1, rows[s:e].reshape(-1), res.to(out.dtype))
     return out
 
 
@@ -210,14 +220,15 @@ def bsmm_bwd_w(dy, x, row_ptr, col_idx, col_ptr, row_idx, csc_blk, b1, b2):
     _, buckets = _plan("csr", idx, R, C)
     T = x.shape[0]
     dw = torch.empty(nnz, b1, b2, dtype=x.dtype, device=x.device)
-    x3, dy3 = x.view(T, C, b2), dy.view(T, R, b1)
+    cdt = _compute_dtype(x)
+    x3, dy3 = x.to(cdt).view(T, C, b2), dy.to(cdt).view(T, R, b1)
     for rows, gidx, wpos in buckets:
         NG, G = rows.shape
         K = gidx.shape[1]
-        for s, e in _steps(NG, max(T, 1) * (K * b2 + G * b1) * x.element_size()):
+        for s, e in _steps(NG, max(T, 1) * (K * b2 + G * b1) * x3.element_size()):
             n = e - s
             xp = x3.index_select(1, gidx[s:e].reshape(-1)).view(T, n, K * b2).transpose(0, 1)
             dyp = dy3.index_select(1, rows[s:e].reshape(-1)).view(T, n, G * b1).permute(1, 2, 0)
             res = torch.bmm(dyp, xp).view(n, G, b1, K, b2).permute(0, 1, 3, 2, 4)
-            dw.index_copy_(0, wpos[s:e].reshape(-1), res.reshape(n * G * K, b1, b2))
+            dw.index_copy_(0, wpos[s:e].reshape(-1), res.reshape(n * G * K, b1, b2).to(dw.dtype))
     return dw

@@ -130,7 +130,8 @@ def _setup(q, k, v, idx, block, scale):
     L, d = q.shape[-2], q.shape[-1]
     N = math.prod(q.shape[:-2])
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q4, k4, v4 = (t.reshape(N, R, block, d) for t in (q, k, v))
+    mt = composite._compute_dtype(q)            # matmul operands: float32 for 16-bit on the CPU
+    q4, k4, v4 = (t.reshape(N, R, block, d).to(mt) for t in (q, k, v))
     return R, N, d, ct, q4, k4, v4
 
 
@@ -151,8 +152,8 @@ def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal
                 rr = rows[r0:r1]
                 c = _Chunk(q4, k4, v4, rr, kidx[r0:r1], n0, n1, block, scale, causal, ct)
                 lse_c = torch.logsumexp(c.s, -1)
-                ob = torch.matmul(c.probs(lse_c).to(q.dtype), c.vg)
-                out[n0:n1].index_copy_(1, rr, ob)
+                ob = torch.matmul(c.probs(lse_c).to(c.vg.dtype), c.vg)
+                out[n0:n1].index_copy_(1, rr, ob.to(q.dtype))
                 lse[n0:n1].index_copy_(1, rr, lse_c)
     return out.view(q.shape), lse.view(q.shape[:-1])
 
@@ -174,7 +175,7 @@ def bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx
             _fail(TypeError, f"{name} must be {ct} for q of dtype {q.dtype}, got {t.dtype}")
         if tuple(t.shape) != lse_shape:
             _fail(ValueError, f"{name} must have shape {list(lse_shape)}, got {list(t.shape)}")
-    do4 = dout.reshape(N, R, block, d)
+    do4 = dout.reshape(N, R, block, d).to(q4.dtype)
     lse3 = lse.reshape(N, R, block)
     D = (do4.to(ct) * out.reshape(N, R, block, d).to(ct)).sum(-1)           # [N, R, b]
     if dlse is not None:
@@ -192,11 +193,11 @@ def bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx
                 p = c.probs(lse3[n0:n1].index_select(1, rr))
                 dob = do4[n0:n1].index_select(1, rr)
                 dp = torch.matmul(dob, c.vg.transpose(-1, -2)).to(ct)
-                ds = (p * (dp - D[n0:n1].index_select(1, rr)[..., None]) * scale).to(q.dtype)
-                dq[n0:n1].index_copy_(1, rr, torch.matmul(ds, c.kg))
+                ds = (p * (dp - D[n0:n1].index_select(1, rr)[..., None]) * scale).to(q4.dtype)
+                dq[n0:n1].index_copy_(1, rr, torch.matmul(ds, c.kg).to(q.dtype))
                 flat = kk.reshape(-1)
                 dkg = torch.matmul(ds.transpose(-1, -2), c.qb).to(ct)
                 dk[n0:n1].index_add_(1, flat, dkg.view(n, r * K, block, d))
-                dvg = torch.matmul(p.to(q.dtype).transpose(-1, -2), dob).to(ct)
+                dvg = torch.matmul(p.to(q4.dtype).transpose(-1, -2), dob).to(ct)
                 dv[n0:n1].index_add_(1, flat, dvg.view(n, r * K, block, d))
     return dq.view(q.shape), dk.to(q.dtype).view(q.shape), dv.to(q.dtype).view(q.shape)
