@@ -77,8 +77,8 @@ run_step build 300 env PIXELFLY_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" \
   "$PY" setup.py -q build_clib build_ext --inplace
 BUILT=$?
 if ((BUILT == 0)); then
-  "$PY" -c 'import pixelfly.ops as o; assert o.HAS_CUDA_KERNELS, "pixelfly._ops_cuda missing"' \
-    >>"$LOG" 2>&1 || { say "build finished but pixelfly._ops_cuda does not import"; BUILT=1; }
+  "$PY" -c 'import pixelfly.ops, pixelfly._ops_cuda' >>"$LOG" 2>&1 ||
+    { say "build finished but pixelfly._ops_cuda does not import (traceback in the log)"; BUILT=1; }
 fi
 
 # ---------------------------------------------------------------- 2. tests, both paths
