@@ -3,6 +3,9 @@
 #   make test    - the whole suite: C core under AddressSanitizer, nvcc compile check, pytest
 #   make bench   - CPU benchmarks (ratios against dense PyTorch, JSON + plots in bench-results/)
 #   make bench-gpu - the CUDA benchmark (needs an NVIDIA GPU and a CUDA build of torch)
+#   make gpu-check - the one GPU check for a machine with an NVIDIA GPU (<= 8 minutes, no
+#                    venv, no downloads): build, tests/test_cuda.py on both paths, memcheck,
+#                    benchmark; results in $OUT or bench-results/ (benchmarks/gpu_check.sh)
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -13,7 +16,7 @@ CORE_C  := $(wildcard csrc/core/*.c csrc/cpu/*.c)
 C_TESTS := $(wildcard csrc/tests/test_*.c)
 CU_SRC  := $(wildcard csrc/cuda/*.cu)
 
-.PHONY: all venv build run test test-c test-py test-cuda-compile bench bench-gpu clean
+.PHONY: all venv build run test test-c test-py test-cuda-compile bench bench-gpu gpu-check clean
 
 all: build
 
@@ -85,6 +88,10 @@ bench: build
 
 bench-gpu: build
 	$(PY) -m benchmarks.bench_cuda --json bench-results/cuda.json
+
+# Uses the machine's own python3 and torch (PYTHON=... to choose): no venv, no downloads.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build csrc/tests/bin pixelfly/*.so *.egg-info

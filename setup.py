@@ -58,7 +58,7 @@ def cuda_wanted():
         why = "torch has no CUDA" if torch.version.cuda is None else "nvcc (CUDA_HOME) not found"
         if flag == "1":
             sys.exit(f"pixelfly: PIXELFLY_CUDA=1 but {why}")
-        print(f"pixelfly: {why}; building the CPU kernels only (CUDA tensors will get a clear error)")
+        print(f"pixelfly: {why}; building the CPU kernels only (CUDA tensors run the composite ops)")
         return False
     print(f"pixelfly: building CUDA kernels with {cpp_extension.CUDA_HOME}")
     return True

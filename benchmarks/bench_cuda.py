@@ -1,15 +1,22 @@
-"""CUDA benchmark of the block-sparse kernels against dense cuBLAS and torch BSR.
+"""CUDA benchmark of the block-sparse ops (native kernels and composite ops) against dense
+cuBLAS and torch BSR.
 
 For each weight shape (out x in) and density, on flat block butterfly layouts (SPEC
-section 1, computed here in numpy), it first checks every op against a dense reference,
-then times with CUDA events:
+section 1, computed here in numpy), it first checks every op of each implementation
+against a float64 dense reference (a wrong one is reported and not timed), then times with
+CUDA events (median of --iters after --warmup):
   fwd      y = x B^T                      pixelfly bsmm_fwd | dense F.linear | torch BSR
   bwd      dx = dy B and dB = dy^T x     bsmm_bwd_x + bsmm_bwd_w | dense dy @ W + dy^T @ x
   fwd+bwd  the three together
-and prints times, speed-up vs dense in the same run, effective TFLOP/s
-(2 * T * nnz * b1 * b2 per op; dense: 2 * T * out * in per op) and its ratio to dense.
+for --impls native (csrc/cuda, selected with use_native_cuda) and composite (pure PyTorch,
+the CUDA default), and prints times, effective TFLOP/s (2 * T * nnz * b1 * b2 per op;
+dense: 2 * T * out * in per op), its ratio to dense cuBLAS and the forward's speed-up over
+torch BSR. Exit status 1 if any implementation was wrong.
 
     python -m benchmarks.bench_cuda [--json bench-results/cuda.json] [--T 8192] [--block 32]
+
+``--device cpu`` runs the same script on the CPU (native = the C kernels, composite = the
+forced composite ops; host timers), a smoke test of the script itself on small shapes.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -67,45 +75,63 @@ def main(argv=None):
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: smoke-test the script on the CPU kernels")
+    ap.add_argument("--impls", default="native,composite",
+                    help="comma-separated: native (csrc/cuda kernels), composite (pure PyTorch)")
     args = ap.parse_args(argv)
 
     import torch
     import torch.nn.functional as F
-    if not torch.cuda.is_available():
+    on_gpu = args.device == "cuda"
+    if on_gpu and not torch.cuda.is_available():
         sys.exit("bench_cuda: no CUDA GPU is visible (torch.cuda.is_available() is False); "
                  "run this benchmark on a machine with an NVIDIA GPU and a CUDA build of torch")
-    import pixelfly  # noqa: F401
-    try:
-        import pixelfly.ops as pops
-        has_cuda = getattr(pops, "HAS_CUDA_KERNELS", True)
-    except ImportError:
-        has_cuda = True
-    if not has_cuda:
-        sys.exit("bench_cuda: pixelfly was built without its CUDA kernels (pixelfly._ops_cuda "
-                 "missing); rebuild with PIXELFLY_CUDA=1")
+    import pixelfly.ops as pops
+    impls = [i for i in args.impls.split(",") if i]
+    if any(i not in ("native", "composite") for i in impls):
+        sys.exit(f"bench_cuda: --impls must name native and/or composite, got {args.impls!r}")
+    if on_gpu and "native" in impls and not pops.HAS_CUDA_KERNELS:
+        print("bench_cuda: pixelfly was built without its CUDA kernels (pixelfly._ops_cuda "
+              "missing): timing the composite ops only")
+        impls.remove("native")
     ops = torch.ops.pixelfly
+    wrong = []
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+
+    def select(impl):
+        if on_gpu:
+            pops.use_native_cuda(impl == "native")
+        else:
+            pops.use_composite("cpu", impl == "composite")
     b = args.block
     T = args.T
 
     def timeit(fn):
         for _ in range(args.warmup):
             fn()
-        torch.cuda.synchronize()
+        sync()
         times = []
         for _ in range(args.iters):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e))
+            if on_gpu:
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn()
+                e.record()
+                sync()
+                times.append(s.elapsed_time(e))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(1e3 * (time.perf_counter() - t0))
         return float(np.median(times))
 
     rows = []
-    props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name}, torch {torch.__version__}, dtype {args.dtype}, T={T}, block {b}")
+    dev_name = torch.cuda.get_device_properties(0).name if on_gpu else "cpu"
+    print(f"device: {dev_name}, torch {torch.__version__}, dtype {args.dtype}, T={T}, block {b}, "
+          f"impls {impls}")
     for shape in args.shapes.split(","):
         out_f, in_f = (int(v) for v in shape.lower().split("x"))
         R, C = out_f // b, in_f // b
@@ -132,15 +158,25 @@ def main(argv=None):
             dW = dys.double().T @ xs.double()
             ref["bwd_w"] = dW.reshape(R, b, C, b).permute(0, 2, 1, 3)[
                 torch.as_tensor(rr, device=dev), torch.as_tensor(cc, device=dev)]
-            got = {"fwd": ops.bsmm_fwd(xs, blocks, *idx), "bwd_x": ops.bsmm_bwd_x(dys, blocks, *idx),
-                   "bwd_w": ops.bsmm_bwd_w(dys, xs, *idx, b, b)}
             tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 4e-3}[dt]
-            for k in got:
-                err = (got[k].double() - ref[k]).abs().max().item()
-                scale = ref[k].abs().max().item()
-                if not err <= tol * max(scale, 1e-6):
-                    sys.exit(f"bench_cuda: {k} is WRONG at {shape} density {dens_s}: max error "
-                             f"{err:.3e} vs scale {scale:.3e}; not timing a wrong kernel")
+            good = []
+            for impl in impls:
+                select(impl)
+                got = {"fwd": ops.bsmm_fwd(xs, blocks, *idx),
+                       "bwd_x": ops.bsmm_bwd_x(dys, blocks, *idx),
+                       "bwd_w": ops.bsmm_bwd_w(dys, xs, *idx, b, b)}
+                bad = []
+                for k in got:
+                    err = (got[k].double() - ref[k]).abs().max().item()
+                    scale = ref[k].abs().max().item()
+                    if not err <= tol * max(scale, 1e-6):
+                        bad.append(f"{k}: max error {err:.3e} vs scale {scale:.3e}")
+                if bad:
+                    wrong.append(f"{impl} {shape} density {dens_s}: " + "; ".join(bad))
+                    print(f"bench_cuda: {impl} is WRONG at {shape} density {dens_s} ({bad}); "
+                          "not timing it")
+                else:
+                    good.append(impl)
 
             # ---- torch BSR (forward only, where it runs)
             bsr_fn, bsr_note = None, ""
@@ -152,7 +188,7 @@ def main(argv=None):
                 for name, fn in cands:
                     try:
                         yb = fn()
-                        torch.cuda.synchronize()
+                        sync()
                         e = (yb[:tc].double() - ref["fwd"]).abs().max().item()
                         if e <= tol * max(ref["fwd"].abs().max().item(), 1e-6):
                             bsr_fn, bsr_note = fn, name
@@ -181,38 +217,46 @@ def main(argv=None):
             }
             nops = {"fwd": 1, "bwd": 2, "fwd+bwd": 3, "bwd_x": 1, "bwd_w": 1}
             for phase in ["fwd", "bwd_x", "bwd_w", "bwd", "fwd+bwd"]:
-                ts = timeit(sp[phase])
                 td = timeit(dn[phase])
                 tb = timeit(bsr_fn) if (phase == "fwd" and bsr_fn is not None) else None
                 f_sp = 2.0 * T * nnz * b * b * nops[phase]
                 f_dn = 2.0 * T * out_f * in_f * nops[phase]
-                row = dict(shape=shape, out=out_f, inp=in_f, T=T, block=b, density=dens_s,
-                           butterfly_n=n, factors=m, nnz=nnz, phase=phase,
-                           sparse_ms=ts, dense_ms=td, bsr_ms=tb,
-                           bsr_impl=bsr_note if phase == "fwd" else None,
-                           speedup_vs_dense=td / ts,
-                           sparse_eff_tflops=f_sp / ts / 1e9, dense_tflops=f_dn / td / 1e9)
-                row["eff_over_dense_tflops"] = row["sparse_eff_tflops"] / row["dense_tflops"]
-                rows.append(row)
+                for impl in good:
+                    select(impl)
+                    ts = timeit(sp[phase])
+                    row = dict(impl=impl, shape=shape, out=out_f, inp=in_f, T=T, block=b,
+                               density=dens_s, butterfly_n=n, factors=m, nnz=nnz, phase=phase,
+                               sparse_ms=ts, dense_ms=td, bsr_ms=tb,
+                               bsr_impl=bsr_note if phase == "fwd" else None,
+                               speedup_vs_dense=td / ts, speedup_vs_bsr=tb / ts if tb else None,
+                               sparse_eff_tflops=f_sp / ts / 1e9, dense_tflops=f_dn / td / 1e9)
+                    row["eff_over_dense_tflops"] = row["sparse_eff_tflops"] / row["dense_tflops"]
+                    rows.append(row)
+    select("composite" if on_gpu else "native")
 
-    hdr = (f"{'shape':>11} {'dens':>5} {'phase':>8} {'sparse ms':>10} {'dense ms':>9} "
-           f"{'bsr ms':>8} {'speedup':>8} {'eff TF/s':>9} {'dense TF/s':>10} {'eff/dense':>9}")
+    hdr = (f"{'impl':>9} {'shape':>11} {'dens':>5} {'phase':>8} {'sparse ms':>10} {'dense ms':>9} "
+           f"{'bsr ms':>8} {'speedup':>8} {'eff TF/s':>9} {'dense TF/s':>10} {'eff/dense':>9} "
+           f"{'vs BSR':>7}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         bsr = f"{r['bsr_ms']:8.3f}" if r["bsr_ms"] is not None else f"{'n/a':>8}"
-        print(f"{r['shape']:>11} {r['density']:>5} {r['phase']:>8} {r['sparse_ms']:10.3f} "
-              f"{r['dense_ms']:9.3f} {bsr} {r['speedup_vs_dense']:7.2f}x "
+        vs = f"{r['speedup_vs_bsr']:6.2f}x" if r["speedup_vs_bsr"] else f"{'':>7}"
+        print(f"{r['impl']:>9} {r['shape']:>11} {r['density']:>5} {r['phase']:>8} "
+              f"{r['sparse_ms']:10.3f} {r['dense_ms']:9.3f} {bsr} {r['speedup_vs_dense']:7.2f}x "
               f"{r['sparse_eff_tflops']:9.1f} {r['dense_tflops']:10.1f} "
-              f"{r['eff_over_dense_tflops']:9.2f}")
+              f"{r['eff_over_dense_tflops']:9.2f} {vs}")
     notes = {r["shape"] + " " + r["density"]: r["bsr_impl"] for r in rows if r["phase"] == "fwd"}
     print("torch BSR forward used:", notes)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"device": props.name, "torch": torch.__version__, "dtype": args.dtype,
-                       "T": T, "block": b, "rows": rows}, f, indent=1)
+            json.dump({"device": dev_name, "torch": torch.__version__, "dtype": args.dtype,
+                       "T": T, "block": b, "impls": impls, "wrong": wrong, "rows": rows}, f,
+                      indent=1)
         print("wrote", args.json)
+    if wrong:
+        sys.exit("bench_cuda: WRONG results: " + " | ".join(wrong))
 
 
 if __name__ == "__main__":

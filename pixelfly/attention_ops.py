@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import _ops  # noqa: F401  (registers the schemas and the CPU kernels)
+from . import backends  # noqa: F401  (the composite ops for every other device)
 
 __all__ = ["bsattn", "bsattn_fwd", "bsattn_bwd", "attention_index", "AttentionIndex",
            "set_cpu_isa", "set_bwd_mode"]

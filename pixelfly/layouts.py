@@ -323,6 +323,12 @@ class BlockIndex:
     csc_blk: np.ndarray
     layout: np.ndarray
 
+    def __post_init__(self):
+        # Once, when the index is built: the CUDA kernels and the composite ops trust it.
+        from pixelfly.index_check import check_block_index
+        check_block_index(self.rows, self.cols, self.row_ptr, self.col_idx, self.col_ptr,
+                          self.row_idx, self.csc_blk)
+
     @classmethod
     def from_layout(cls, layout) -> "BlockIndex":
         """Build the CSR and CSC indices of a boolean ``(R, C)`` layout."""

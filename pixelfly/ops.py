@@ -1,8 +1,9 @@
 """Block-sparse matmul ops: ``torch.ops.pixelfly.*`` with fake (meta) kernels and autograd.
 
 The C/CUDA kernels are registered by the extensions ``pixelfly._ops`` (CPU) and
-``pixelfly._ops_cuda`` (CUDA, when built); this file attaches what Python does best:
-shape inference for ``torch.compile`` (``register_fake``) and gradients
+``pixelfly._ops_cuda`` (CUDA, when built), the pure-PyTorch composite ops for every other
+device (and, by default, CUDA) by :mod:`pixelfly.backends`; this file attaches what Python
+does best: shape inference for ``torch.compile`` (``register_fake``) and gradients
 (``register_autograd``), so every op is differentiable twice and ``opcheck``-clean.
 
 A weight ``B`` of shape ``out x in = (R*b1) x (C*b2)`` is stored as ``blocks [nnz, b1, b2]``
@@ -12,16 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops  # noqa: F401  (registers the schemas and the CPU kernels)
-
-try:  # CUDA kernels are optional: built only when torch has CUDA and nvcc was found.
-    from . import _ops_cuda  # noqa: F401
-    HAS_CUDA_KERNELS = True
-except ImportError:
-    HAS_CUDA_KERNELS = False
+from .backends import HAS_CUDA_KERNELS, implementation, use_composite, use_native_cuda
 
 __all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "index_tensors", "HAS_CUDA_KERNELS",
-           "empty_cache", "set_cache_limit", "cache_held"]
+           "empty_cache", "set_cache_limit", "cache_held", "use_composite", "use_native_cuda",
+           "implementation"]
 
 _ops_ns = torch.ops.pixelfly
 INDEX_FIELDS = ("row_ptr", "col_idx", "col_ptr", "row_idx", "csc_blk")
@@ -58,27 +54,18 @@ def cache_held() -> int:
     return int(_ops_ns.cpu_cache_held())
 
 
-def _check_device(t):
-    if t.is_cuda and not HAS_CUDA_KERNELS:
-        raise RuntimeError("pixelfly was built without its CUDA kernels (torch had no CUDA or "
-                           "nvcc was not found at build time); rebuild with PIXELFLY_CUDA=1")
-
-
 def bsmm_fwd(x, blocks, *idx):
     """``y[T, out] = x[T, in] B^T`` computed only on the stored blocks."""
-    _check_device(x)
     return _ops_ns.bsmm_fwd(x, blocks, *idx)
 
 
 def bsmm_bwd_x(dy, blocks, *idx):
     """``dx[T, in] = dy[T, out] B``."""
-    _check_device(dy)
     return _ops_ns.bsmm_bwd_x(dy, blocks, *idx)
 
 
 def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
     """``dB[nnz, b1, b2] = (dy^T x)`` on the layout's blocks only."""
-    _check_device(x)
     return _ops_ns.bsmm_bwd_w(dy, x, *idx, b1, b2)
 
 

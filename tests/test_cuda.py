@@ -1,4 +1,7 @@
-"""GPU tests of the CUDA block-sparse kernels (csrc/cuda/bsmm.cu via csrc/torch/ops_cuda.cu).
+"""GPU tests of the CUDA block-sparse ops, on both paths: the native kernels (csrc/cuda/bsmm.cu
+via csrc/torch/ops_cuda.cu, selected with ``use_native_cuda()``) and the composite
+(pure-PyTorch) ops that CUDA tensors get by default. Every test runs once per path (ids
+``[native]`` / ``[composite]``); the native path is skipped when its kernels were not built.
 
 Every op (fwd, bwd_x, bwd_w) and every dtype (fp32 exact, fp32 TF32, fp16, bf16) is checked
 against a float64 masked-dense reference built on the host from the blocks and the layout.
@@ -7,6 +10,7 @@ same product on absolute values, so it holds whatever the cancellation; ``tol`` 
 accumulation plus the rounding of the output (and of the inputs, for TF32).
 """
 import contextlib
+import warnings
 import zlib
 
 import numpy as np
@@ -21,6 +25,18 @@ except ImportError:  # pragma: no cover
     pass
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True, params=["native", "composite"])
+def path(request):
+    """Run the test on the native CUDA kernels or on the composite ops."""
+    native = request.param == "native"
+    if native and not pixelfly.ops.HAS_CUDA_KERNELS:
+        pytest.skip("the native CUDA kernels were not built (pixelfly._ops_cuda is missing)")
+    prev = pixelfly.ops.use_native_cuda(native)
+    assert pixelfly.ops.implementation("cuda") == request.param
+    yield request.param
+    pixelfly.ops.use_native_cuda(prev)
 
 OPS = torch.ops.pixelfly
 TOL = {"fp32": 1e-5, "tf32": 3e-3, "fp16": 2e-3, "bf16": 1.2e-2}
@@ -232,7 +248,7 @@ def test_outputs_are_overwritten_not_accumulated():
         assert torch.equal(a, b), op
 
 
-def test_bad_inputs_raise():
+def test_bad_inputs_raise(path):
     layout, idx, x, dy, blocks = make_case(3, 3, 32, 32, 10, torch.float32, seed=2)
     x, blocks = x.cuda(), blocks.cuda()
     with pytest.raises((TypeError, RuntimeError), match="int64"):
@@ -241,8 +257,9 @@ def test_bad_inputs_raise():
         OPS.bsmm_fwd(x, blocks, idx[0].cpu(), *idx[1:])
     with pytest.raises((ValueError, RuntimeError), match="x must have"):
         OPS.bsmm_fwd(x[:, :-32], blocks, *idx)
-    with pytest.raises((TypeError, RuntimeError), match="float16"):
-        OPS.bsmm_fwd(x.double(), blocks.double(), *idx)
+    if path == "native":   # the composite ops also take float64
+        with pytest.raises((TypeError, RuntimeError), match="float16"):
+            OPS.bsmm_fwd(x.double(), blocks.double(), *idx)
     with pytest.raises((TypeError, RuntimeError), match="share a dtype"):
         OPS.bsmm_fwd(x, blocks.half(), *idx)
 
@@ -260,3 +277,80 @@ def test_autograd_through_cuda_ops():
     assert torch.allclose(xc.grad.cpu().double(), ref_dx, atol=1e-4, rtol=1e-4)
     ref_dw, _ = reference("bwd_w", layout, x, dy, blocks)
     assert torch.allclose(bc.grad.cpu().double(), ref_dw, atol=1e-4, rtol=1e-4)
+
+
+def test_generic_kernel_warns(path):
+    # An operand that is not 16-byte aligned takes the native generic kernel: it says so.
+    layout, idx, x, dy, blocks = make_case(4, 4, 32, 32, 20, torch.bfloat16, seed=12)
+    xw = torch.zeros(20, 4 * 32 + 1, dtype=torch.bfloat16, device="cuda")
+    xw[:, 1:] = x.cuda()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        OPS.bsmm_fwd(xw[:, 1:], blocks.cuda(), *idx)
+        OPS.bsmm_fwd(x.cuda(), blocks.cuda(), *idx)
+    generic = [w for w in caught if "generic CUDA kernel" in str(w.message)]
+    assert len(generic) == (1 if path == "native" else 0), [str(w.message) for w in caught]
+
+
+def test_bad_index_is_a_python_error(path):
+    # Raw index tensors with an out-of-range column: the composite ops validate each index
+    # once (ValueError); the native kernels trust it (BlockIndex validates when built), so
+    # this case runs on the composite path only.
+    if path == "native":
+        pytest.skip("the native kernels trust the index; it is validated when built")
+    layout, idx, x, dy, blocks = make_case(3, 3, 32, 32, 10, torch.float32, seed=2)
+    bad = [t.clone() for t in idx]
+    bad[1][0] = 7
+    with pytest.raises(ValueError, match="col_idx"):
+        OPS.bsmm_fwd(x.cuda(), blocks.cuda(), *bad)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_on_cuda(path, dtype, causal):
+    # Attention has no native CUDA kernel: both paths run the composite ops. Against the
+    # float64 dense masked reference on the host (out, lse and the three gradients).
+    from pixelfly.attention_ops import AttentionIndex, bsattn
+    B, H, L, d, b = 2, 3, 256, 64, 32
+    rng = np.random.default_rng(int(causal))
+    lay = rng.random((L // b, L // b)) < 0.4
+    lay |= np.eye(L // b, dtype=bool)
+    idx = AttentionIndex(lay)
+    g = torch.Generator().manual_seed(5)
+    q, k, v, go = (torch.randn(B, H, L, d, generator=g) for _ in range(4))
+    mask = torch.from_numpy(np.kron(lay, np.ones((b, b), bool)))
+    if causal:
+        mask &= torch.ones(L, L, dtype=torch.bool).tril()
+    q64, k64, v64 = (t.to(dtype).double().requires_grad_() for t in (q, k, v))
+    s = (q64 @ k64.transpose(-1, -2)) * d ** -0.5
+    s = s.masked_fill(~mask, float("-inf"))
+    o64 = torch.softmax(s, -1) @ v64
+    ref = (o64,) + torch.autograd.grad(o64, (q64, k64, v64), go.to(dtype).double())
+    qc, kc, vc = (t.to("cuda", dtype).requires_grad_() for t in (q, k, v))
+    out, lse = bsattn(qc, kc, vc, idx, b, causal=causal)   # index on the CPU, as the module's
+    got = (out,) + torch.autograd.grad(out, (qc, kc, vc), go.to("cuda", dtype))
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    for name, a, r in zip(("out", "dq", "dk", "dv"), got, ref):
+        err = (a.double().cpu() - r).abs().max().item()
+        assert err <= tol * max(1.0, r.abs().max().item()), (name, err)
+    assert torch.isfinite(lse).all()
+
+
+def test_attention_module_on_cuda(path):
+    # PixelflyAttention (CPU index, composite attention on the GPU) matches itself on the CPU.
+    from pixelfly.attention import PixelflyAttention
+    torch.manual_seed(0)
+    m = PixelflyAttention(128, 4, causal=True)
+    x = torch.randn(2, 256, 128)
+    with fp32_mode("fp32"):
+        ref = m(x)
+        ref.sum().backward()
+        gref = [p.grad.clone() for p in m.parameters()]
+        m.zero_grad()
+        mc = m.cuda()
+        out = mc(x.cuda())
+        out.sum().backward()
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
+    for p, g in zip(mc.parameters(), gref):
+        torch.testing.assert_close(p.grad.cpu(), g, rtol=1e-3, atol=1e-3)

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "pixelfly_cuda.h"
+#include "pixelfly_cuda_config.h"
 
 namespace pf_cuda {
 
@@ -106,11 +107,7 @@ __device__ __forceinline__ uint32_t to_tf32(float f) {
   return r;
 }
 
-// Shared-memory row padding (elements). 16-bit: +16 bytes keeps ldmatrix conflict-free.
-// fp32: "K-major" tiles (fragment column = k) want ld = 4 mod 32, M/N-major ones 8 mod 32.
-template <typename T, bool KMAJ> struct Pad { static constexpr int v = 8; };
-template <> struct Pad<float, true> { static constexpr int v = 4; };
-template <> struct Pad<float, false> { static constexpr int v = 8; };
+// Tile configurations and their shared memory: pixelfly_cuda_config.h (testable on a host).
 
 // ------------------------------------------------------------------ warp tile compute
 // acc[MI][NI][4] += A(m0.., k0..k1) * B(k0..k1, n0..) for the warp's MI*16 x NI*8 tile.
@@ -251,29 +248,31 @@ struct XwParams {
   int64_t ntiles;      // nb * ceil(T / BM)
 };
 
-template <typename T, int MODE, bool FWD, int B, int BM, int WM, int WN, int KB, int STAGES>
+// Compile-time view of pf_xw_config(sizeof(T), B, STAGES) (pixelfly_cuda_config.h).
+template <typename T, bool FWD, int B, int STAGES>
 struct XwCfg {
+  static constexpr int ES = (int)sizeof(T);
+  static constexpr pf_xw_cfg C = pf_xw_config(ES, B, STAGES);
+  static constexpr int BM = C.bm, WM = C.wm, WN = C.wn, KB = C.kb;
   static constexpr int NT = WM * WN * 32;
-  static constexpr int BKS = KB * B;                 // k depth of one stage
-  static constexpr int LDA = BKS + Pad<T, true>::v;  // A tile [BM][LDA], k-major
+  static constexpr int BKS = KB * B;                           // k depth of one stage
+  static constexpr int LDA = pf_xw_lda(ES, B, C);              // A tile [BM][LDA], k-major
   // B tile: FWD [B (n)][BKS + pad] k-major; BWD_X [BKS (k)][B + pad] n-major.
-  static constexpr int LDB = FWD ? BKS + Pad<T, true>::v : B + Pad<T, false>::v;
-  static constexpr int B_ROWS = FWD ? B : BKS;
-  static constexpr int A_ELEMS = BM * LDA, B_ELEMS = B_ROWS * LDB;
-  static constexpr int STAGE_ELEMS = A_ELEMS + B_ELEMS;
-  static constexpr int LDC = B + 4;
-  static constexpr size_t PIPE_BYTES = size_t(STAGES) * STAGE_ELEMS * sizeof(T);
-  static constexpr size_t C_BYTES = size_t(BM) * LDC * sizeof(float);
-  static constexpr size_t SMEM = PIPE_BYTES > C_BYTES ? PIPE_BYTES : C_BYTES;
+  static constexpr int LDB = pf_xw_ldb(ES, FWD, B, C);
+  static constexpr int A_ELEMS = BM * LDA;
+  static constexpr int STAGE_ELEMS = pf_xw_stage_elems(ES, FWD, B, C);
+  static constexpr int LDC = pf_epilogue_ld(B);
+  static constexpr size_t SMEM = pf_xw_smem(ES, FWD, B, C);
   static constexpr int WTM = BM / WM, WTN = B / WN, MI = WTM / 16, NI = WTN / 8;
   static_assert(WTM % 16 == 0 && WTN % 8 == 0, "warp tile");
   static_assert((B * sizeof(T)) % 16 == 0, "block row must be whole 16-byte chunks");
 };
 
-template <typename T, int MODE, bool FWD, int B, int BM, int WM, int WN, int KB, int STAGES>
-__global__ void __launch_bounds__(WM *WN * 32)
+template <typename T, int MODE, bool FWD, int B, int STAGES>
+__global__ void __launch_bounds__(XwCfg<T, FWD, B, STAGES>::NT)
     xw_kernel(XwParams p) {
-  using Cfg = XwCfg<T, MODE, FWD, B, BM, WM, WN, KB, STAGES>;
+  using Cfg = XwCfg<T, FWD, B, STAGES>;
+  constexpr int BM = Cfg::BM, WM = Cfg::WM, KB = Cfg::KB;
   constexpr int NT = Cfg::NT, EPC = 16 / sizeof(T), CPR = B / EPC;  // 16-byte chunks per block row
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T *smem = reinterpret_cast<T *>(smem_raw);
@@ -371,25 +370,28 @@ struct WParams {
   const int64_t *row_idx, *csc_blk, *col_idx;
 };
 
-template <typename T, int B, int WM, int WN, int WK, int BKT, int STAGES>
+// Compile-time view of pf_w_config(sizeof(T), B) (pixelfly_cuda_config.h).
+template <typename T, int B>
 struct WCfg {
+  static constexpr int ES = (int)sizeof(T);
+  static constexpr pf_w_cfg C = pf_w_config(ES, B);
+  static constexpr int WM = C.wm, WN = C.wn, WK = C.wk, BKT = C.bkt, STAGES = C.stages;
   static constexpr int NT = WM * WN * WK * 32;
-  static constexpr int LD = B + Pad<T, false>::v;  // both tiles [BKT][LD], m/n-major
+  static constexpr int LD = pf_w_ld(ES, B);  // both tiles [BKT][LD], m/n-major
   static constexpr int TILE = BKT * LD;
   static constexpr int STAGE_ELEMS = 2 * TILE;
-  static constexpr int LDC = B + 4;
-  static constexpr size_t PIPE_BYTES = size_t(STAGES) * STAGE_ELEMS * sizeof(T);
-  static constexpr size_t C_BYTES = size_t(WK) * B * LDC * sizeof(float);
-  static constexpr size_t SMEM = PIPE_BYTES > C_BYTES ? PIPE_BYTES : C_BYTES;
+  static constexpr int LDC = pf_epilogue_ld(B);
+  static constexpr size_t SMEM = pf_w_smem(ES, B, C);
   static constexpr int WTM = B / WM, WTN = B / WN, MI = WTM / 16, NI = WTN / 8;
   static constexpr int KW = BKT / WK;  // T rows of a stage per warp group
   static_assert(WTM % 16 == 0 && WTN % 8 == 0 && KW % 16 == 0, "warp tile");
 };
 
-template <typename T, int MODE, int B, int WM, int WN, int WK, int BKT, int STAGES>
-__global__ void __launch_bounds__(WM *WN *WK * 32)
+template <typename T, int MODE, int B>
+__global__ void __launch_bounds__(WCfg<T, B>::NT)
     w_kernel(WParams p) {
-  using Cfg = WCfg<T, B, WM, WN, WK, BKT, STAGES>;
+  using Cfg = WCfg<T, B>;
+  constexpr int WM = Cfg::WM, WN = Cfg::WN, WK = Cfg::WK, BKT = Cfg::BKT, STAGES = Cfg::STAGES;
   constexpr int NT = Cfg::NT, EPC = 16 / sizeof(T), CPR = B / EPC;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T *smem = reinterpret_cast<T *>(smem_raw);
@@ -556,41 +558,66 @@ __global__ void generic_bwd_w_kernel(GParams p) {
 }
 
 // ------------------------------------------------------------------ host side
-static int num_sms() {
-  static int cache[64] = {0};
+static int current_device() {
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 108;
+  return cudaGetDevice(&dev) == cudaSuccess ? dev : -1;
+}
+
+// A per-device integer attribute, cached (devices 0..63); `fallback` when the query fails.
+static int device_attr(cudaDeviceAttr attr, int *cache, int fallback) {
+  const int dev = current_device();
   if (dev >= 0 && dev < 64 && cache[dev] > 0) return cache[dev];
   int n = 0;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
-    n = 108;
-  if (dev >= 0 && dev < 64) cache[dev] = n;
+  if (dev < 0 || cudaDeviceGetAttribute(&n, attr, dev) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();  // a failed query must not surface as a later launch error
+    return fallback;
+  }
+  if (dev < 64) cache[dev] = n;
   return n;
+}
+
+static int num_sms() {
+  static int cache[64] = {0};
+  return device_attr(cudaDevAttrMultiProcessorCount, cache, 108);
+}
+
+// Largest dynamic shared memory a block may opt into on the current device (99 KiB on
+// sm_86/89/120, 163 KiB on sm_80/87, 227 KiB on sm_90/100); 48 KiB if the query fails.
+static size_t smem_optin() {
+  static int cache[64] = {0};
+  return (size_t)device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, cache, 48 * 1024);
 }
 
 static unsigned grid_for(int64_t ntiles, int64_t cap = ((int64_t)1 << 31) - 1) {
   return (unsigned)(ntiles < cap ? ntiles : cap);
 }
 
-// Opt a kernel into > 48 KiB of dynamic shared memory (once per device and kernel).
+// Opt a kernel into > 48 KiB of dynamic shared memory (once per device and kernel). On
+// failure the error is cleared, so that no later launch check reports it.
 template <typename K>
 static pf_err set_smem(K kernel, size_t bytes, unsigned long long *done_mask) {
   if (bytes <= 48 * 1024) return nullptr;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return "pixelfly: cudaGetDevice failed";
+  const int dev = current_device();
+  if (dev < 0) {
+    (void)cudaGetLastError();
+    return "cudaGetDevice failed";
+  }
   const unsigned long long bit = dev < 64 ? (1ull << dev) : 0;
   if (bit && (__atomic_load_n(done_mask, __ATOMIC_ACQUIRE) & bit)) return nullptr;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int)bytes);
-  if (e != cudaSuccess) return cudaGetErrorString(e);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return cudaGetErrorString(e);
+  }
   if (bit) __atomic_fetch_or(done_mask, bit, __ATOMIC_ACQ_REL);
   return nullptr;
 }
 
-template <typename T, int MODE, bool FWD, int B, int BM, int WM, int WN, int KB, int STAGES>
+template <typename T, int MODE, bool FWD, int B, int STAGES>
 static pf_err launch_xw(const pf_bsmm_args *a, cudaStream_t st) {
-  using Cfg = XwCfg<T, MODE, FWD, B, BM, WM, WN, KB, STAGES>;
-  auto kern = xw_kernel<T, MODE, FWD, B, BM, WM, WN, KB, STAGES>;
+  using Cfg = XwCfg<T, FWD, B, STAGES>;
+  auto kern = xw_kernel<T, MODE, FWD, B, STAGES>;
   static unsigned long long mask = 0;
   if (pf_err e = set_smem(kern, Cfg::SMEM, &mask)) return e;
   const pf_bsr_index *ix = a->ix;
@@ -602,7 +629,7 @@ static pf_err launch_xw(const pf_bsmm_args *a, cudaStream_t st) {
   p.idx = FWD ? ix->col_idx : ix->row_idx;
   p.blk = FWD ? nullptr : ix->csc_blk;
   p.nb = FWD ? ix->R : ix->C;
-  p.ntiles = p.nb * ((a->T + BM - 1) / BM);
+  p.ntiles = p.nb * ((a->T + Cfg::BM - 1) / Cfg::BM);
   if (p.ntiles == 0) return nullptr;
   kern<<<grid_for(p.ntiles), Cfg::NT, Cfg::SMEM, st>>>(p);
   return nullptr;
@@ -627,10 +654,10 @@ static void w_split(const pf_bsmm_args *a, int bkt, int64_t *nsplit, int64_t *ro
   *rows = rps;
 }
 
-template <typename T, int MODE, int B, int WM, int WN, int WK, int BKT, int STAGES>
+template <typename T, int MODE, int B>
 static pf_err launch_w(const pf_bsmm_args *a, cudaStream_t st) {
-  using Cfg = WCfg<T, B, WM, WN, WK, BKT, STAGES>;
-  auto kern = w_kernel<T, MODE, B, WM, WN, WK, BKT, STAGES>;
+  using Cfg = WCfg<T, B>;
+  auto kern = w_kernel<T, MODE, B>;
   static unsigned long long mask = 0;
   if (pf_err e = set_smem(kern, Cfg::SMEM, &mask)) return e;
   const pf_bsr_index *ix = a->ix;
@@ -638,7 +665,7 @@ static pf_err launch_w(const pf_bsmm_args *a, cudaStream_t st) {
   p.dy = a->dy; p.ldy = a->ldy; p.x = a->x; p.ldx = a->ldx; p.out = a->out;
   p.T = a->T; p.nnz = ix->nnz;
   p.row_idx = ix->row_idx; p.csc_blk = ix->csc_blk; p.col_idx = ix->col_idx;
-  w_split(a, BKT, &p.nsplit, &p.rows_per_split);
+  w_split(a, Cfg::BKT, &p.nsplit, &p.rows_per_split);
   if (a->work == nullptr) { p.nsplit = 1; p.rows_per_split = a->T > 0 ? a->T : 1; }
   p.ws = static_cast<float *>(a->work);
   if (p.nnz == 0) return nullptr;
@@ -671,52 +698,39 @@ static pf_err launch_generic(int op, const pf_bsmm_args *a, cudaStream_t st) {
   return nullptr;
 }
 
-// Tile configurations. 16-bit: stages of 64 k; fp32: stages of 32 k (64 for b = 64).
-#define PF_XW16(B_, BM_, WM_, WN_, KB_, ST_)                                               \
-  template <typename T, int MODE, bool FWD> struct XwPick16_##B_ {                          \
-    static pf_err go(const pf_bsmm_args *a, cudaStream_t s) {                               \
-      return launch_xw<T, MODE, FWD, B_, BM_, WM_, WN_, KB_, ST_>(a, s);                    \
-    }                                                                                       \
-  };
-PF_XW16(16, 128, 4, 1, 4, 3)
-PF_XW16(32, 128, 4, 1, 2, 3)
-PF_XW16(64, 128, 4, 1, 1, 3)
-#undef PF_XW16
-#define PF_XW32(B_, BM_, WM_, WN_, KB_, ST_)                                               \
-  template <int MODE, bool FWD> struct XwPick32_##B_ {                                      \
-    static pf_err go(const pf_bsmm_args *a, cudaStream_t s) {                               \
-      return launch_xw<float, MODE, FWD, B_, BM_, WM_, WN_, KB_, ST_>(a, s);                \
-    }                                                                                       \
-  };
-PF_XW32(16, 128, 4, 1, 2, 3)
-PF_XW32(32, 128, 4, 1, 1, 3)
-PF_XW32(64, 64, 2, 2, 1, 3)
-#undef PF_XW32
+// Tiled kernels: the configuration of pixelfly_cuda_config.h with as many stages as the
+// device's shared memory allows. A 2-stage variant is compiled only where 3 stages may not
+// fit (above PF_SMEM_OPTIN_MIN: fp32, b = 64); 0 stages means "no tiled kernel fits".
+template <typename T, bool FWD, int B>
+static constexpr bool has_2_stages() {
+  return pf_xw_smem(sizeof(T), FWD, B, pf_xw_config(sizeof(T), B, 3)) > PF_SMEM_OPTIN_MIN;
+}
+
+template <typename T, bool FWD, int B>
+static int xw_stages_here() {
+  const int s = pf_xw_stages(sizeof(T), FWD, B, smem_optin());
+  return s == 3 || (s == 2 && has_2_stages<T, FWD, B>()) ? s : 0;
+}
+
+template <typename T, int MODE, bool FWD, int B>
+static pf_err launch_xw_fit(const pf_bsmm_args *a, cudaStream_t s) {
+  if (xw_stages_here<T, FWD, B>() == 3) return launch_xw<T, MODE, FWD, B, 3>(a, s);
+  if constexpr (has_2_stages<T, FWD, B>()) return launch_xw<T, MODE, FWD, B, 2>(a, s);
+  return "no tiled configuration fits this device's shared memory";
+}
 
 template <typename T, int MODE, bool FWD>
 static pf_err dispatch_xw(int64_t b, const pf_bsmm_args *a, cudaStream_t s) {
-  if constexpr (sizeof(T) == 2) {
-    if (b == 16) return XwPick16_16<T, MODE, FWD>::go(a, s);
-    if (b == 32) return XwPick16_32<T, MODE, FWD>::go(a, s);
-    return XwPick16_64<T, MODE, FWD>::go(a, s);
-  } else {
-    if (b == 16) return XwPick32_16<MODE, FWD>::go(a, s);
-    if (b == 32) return XwPick32_32<MODE, FWD>::go(a, s);
-    return XwPick32_64<MODE, FWD>::go(a, s);
-  }
+  if (b == 16) return launch_xw_fit<T, MODE, FWD, 16>(a, s);
+  if (b == 32) return launch_xw_fit<T, MODE, FWD, 32>(a, s);
+  return launch_xw_fit<T, MODE, FWD, 64>(a, s);
 }
 
 template <typename T, int MODE>
 static pf_err dispatch_w(int64_t b, const pf_bsmm_args *a, cudaStream_t s) {
-  if constexpr (sizeof(T) == 2) {
-    if (b == 16) return launch_w<T, MODE, 16, 1, 1, 4, 128, 4>(a, s);
-    if (b == 32) return launch_w<T, MODE, 32, 1, 1, 4, 128, 3>(a, s);
-    return launch_w<T, MODE, 64, 2, 2, 1, 64, 3>(a, s);
-  } else {
-    if (b == 16) return launch_w<T, MODE, 16, 1, 1, 4, 64, 3>(a, s);
-    if (b == 32) return launch_w<T, MODE, 32, 1, 1, 4, 64, 3>(a, s);
-    return launch_w<T, MODE, 64, 2, 2, 1, 32, 3>(a, s);
-  }
+  if (b == 16) return launch_w<T, MODE, 16>(a, s);
+  if (b == 32) return launch_w<T, MODE, 32>(a, s);
+  return launch_w<T, MODE, 64>(a, s);
 }
 
 template <typename T, int MODE>
@@ -728,6 +742,16 @@ static pf_err dispatch(int op, const pf_bsmm_args *a, bool fast, cudaStream_t s)
   return dispatch_w<T, MODE>(b, a, s);
 }
 
+// Does a tiled kernel fit the current device's shared memory for (op, element size, b)?
+template <typename T>
+static bool tiled_fits(int op, int64_t b) {
+  if (op == PF_OP_BWD_W) return pf_w_smem(sizeof(T), (int)b, pf_w_config(sizeof(T), (int)b)) <= smem_optin();
+  const bool fwd = op == PF_OP_FWD;
+  if (b == 16) return fwd ? xw_stages_here<T, true, 16>() : xw_stages_here<T, false, 16>();
+  if (b == 32) return fwd ? xw_stages_here<T, true, 32>() : xw_stages_here<T, false, 32>();
+  return fwd ? xw_stages_here<T, true, 64>() : xw_stages_here<T, false, 64>();
+}
+
 static bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 static int is_fast(int op, const pf_bsmm_args *a) {
@@ -735,6 +759,7 @@ static int is_fast(int op, const pf_bsmm_args *a) {
   const int64_t b = ix->b1;
   if (ix->b2 != b || (b != 16 && b != 32 && b != 64)) return 0;
   const int64_t es = a->dtype == PF_FLOAT32 ? 4 : 2;
+  if (!(es == 4 ? tiled_fits<float>(op, b) : tiled_fits<uint16_t>(op, b))) return 0;
   auto ok = [&](const void *p, int64_t ld) { return aligned16(p) && (ld * es) % 16 == 0; };
   if (op == PF_OP_FWD) return ok(a->x, a->ldx) && ok(a->w, 0) && ok(a->out, a->ldo);
   if (op == PF_OP_BWD_X) return ok(a->dy, a->ldy) && ok(a->w, 0) && ok(a->out, a->ldo);
@@ -791,7 +816,7 @@ extern "C" int64_t pf_cuda_bsmm_workspace(int op, const pf_bsmm_args *a) {
   const pf_bsr_index *ix = a->ix;
   const int64_t b = ix->b1;
   if (ix->b2 != b || (b != 16 && b != 32 && b != 64) || a->T == 0 || ix->nnz == 0) return 0;
-  const int bkt = a->dtype == PF_FLOAT32 ? (b == 64 ? 32 : 64) : (b == 64 ? 64 : 128);
+  const int bkt = pf_w_config(a->dtype == PF_FLOAT32 ? 4 : 2, (int)b).bkt;
   int64_t nsplit = 1, rows = 0;
   w_split(a, bkt, &nsplit, &rows);
   return nsplit > 1 ? nsplit * ix->nnz * b * b * (int64_t)sizeof(float) : 0;
@@ -800,6 +825,9 @@ extern "C" int64_t pf_cuda_bsmm_workspace(int op, const pf_bsmm_args *a) {
 extern "C" pf_err pf_cuda_bsmm(int op, const pf_bsmm_args *a, int allow_tf32,
                                cudaStream_t stream) {
   if (pf_err e = pf_cuda_bsmm_check(op, a)) return e;
+  // Clear an error left pending by earlier, unrelated CUDA calls, so that the check after
+  // our launches reports only our own (a sticky error, e.g. an illegal address, persists).
+  (void)cudaGetLastError();
   const pf_bsr_index *ix = a->ix;
   if (op == PF_OP_BWD_W ? ix->nnz == 0
                         : (a->T == 0 || (op == PF_OP_FWD ? ix->R : ix->C) == 0))

@@ -10,12 +10,15 @@
  *     accumulation is always fp32;
  *   - a->isa is ignored.
  * Index contents are trusted (validate them on the host, e.g. pf_csr_transpose, before
- * copying them to the device): the kernels do not re-check them.
+ * copying them to the device): the kernels do not re-check them. pixelfly's Python index
+ * (BlockIndex) is validated once when it is built (pixelfly/index_check.py).
  *
  * Tensor cores: fp16 / bf16 use mma.sync m16n8k16 with fp32 accumulation; fp32 uses TF32
  * mma.sync m16n8k8 when allow_tf32 != 0 and exact fp32 FFMA otherwise. Square blocks of
  * 16, 32 and 64 with 16-byte aligned pointers and row strides take the tiled tensor-core
- * kernels; everything else takes a generic (correct, slower) SIMT kernel.
+ * kernels; everything else takes a generic (correct, slower) SIMT kernel. The tile
+ * configurations and their shared memory are in pixelfly_cuda_config.h; the number of
+ * pipeline stages is chosen from the device's opt-in shared-memory limit.
  */
 #ifndef PIXELFLY_CUDA_H
 #define PIXELFLY_CUDA_H
@@ -37,10 +40,13 @@ pf_err pf_cuda_bsmm_check(int op, const pf_bsmm_args *a);
 int64_t pf_cuda_bsmm_workspace(int op, const pf_bsmm_args *a);
 
 /* Check, then enqueue the op on `stream` (asynchronous). Outputs are fully overwritten.
- * Returns NULL on success or a static message (argument error or CUDA launch error). */
+ * Returns NULL on success or a static message: pf_cuda_bsmm_check's (argument errors), or
+ * else a CUDA error. An error left pending by earlier, unrelated CUDA calls is cleared first
+ * so that it is not reported as this op's. */
 pf_err pf_cuda_bsmm(int op, const pf_bsmm_args *a, int allow_tf32, cudaStream_t stream);
 
-/* 1 if (op, a) would take the tiled tensor-core path, 0 if the generic path. */
+/* 1 if (op, a) would take the tiled tensor-core path on the current device, 0 if the
+ * generic path (block shape, alignment, or no tile configuration fits its shared memory). */
 int pf_cuda_bsmm_is_fast(int op, const pf_bsmm_args *a);
 
 #ifdef __cplusplus

@@ -83,17 +83,32 @@ void check_blocks(const at::Tensor &blocks, const at::Tensor &other, int64_t nnz
                 ") and the activations (", other.scalar_type(), ") must share a dtype");
 }
 
+const char *op_name(int op) {
+  return op == PF_OP_FWD ? "bsmm_fwd" : op == PF_OP_BWD_X ? "bsmm_bwd_x" : "bsmm_bwd_w";
+}
+
 void run(int op, pf_bsmm_args &a, const at::Tensor &like) {
+  // Argument errors (sizes, strides, null pointers) are ValueError; the messages carry the
+  // "pixelfly: " prefix already.
+  pf_err bad = pf_cuda_bsmm_check(op, &a);
+  TORCH_CHECK_VALUE(bad == nullptr, bad ? bad : "");
   const int64_t ws = pf_cuda_bsmm_workspace(op, &a);
   at::Tensor work;
   if (ws > 0) {
     work = at::empty({ws}, like.options().dtype(at::kByte));
     a.work = work.data_ptr();
   }
+  if (a.T > 0 && !pf_cuda_bsmm_is_fast(op, &a))
+    TORCH_WARN("pixelfly: ", op_name(op), " runs the generic CUDA kernel (one thread per "
+                    "output, much slower): the tiled tensor-core kernels need square blocks of "
+                    "16, 32 or 64, 16-byte aligned operands and row strides (not a column slice "
+                    "such as x[:, 1:]) and a tile configuration that fits the device's shared "
+                    "memory.");
   // c10::cuda::getCurrentCUDAStream is what at::cuda::getCurrentCUDAStream aliases; the
   // c10 header avoids ATen/cuda/CUDAContext.h, which drags in cuBLAS/cuSPARSE headers.
   pf_err err = pf_cuda_bsmm(op, &a, allow_tf32() ? 1 : 0, c10::cuda::getCurrentCUDAStream());
-  PF_CHECK(err == nullptr, err ? err : "");
+  // The arguments passed the check: anything now is a CUDA failure (RuntimeError).
+  TORCH_CHECK(err == nullptr, "pixelfly: CUDA error in ", op_name(op), ": ", err ? err : "");
   // `work` is freed here; the caching allocator keeps it reserved for the stream.
 }
 
