@@ -21,6 +21,7 @@ from .custom_layout import as_block_layout
 from .gate import check_gate, new_token_gate, reset_token_gate, token_gated_linear
 from .layer_state import refuse_load, shape_errors
 from .linear_fn import pixelfly_linear
+from .ops_func import kernel_rows
 from .layouts import BlockIndex, default_butterfly_size, flat_butterfly_layout
 
 __all__ = ["PixelflyLinear", "choose_config"]
@@ -250,7 +251,7 @@ class PixelflyLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         x2 = x2 if x2.dtype == cdt else x2.to(cdt)
         if self.gate_kind == "token":
-            y = token_gated_linear(x2, *self._token_operands(cdt))
+            y = token_gated_linear(kernel_rows(x2), *self._token_operands(cdt))
         else:
             y = pixelfly_linear(x2, *self._operands(cdt))
         if dt != cdt:

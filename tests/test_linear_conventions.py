@@ -6,28 +6,37 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, stack_module_state, vmap
 
-from pixelfly import ButterflyLinear, PixelflyLinear
+from pixelfly import ButterflyLinear, PixelflyLinear, reference
 from test_linear import ref_forward
 from testing import assert_close_to_oracle, dtypes
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
-KINDS = ["pixelfly", "pixelfly_rank0", "butterfly"]
+KINDS = ["pixelfly", "pixelfly_rank0", "pixelfly_token_gate", "butterfly"]
 
 
 IN = 128
 
 
-def make(kind, dtype=torch.float32, device=None):
+def make(kind, dtype=torch.float32, device=None, vary_gate=True):
     """A small layer with a sparse layout (``IN`` inputs)."""
     if kind == "butterfly":
         return ButterflyLinear(IN, block_size=16, dtype=dtype, device=device)
     rank = 0 if kind == "pixelfly_rank0" else 3
-    return PixelflyLinear(IN, 64, block_size=16, n_factors=1, rank=rank, dtype=dtype,
-                          device=device)
+    gate = "token" if kind == "pixelfly_token_gate" else "scalar"
+    layer = PixelflyLinear(IN, 64, block_size=16, n_factors=1, rank=rank, gate=gate,
+                           dtype=dtype, device=device)
+    if gate == "token" and vary_gate and not layer.blocks.is_meta:
+        with torch.no_grad():  # a gate that varies over tokens (it starts at 1/2 everywhere)
+            layer.gate.weight.normal_(0, 0.3)
+    return layer
 
 
 def oracle(layer, x):
     """float64 truth of ``layer(x)`` from the pure-PyTorch reference."""
+    if isinstance(layer, PixelflyLinear) and layer.gate_kind == "token":
+        p = {k: v.double() for k, v in layer.named_parameters()}
+        return reference.token_gated_linear(x.double(), p["blocks"], layer.layout, p["U"], p["V"],
+                                            p["gate.weight"], p["gate.bias"], p["bias"])
     if isinstance(layer, PixelflyLinear):
         return ref_forward(layer, x)
     W = torch.eye(layer.features, dtype=torch.float64)
@@ -148,8 +157,8 @@ def test_float16_on_the_cpu_matches_the_oracle(kind):
     y = layer(x)
     assert y.dtype == torch.float16
     y64 = oracle(layer, x.detach())
-    # baseline: the same function as plain float16 PyTorch (a dense layer with W in fp16)
-    dense = to_dense(layer, torch.float64).half()
+    # baseline: the same function as plain float16 PyTorch
+    dense = fp16_baseline(layer)
     assert_close_to_oracle(y.detach(), y64, dense(x.detach()), "fp16 forward")
     gy = torch.randn_like(y)
     y.backward(gy)
@@ -162,10 +171,18 @@ def test_float16_on_the_cpu_matches_the_oracle(kind):
         assert p.grad.dtype == torch.float16 and torch.isfinite(p.grad).all()
 
 
-def to_dense(layer, dtype):
+def fp16_baseline(layer):
+    """The layer's function in plain float16 PyTorch: a dense layer with its weight rounded
+    to float16, or (token gate) the reference on the float16 parameters."""
+    if isinstance(layer, PixelflyLinear) and layer.gate_kind == "token":
+        p = dict(layer.named_parameters())
+        return lambda x: reference.token_gated_linear(x, p["blocks"].detach(), layer.layout,
+                                                      p["U"].detach(), p["V"].detach(),
+                                                      p["gate.weight"].detach(),
+                                                      p["gate.bias"].detach(), p["bias"].detach())
     if isinstance(layer, PixelflyLinear):
-        return layer.to_dense().to(dtype)
-    lin = nn.Linear(IN, IN, dtype=dtype)
+        return layer.to_dense().double().half()
+    lin = nn.Linear(IN, IN, dtype=torch.float16)
     with torch.no_grad():
         W = torch.eye(IN, dtype=torch.float64)
         for F in layer.dense_factors():
@@ -188,7 +205,7 @@ def test_half_conversion_like_nn_linear():
 @pytest.mark.parametrize("dtype", dtypes + [torch.float16])
 @pytest.mark.parametrize("kind", KINDS)
 def test_meta_construction_and_deferred_init(kind, dtype):
-    normal = make(kind, dtype)
+    normal = make(kind, dtype, vary_gate=False)
     with torch.device("meta"):
         layer = make(kind, dtype)
     assert all(t.is_meta for t in layer.state_dict().values())
@@ -205,12 +222,12 @@ def test_meta_construction_and_deferred_init(kind, dtype):
     for name, p in normal.named_parameters():  # same distribution as a normal layer
         q = dict(layer.named_parameters())[name]
         assert q.shape == p.shape and q.dtype == p.dtype and torch.isfinite(q).all()
-        if p.numel() > 1:
+        if p.numel() > 1 and p.double().std() > 0:
             ratio = q.double().std() / p.double().std()
             assert 0.8 < ratio < 1.25, (name, ratio)
             assert q.double().abs().max() <= 5 * p.double().abs().max()
         else:
-            assert torch.equal(q, p)  # gamma_logit restarts at 0
+            assert torch.equal(q, p)  # gamma_logit, the token gate restart at 0
 
 
 def test_to_empty_then_load_state_dict():

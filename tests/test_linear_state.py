@@ -158,3 +158,17 @@ def test_checkpoint_with_a_0d_gamma_logit_loads():
     layer.load_state_dict(state)
     x = torch.randn(3, 128)
     assert layer.gamma_logit.shape == (1,) and torch.equal(layer(x), src(x))
+
+
+def test_token_gated_failed_load_leaves_the_layer_and_its_gate_as_they_were():
+    layer = make(1, gate="token")
+    snap = snapshot(layer)
+    state = make(2, gate="token").state_dict()  # another layout: would resize the blocks
+    state["gate.weight"] = torch.zeros(1, 127)
+    with pytest.raises(RuntimeError, match="size mismatch for gate.weight"):
+        layer.load_state_dict(state)
+    assert_unchanged(layer, snap)
+    good = make(2, gate="token")
+    layer.load_state_dict(good.state_dict())
+    x = torch.randn(3, 128)
+    assert torch.equal(layer(x), good(x))
