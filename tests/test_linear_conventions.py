@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, stack_module_state, vmap
 
-from pixelfly import ButterflyLinear, PixelflyLinear, reference
+from pixelfly import ButterflyLinear, PixelflyLinear, ops, reference
 from test_linear import ref_forward
 from testing import assert_close_to_oracle, dtypes
 
@@ -330,3 +330,12 @@ def test_bad_inputs_name_the_input(kind):
         layer(torch.randn(3, 65))
     with pytest.raises(RuntimeError, match="linear need to be at least 1D"):  # nn.Linear's own
         nn.Linear(64, 64)(torch.tensor(1.0))
+
+
+def test_vmap_over_the_index_is_refused():
+    layer = make("pixelfly_rank0")
+    idx = layer._idx()
+    stacked = torch.stack([idx[1], idx[1]])  # col_idx batched
+    x = torch.randn(3, IN)
+    with pytest.raises(ValueError, match="vmap over the layout index is not supported"):
+        vmap(lambda c: ops.bsmm_fwd(x, layer.blocks, idx[0], c, *idx[2:]))(stacked)
