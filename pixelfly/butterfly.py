@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from . import ops
+from .layer_state import refuse_load, shape_errors
 from .layouts import BlockIndex, butterfly_factor_layout
+from .ops_func import kernel_rows
 
 __all__ = ["ButterflyLinear"]
 
@@ -43,18 +45,37 @@ class ButterflyLinear(nn.Module):
         self.sizes = [1 << s for s in range(1, int(math.log2(n)) + 1)]  # k = 2, 4, ..., n
         factory = {"device": device, "dtype": dtype}
         self.factors = nn.ParameterList()
-        self._indices = []
-        for i, k in enumerate(self.sizes):
-            idx = BlockIndex.from_layout(np.asarray(butterfly_factor_layout(n, k), dtype=bool))
-            for name, t in zip(ops.INDEX_FIELDS, ops.index_tensors(idx, device)):
-                self.register_buffer(f"f{i}_{name}", t, persistent=False)
-            self._indices.append(idx)
+        self._indices = [BlockIndex.from_layout(np.asarray(butterfly_factor_layout(n, k), dtype=bool))
+                         for k in self.sizes]
+        self._set_indices(torch.get_default_device() if device is None else torch.device(device))
+        for idx in self._indices:
             self.factors.append(nn.Parameter(torch.empty(idx.nnz, block_size, block_size, **factory)))
         self.bias = nn.Parameter(torch.empty(features, **factory)) if bias else None
         self.reset_parameters()
 
+    # The index tensors derive from self._indices on the parameters' device (plain
+    # attributes, not buffers; see PixelflyLinear._set_index).
+    def _set_indices(self, device):
+        self._index_t = [ops.index_tensors(idx, device) for idx in self._indices]
+
     def _idx(self, i):
-        return tuple(getattr(self, f"f{i}_{name}") for name in ops.INDEX_FIELDS)
+        if self._index_t[i][0].is_meta and not self.factors[i].is_meta:  # placed without _apply
+            self._set_indices(self.factors[i].device)
+        return self._index_t[i]
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._set_indices(self.factors[0].device)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        """All or nothing: every shape (the factors' too) is checked before anything is
+        copied."""
+        error_msgs = args[-1]
+        errors = shape_errors(self, state_dict, prefix)
+        if errors:
+            return refuse_load(state_dict, prefix, errors, error_msgs, "ButterflyLinear")
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -71,15 +92,23 @@ class ButterflyLinear(nn.Module):
             nn.init.uniform_(self.bias, -lim, lim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.features:
-            raise ValueError(f"expected input with last dimension {self.features}, got {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        h = x.reshape(-1, self.features)
+        if x.ndim == 0 or x.shape[-1] != self.features:
+            raise ValueError(f"ButterflyLinear: input x must have shape [*, {self.features}] "
+                             f"(last dimension {self.features}), got shape {tuple(x.shape)}")
+        if self.factors[0].is_meta and not x.is_meta:
+            raise RuntimeError(
+                "ButterflyLinear: the layer's parameters are on the meta device (no data); "
+                "materialise it first: to_empty(device=...) then reset_parameters() or "
+                "load_state_dict(...)")
+        dt = x.dtype
+        wide = dt == torch.float16 and x.device.type == "cpu"  # no fp16 CPU kernels: fp32
+        h = kernel_rows(x.reshape(-1, self.features))
         for i, f in enumerate(self.factors):  # y = x B_2^T B_4^T ... B_n^T
-            h = ops.bsmm(h if h.stride(-1) == 1 else h.contiguous(), f, self._idx(i))
+            h = ops.bsmm(h.float() if wide else h, f.float() if wide else f, self._idx(i))
         if self.bias is not None:
-            h = h + self.bias
-        return h.reshape(*lead, self.features)
+            h = h + (self.bias.float() if wide else self.bias)
+        h = h.to(dt) if wide else h
+        return h if x.ndim == 2 else torch.ops.aten._unsafe_view.default(h, (*x.shape[:-1], self.features))
 
     @torch.no_grad()
     def dense_factors(self):

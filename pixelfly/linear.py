@@ -19,10 +19,14 @@ from torch import nn
 from . import ops
 from .custom_layout import as_block_layout
 from .gate import check_gate, new_token_gate, reset_token_gate, token_gated_linear
+from .layer_state import refuse_load, shape_errors
 from .linear_fn import pixelfly_linear
+from .ops_func import kernel_rows
 from .layouts import BlockIndex, default_butterfly_size, flat_butterfly_layout
 
 __all__ = ["PixelflyLinear", "choose_config"]
+
+_unsafe_view = torch.ops.aten._unsafe_view.default  # reshape that autograd sees as no view
 
 
 def _pair(block):
@@ -100,9 +104,10 @@ class PixelflyLinear(nn.Module):
             ``"token"`` needs ``rank > 0``.
 
     Parameters: ``blocks [nnz, b1, b2]`` (the only storage of ``B``), ``U [out, r]``,
-    ``V [in, r]``, ``gamma_logit`` (scalar; these three are absent when ``r == 0``, and then
-    ``gamma = 1``),
-    ``bias [out]``. Buffer ``layout [R, C]`` (bool) is saved in ``state_dict``.
+    ``V [in, r]``, ``gamma_logit [1]`` (one element, not 0-d: FSDP2 shards no 0-d parameter;
+    these three are absent when ``r == 0``, and then ``gamma = 1``),
+    ``bias [out]``. Buffer ``layout [R, C]`` (bool) is saved in ``state_dict``; a
+    checkpoint with another layout loads too (see ``_load_from_state_dict``).
 
     Example::
 
@@ -156,27 +161,39 @@ class PixelflyLinear(nn.Module):
         self.rank = rank
         self.gate_kind = check_gate(gate, rank)
         factory = {"device": device, "dtype": dtype}
-        self.register_buffer("layout", torch.tensor(np.asarray(layout), device=device))
-        self._set_index(layout)
+        self._set_index(BlockIndex.from_layout(np.asarray(layout, dtype=bool)),
+                        torch.get_default_device() if device is None else torch.device(device))
         self.blocks = nn.Parameter(torch.empty(self.index.nnz, b1, b2, **factory))
         # U, V exist only with a low-rank part (an unused parameter would trip DDP).
         self.register_parameter("U", nn.Parameter(torch.empty(out_features, rank, **factory)) if rank else None)
         self.register_parameter("V", nn.Parameter(torch.empty(in_features, rank, **factory)) if rank else None)
-        self.gamma_logit = nn.Parameter(torch.zeros((), **factory)) if rank > 0 and gate == "scalar" else None
+        self.gamma_logit = nn.Parameter(torch.zeros(1, **factory)) if rank > 0 and gate == "scalar" else None
         if gate == "token":
             self.gate = new_token_gate(in_features, **factory)
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
 
     # ---------------------------------------------------------------- index
-    def _set_index(self, layout):
-        self.index = BlockIndex.from_layout(np.asarray(layout, dtype=bool))
-        dev = self.layout.device
-        for name, t in zip(ops.INDEX_FIELDS, ops.index_tensors(self.index, dev)):
-            self.register_buffer(name, t, persistent=False)
+    # self.index (a BlockIndex) is the truth. The ``layout`` buffer (saved in state_dict) and
+    # the index tensors the kernels read are derived from it, on the parameters' device. The
+    # index tensors are plain attributes, not buffers: loaders that fill buffers with
+    # placeholders (to_empty, Hugging Face's empty-weight loading) cannot clobber them.
+    def _set_index(self, index: BlockIndex, device):
+        self.index = index
+        self.register_buffer("layout", torch.tensor(index.layout, device=device))
+        self._index_t = ops.index_tensors(index, device)
 
     def _idx(self):
-        return tuple(getattr(self, f) for f in ops.INDEX_FIELDS)
+        """The five index tensors (``ops.INDEX_FIELDS``) on the parameters' device."""
+        idx = self._index_t
+        if idx[0].is_meta and not self.blocks.is_meta:  # parameters placed without _apply
+            self._index_t = idx = ops.index_tensors(self.index, self.blocks.device)
+        return idx
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)  # moves (or to_empty's placeholders) ...
+        self._set_index(self.index, self.blocks.device)  # ... then the values of self.index
+        return self
 
     # ----------------------------------------------------------------- init
     @property
@@ -187,7 +204,7 @@ class PixelflyLinear(nn.Module):
             return 1 - torch.sigmoid(self.gate.bias[0])
         if self.gamma_logit is None:
             return torch.ones((), device=self.blocks.device, dtype=self.blocks.dtype)
-        return torch.sigmoid(self.gamma_logit)
+        return torch.sigmoid(self.gamma_logit)[0]
 
     @property
     def nnz_blocks(self) -> int:
@@ -207,12 +224,16 @@ class PixelflyLinear(nn.Module):
         ``nn.Linear`` draws ``U(-1/sqrt(in), 1/sqrt(in))``, so each output has variance
         ``in * 1/(3 in) * E[x^2] = E[x^2] / 3``. Here the sparse part sees ``k`` inputs per
         output on average (``k = nnz * b1 * b2 / out``) and gets a share ``s`` of that
-        variance (``s = 1`` without low rank, else ``1/2``); the low-rank part the rest.
+        variance (``s = 1`` without low rank, else ``1/2``); the low-rank part the rest;
+        ``gamma`` restarts at 1/2. With ``to_empty`` this is deferred initialisation: a layer
+        built on the meta device becomes one distributed as a freshly built one.
         """
         b1, b2 = self.block_size
         if self.gate_kind == "token":
             reset_token_gate(self.gate)
-        g = float(self.gamma) if self.rank else 1.0
+        elif self.rank:
+            self.gamma_logit.zero_()
+        g = 1.0 if self.rank == 0 else 0.5  # gamma starts at 1/2 (either gate)
         share = 1.0 if self.rank == 0 else 0.5
         k = max(1.0, self.index.nnz * b1 * b2 / self.out_features)
         bound = math.sqrt(3.0 * share / (3.0 * g * g * k))
@@ -226,36 +247,59 @@ class PixelflyLinear(nn.Module):
 
     # -------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected input with last dimension {self.in_features}, "
-                             f"got shape {tuple(x.shape)}")
-        if x.dtype != self.blocks.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"input dtype {x.dtype} does not match the layer's {self.blocks.dtype}")
-        lead = x.shape[:-1]
+        dt, cdt = self._dtypes(x)
         x2 = x.reshape(-1, self.in_features)
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
+        x2 = x2 if x2.dtype == cdt else x2.to(cdt)
         if self.gate_kind == "token":
-            return self._token_gated(x2).reshape(*lead, self.out_features)
-        g = self.gamma
-        blocks = self.blocks * g if self.rank else self.blocks
-        if torch.is_autocast_enabled(x.device.type):  # like nn.Linear: run in the autocast dtype
-            dt = torch.get_autocast_dtype(x.device.type)
-            x2, blocks = x2.to(dt), blocks.to(dt)
-        V = Ut = None
-        if self.rank:
-            V, Ut = self.V.to(x2.dtype), (self.U * (1 - g)).t().to(x2.dtype)
-        bias = self.bias.to(x2.dtype) if self.bias is not None else None
-        y = pixelfly_linear(x2, blocks, self._idx(), V, Ut, bias)
-        return y.reshape(*lead, self.out_features)
+            y = token_gated_linear(kernel_rows(x2), *self._token_operands(cdt))
+        else:
+            y = pixelfly_linear(x2, *self._operands(cdt))
+        if dt != cdt:
+            y = y.to(dt)
+        # not a view (a view would hide an in-place op on the output from FSDP2's hooks)
+        return y if x.ndim == 2 else _unsafe_view(y, (*x.shape[:-1], self.out_features))
 
-    def _token_gated(self, x2):
-        blocks, V, U, gw, gb = self.blocks, self.V, self.U, self.gate.weight, self.gate.bias
-        if torch.is_autocast_enabled(x2.device.type):
-            x2 = x2.to(torch.get_autocast_dtype(x2.device.type))
-        V, U, gw, gb, blocks = (t.to(x2.dtype) for t in (V, U, gw, gb, blocks))
-        bias = self.bias.to(x2.dtype) if self.bias is not None else None
-        return token_gated_linear(x2, blocks, self._idx(), V, U, gw, gb, bias)
+    def _dtypes(self, x):
+        """Check ``x``; return the output dtype and the one the kernels compute in."""
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"PixelflyLinear: input x must have shape [*, {self.in_features}] "
+                             f"(last dimension {self.in_features}), got shape {tuple(x.shape)}")
+        blocks = self.blocks
+        if blocks.is_meta and not x.is_meta:
+            raise RuntimeError(
+                "PixelflyLinear: the layer's parameters are on the meta device (no data); "
+                "materialise it first: to_empty(device=...) then reset_parameters() or "
+                "load_state_dict(...)")
+        dev = x.device.type
+        if dev != "meta" and torch.is_autocast_enabled(dev):  # as nn.Linear: the autocast dtype
+            dt = torch.get_autocast_dtype(dev)
+        elif x.dtype != blocks.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the layer's {blocks.dtype}")
+        else:
+            dt = x.dtype
+        # float16 on the CPU (accepted, as by nn.Linear) runs in float32: no fp16 CPU kernels
+        return dt, torch.float32 if dt == torch.float16 and dev == "cpu" else dt
+
+    def _operands(self, cdt):
+        """``(gamma B, index, V, ((1 - gamma) U)^T, bias)`` for :func:`pixelfly_linear`, in
+        ``cdt``."""
+        blocks, V, Ut, bias = self.blocks, None, None, self.bias
+        if self.rank:
+            g = torch.sigmoid(self.gamma_logit)
+            blocks, V, Ut = blocks * g, self.V, (self.U * (1 - g)).t()
+        if blocks.dtype != cdt:
+            blocks = blocks.to(cdt)
+            V, Ut = (None, None) if V is None else (V.to(cdt), Ut.to(cdt))
+            bias = None if bias is None else bias.to(cdt)
+        return blocks, self._idx(), V, Ut, bias
+
+    def _token_operands(self, cdt):
+        """``(B, index, V, U, gate weight, gate bias, bias)`` for :func:`token_gated_linear`."""
+        ts = (self.blocks, self.V, self.U, self.gate.weight, self.gate.bias, self.bias)
+        if self.blocks.dtype != cdt:
+            ts = tuple(None if t is None else t.to(cdt) for t in ts)
+        blocks, V, U, gw, gb, bias = ts
+        return blocks, self._idx(), V, U, gw, gb, bias
 
     def extra_repr(self) -> str:
         b1, b2 = self.block_size
@@ -278,8 +322,8 @@ class PixelflyLinear(nn.Module):
         W = self.blocks.new_zeros(self.out_features, self.in_features)
         Wb = W.view(self.layout.shape[0], b1, self.layout.shape[1], b2).permute(0, 2, 1, 3)
         R = self.layout.shape[0]
-        rows = torch.repeat_interleave(torch.arange(R, device=W.device), self.row_ptr.diff())
-        cols = self.col_idx
+        row_ptr, cols = self._idx()[:2]
+        rows = torch.repeat_interleave(torch.arange(R, device=W.device), row_ptr.diff())
         Wb[rows, cols] = self.blocks * self.gamma
         if self.rank:
             W += (1 - self.gamma) * (self.U @ self.V.t())
@@ -327,14 +371,65 @@ class PixelflyLinear(nn.Module):
         return layer
 
     # ---------------------------------------------------------- state dicts
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Accept a checkpoint whose layout (and so block count) differs from this layer's."""
-        key = prefix + "layout"
-        if key in state_dict and tuple(state_dict[key].shape) == tuple(self.layout.shape):
-            new = state_dict[key].to(torch.bool)
-            if not torch.equal(new.cpu(), self.layout.cpu()):
-                self.layout = new.to(self.layout.device)
-                self._set_index(new.cpu().numpy())
-                b1, b2 = self.block_size
-                self.blocks = nn.Parameter(self.blocks.new_empty(self.index.nnz, b1, b2))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Load a checkpoint, also one whose layout (so its block count) differs from this
+        layer's. All or nothing: every shape is checked (against the checkpoint's layout)
+        before anything changes, and on an error the layer keeps its layout, index and
+        parameters. A new layout resizes ``blocks`` in place: the Parameter object stays the
+        same, so an optimizer built before the load keeps training it (per-parameter state of
+        the old shape, e.g. Adam moments, must come from the same checkpoint or be reset)."""
+        g = state_dict.get(prefix + "gamma_logit")
+        if isinstance(g, torch.Tensor) and g.dim() == 0:  # saved before gamma_logit was [1]
+            state_dict[prefix + "gamma_logit"] = g.reshape(1)
+        new = self._checkpoint_index(state_dict.get(prefix + "layout"))
+        b1, b2 = self.block_size
+        expected = {} if new is None else {"blocks": (new.nnz, b1, b2)}
+        errors = shape_errors(self, state_dict, prefix, expected)
+        if new is not None and prefix + "blocks" not in state_dict:
+            errors.append(f"{prefix}layout differs from this layer's but the state dict has no "
+                          f"{prefix}blocks for it")
+        if errors:
+            return refuse_load(state_dict, prefix, errors, error_msgs, "PixelflyLinear")
+        if new is None:
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                                 missing_keys, unexpected_keys, error_msgs)
+        param = self.blocks
+        old = (self.index, self.layout, param.data, param.grad, self.butterfly_size,
+               self.n_factors, self.custom_layout)
+        self._set_index(new, self.layout.device)
+        param.grad = None
+        param.data = param.new_empty(new.nnz, b1, b2)
+        self.butterfly_size, self.n_factors = _butterfly_config_of(new.layout)
+        self.custom_layout = self.n_factors is None
+        n_errors, ok = len(error_msgs), False
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                          missing_keys, unexpected_keys, error_msgs)
+            ok = len(error_msgs) == n_errors
+        finally:
+            if not ok:  # roll back to the layer as it was
+                index, layout, data, grad, self.butterfly_size, self.n_factors, self.custom_layout = old
+                self._set_index(index, layout.device)
+                self.layout, self.blocks = layout, param
+                param.data = data
+                param.grad = grad
+
+    def _checkpoint_index(self, layout):
+        """The BlockIndex of a checkpoint's layout when it is a valid one that differs from
+        this layer's, else None (a wrong shape is reported by :func:`shape_errors`)."""
+        if (not isinstance(layout, torch.Tensor) or layout.is_meta
+                or tuple(layout.shape) != tuple(self.layout.shape)):
+            return None
+        new = layout.detach().cpu().to(torch.bool).numpy()
+        return None if np.array_equal(new, self.index.layout) else BlockIndex.from_layout(new)
+
+
+def _butterfly_config_of(layout):
+    """``(butterfly_size, n_factors)`` of a flat butterfly layout, ``(None, None)`` for
+    another layout."""
+    R, C = layout.shape
+    for n, m, nnz in _butterfly_configs(R, C):
+        if nnz == layout.sum() and np.array_equal(flat_butterfly_layout(R, C, m, n), layout):
+            return n, m
+    return None, None

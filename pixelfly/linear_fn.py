@@ -9,18 +9,26 @@ backward the low-rank share of ``dx`` is added in place to ``bsmm_bwd_x``'s outp
 would otherwise allocate it and then a second tensor for the sum). On the CPU each fresh
 allocation of tens of MiB costs page faults comparable to the matmul itself.
 
-The backward is built from differentiable ops, so second derivatives work as well.
+The backward is built from differentiable ops, so second derivatives work as well. The
+function follows ``torch.func``'s protocol (``setup_context`` and a ``vmap`` rule), so
+``torch.func.grad``, ``vmap`` and their compositions (per-sample gradients) work: under
+``vmap`` a batch of activations becomes more rows of one call; a batched weight runs one
+call per batch entry.
 """
 from __future__ import annotations
 
 import torch
 
 from . import ops
+from .ops_func import kernel_rows
 
 
 class PixelflyLinearFn(torch.autograd.Function):
+    """Output ``y``, or ``(y, h)`` with a low-rank part: ``h = x V`` is kept for backward
+    (an output, as ``torch.func`` wants intermediates; not differentiable)."""
+
     @staticmethod
-    def forward(ctx, x, blocks, V, Ut, bias, *idx):
+    def forward(x, blocks, V, Ut, bias, *idx):
         y = ops.bsmm_fwd(x, blocks, *idx)
         h = None
         if V is not None:
@@ -28,15 +36,22 @@ class PixelflyLinearFn(torch.autograd.Function):
             y.addmm_(h, Ut)
         if bias is not None:
             y.add_(bias)
-        ctx.save_for_backward(x, blocks, V, Ut, h, *idx)
-        ctx.has_bias = bias is not None
-        return y
+        return y if h is None else (y, h)
 
     @staticmethod
-    def backward(ctx, gy):
+    def setup_context(ctx, inputs, output):
+        x, blocks, V, Ut, bias, *idx = inputs
+        h = output[1] if V is not None else None
+        ctx.save_for_backward(x, blocks, V, Ut, h, *idx)
+        ctx.has_bias = bias is not None
+        if h is not None:
+            ctx.mark_non_differentiable(h)
+
+    @staticmethod
+    def backward(ctx, gy, *_gh):
         x, blocks, V, Ut, h, *idx = ctx.saved_tensors
         need_x, need_b, need_v, need_u, need_bias = ctx.needs_input_grad[:5]
-        gy = gy.contiguous()
+        gy = kernel_rows(gy)
         dx = db = dV = dUt = dbias = None
         if need_x:
             dx = ops.bsmm_bwd_x(gy, blocks, *idx)
@@ -44,7 +59,7 @@ class PixelflyLinearFn(torch.autograd.Function):
             db = ops.bsmm_bwd_w(gy, x, *idx, b1=blocks.shape[1], b2=blocks.shape[2])
         if V is not None and (need_x or need_v or need_u):
             gh = gy @ Ut.t()
-            if need_x:
+            if need_x:  # with grad enabled (double backward, torch.func) out of place
                 dx = dx.addmm_(gh, V.t()) if not torch.is_grad_enabled() else dx + gh @ V.t()
             if need_v:
                 dV = x.t() @ gh
@@ -56,13 +71,50 @@ class PixelflyLinearFn(torch.autograd.Function):
             dbias = gy.sum(0)
         return (dx, db, dV, dUt, dbias) + (None,) * len(idx)
 
+    @staticmethod
+    def vmap(info, in_dims, x, blocks, V, Ut, bias, *idx):
+        if any(d is not None for d in in_dims[5:]):
+            raise ValueError("pixelfly_linear: vmap over the layout index is not supported")
+        if all(d is None for d in in_dims[1:5]):  # activations only: the batch becomes rows
+            xb = x.movedim(in_dims[0], 0)
+            B, T = xb.shape[0], xb.shape[1]
+            out = PixelflyLinearFn.apply(kernel_rows(xb.reshape(B * T, xb.shape[2])),
+                                         blocks, V, Ut, bias, *idx)
+            if V is None:
+                return out.view(B, T, out.shape[1]), 0
+            return tuple(o.view(B, T, o.shape[1]) for o in out), (0, 0)
+        outs = []  # a batched weight: one call per batch entry
+        for i in range(info.batch_size):
+            a = [t if d is None else t.select(d, i) for t, d in zip((x, blocks, V, Ut, bias), in_dims)]
+            outs.append(PixelflyLinearFn.apply(kernel_rows(a[0]), *a[1:], *idx))
+        if V is None:
+            return torch.stack(outs), 0
+        return tuple(torch.stack(o) for o in zip(*outs)), (0, 0)
+
+
+class _EagerFn(torch.autograd.Function):
+    """:class:`PixelflyLinearFn` in autograd's classic form (``forward(ctx, ...)``), used
+    outside ``torch.func``: ``Function.apply`` binds the arguments of a ``setup_context``
+    style function with ``inspect.signature`` on every call, tens of microseconds."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        out = PixelflyLinearFn.forward(*args)
+        PixelflyLinearFn.setup_context(ctx, args, out)
+        return out
+
+    backward = PixelflyLinearFn.backward
+
 
 def pixelfly_linear(x, blocks, idx, V=None, Ut=None, bias=None):
-    """``x Bs^T + (x V) Ut + bias`` for ``x [T, in]`` (all operands in one dtype).
+    """``x Bs^T + (x V) Ut + bias`` for ``x [T, in]`` (all operands in one dtype; ``x`` in
+    any strides: views the kernels cannot read are copied).
 
     ``blocks [nnz, b1, b2]`` with the five index tensors ``idx`` (:func:`ops.index_tensors`);
     ``V [in, r]`` and ``Ut [r, out]`` together or neither; ``bias [out]`` or ``None``.
     """
     if (V is None) != (Ut is None):
         raise ValueError("pixelfly_linear: give both V and Ut (the low-rank factors) or neither")
-    return PixelflyLinearFn.apply(x, blocks, V, Ut, bias, *idx)
+    fn = PixelflyLinearFn if torch._C._are_functorch_transforms_active() else _EagerFn
+    out = fn.apply(kernel_rows(x), blocks, V, Ut, bias, *idx)
+    return out if V is None else out[0]

@@ -20,6 +20,7 @@ __all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "index_tensors", "HAS
            "implementation"]
 
 _ops_ns = torch.ops.pixelfly
+_func_active = torch._C._are_functorch_transforms_active  # torch.func: see ops_func
 INDEX_FIELDS = ("row_ptr", "col_idx", "col_ptr", "row_idx", "csc_blk")
 
 
@@ -56,16 +57,22 @@ def cache_held() -> int:
 
 def bsmm_fwd(x, blocks, *idx):
     """``y[T, out] = x[T, in] B^T`` computed only on the stored blocks."""
+    if _func_active():
+        return ops_func.FUNCTIONS["bsmm_fwd"].apply(x, blocks, *idx)
     return _ops_ns.bsmm_fwd(x, blocks, *idx)
 
 
 def bsmm_bwd_x(dy, blocks, *idx):
     """``dx[T, in] = dy[T, out] B``."""
+    if _func_active():
+        return ops_func.FUNCTIONS["bsmm_bwd_x"].apply(dy, blocks, *idx)
     return _ops_ns.bsmm_bwd_x(dy, blocks, *idx)
 
 
 def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
     """``dB[nnz, b1, b2] = (dy^T x)`` on the layout's blocks only."""
+    if _func_active():
+        return ops_func.FUNCTIONS["bsmm_bwd_w"].apply(dy, x, *idx, b1, b2)
     return _ops_ns.bsmm_bwd_w(dy, x, *idx, b1, b2)
 
 
@@ -137,3 +144,4 @@ torch.library.register_autograd("pixelfly::bsmm_fwd", _fwd_backward, setup_conte
 torch.library.register_autograd("pixelfly::bsmm_bwd_x", _bwd_x_backward, setup_context=_save_all)
 torch.library.register_autograd("pixelfly::bsmm_bwd_w", _bwd_w_backward, setup_context=_save_all)
 
+from . import ops_func  # noqa: E402  (torch.func support of the ops above)

@@ -207,10 +207,11 @@ def test_threads_give_same_result():
     torch.testing.assert_close(y1, y2, rtol=1e-6, atol=1e-6)
 
 
-def test_torch_compile_forward_backward():
+@pytest.mark.parametrize("lead", [(8,), (2, 4)])
+def test_torch_compile_forward_backward(lead):
     model = nn.Sequential(PixelflyLinear(64, 64, block_size=16, density=0.5), nn.ReLU(),
-                          PixelflyLinear(64, 32, block_size=16, density=0.5))
-    x = torch.randn(8, 64)
+                          PixelflyLinear(64, 32, block_size=16, n_factors=1, rank=2))
+    x = torch.randn(*lead, 64)
     eager = model(x)
     eager.sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
