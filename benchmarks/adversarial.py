@@ -28,6 +28,11 @@ EXTREME = [-2 ** 64, -2 ** 63, -1, 0, 1, 2, 3, 8, 2 ** 20, 2 ** 31, 2 ** 62, 2 *
 
 
 # ------------------------------------------------------------------ case builders
+def names_any(msg, names):
+    """Whether ``msg`` names one of ``names`` (as a word: ``x`` is not in ``expected``)."""
+    return any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", msg) for n in names)
+
+
 def error_case(fn, names):
     """The call must raise ValueError/TypeError naming one of ``names``, cleanly."""
     def run():
@@ -37,7 +42,7 @@ def error_case(fn, names):
             msg = str(e)
             if INTERNAL.search(msg):
                 return "unclear", f"{type(e).__name__}: {msg[:160]}"
-            if not any(n in msg for n in names):
+            if not names_any(msg, names):
                 return "unclear", f"names none of {names}: {type(e).__name__}: {msg[:160]}"
             return "ok", ""
         except Exception as e:  # noqa: BLE001
@@ -53,7 +58,7 @@ def fuzz_case(fn, args, names):
             fn(*args)
         except (ValueError, TypeError) as e:
             msg = str(e)
-            if INTERNAL.search(msg) or not any(n in msg for n in names):
+            if INTERNAL.search(msg) or not names_any(msg, names):
                 return "unclear", f"{args!r:.80}: {type(e).__name__}: {msg[:140]}"
             return "ok", ""
         except Exception as e:  # noqa: BLE001

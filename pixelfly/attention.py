@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from . import attention_ops
+from . import layouts as L_
+from ._memory import physical_memory
 from .attention_ops import AttentionIndex
 
 __all__ = ["PixelflyAttention", "build_attention_layout", "sparse_lowrank_attention",
@@ -209,6 +211,8 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
     if features is None or features.shape[0] == 0:
         return (out_s, out_s) if return_parts else out_s
 
+    if features.dim() != 2 or features.shape[1] != d:
+        raise ValueError(f"features must be [r, head_dim = {d}], got {tuple(features.shape)}")
     cdt = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
     R = L // block
     rs = math.sqrt(scale)
@@ -309,6 +313,12 @@ class PixelflyAttention(nn.Module):
         if isinstance(n_random_features, bool) or not isinstance(n_random_features, int) \
                 or n_random_features < 0:
             raise ValueError(f"n_random_features must be an int >= 0, got {n_random_features!r}")
+        if n_random_features * (dim // n_heads) * 4 > physical_memory():
+            raise ValueError(f"n_random_features={n_random_features} random features of width "
+                             f"{dim // n_heads} would not fit in this machine's memory")
+        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int)
+                                    or seq_len < 1):
+            raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if isinstance(layout, str) and layout not in LAYOUTS:
@@ -351,6 +361,12 @@ class PixelflyAttention(nn.Module):
             raise ValueError(f"sequence length L={L} must be a positive multiple of "
                              f"block_size={self.block_size} (pad the sequence, or pick a block "
                              f"size dividing L)")
+        grid = L // self.block_size
+        if grid > L_.MAX_GRID or grid * grid > L_.MAX_CELLS:
+            raise ValueError(f"sequence length L={L} with block_size={self.block_size} gives a "
+                             f"{grid} x {grid} block grid, more than the {L_.MAX_CELLS} (2**30) "
+                             f"blocks a layout can hold: at most L = "
+                             f"{math.isqrt(L_.MAX_CELLS) * self.block_size}")
         idx = self._index_cache.get(L)
         if idx is None:
             lay = build_attention_layout(L // self.block_size, self.layout_spec,

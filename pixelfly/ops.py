@@ -48,8 +48,8 @@ def set_cache_limit(nbytes: int) -> int:
     """Set the CPU output cache's limit in bytes (0: off); returns the previous limit."""
     if not isinstance(nbytes, int) or isinstance(nbytes, bool):
         raise TypeError(f"set_cache_limit: nbytes must be an int, got {type(nbytes).__name__}")
-    if nbytes < 0:
-        raise ValueError(f"set_cache_limit: nbytes must be >= 0, got {nbytes}")
+    if not 0 <= nbytes < 2 ** 63:
+        raise ValueError(f"set_cache_limit: nbytes must be in [0, 2**63), got {nbytes}")
     return int(_ops_ns.cpu_cache_set_limit(nbytes))
 
 
