@@ -78,6 +78,11 @@ def bsmm_bwd_x(dy, blocks, *idx):
 
 def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
     """``dB[nnz, b1, b2] = (dy^T x)`` on the layout's blocks only."""
+    for name, b in (("b1", b1), ("b2", b2)):
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise TypeError(f"bsmm_bwd_w: {name} must be an int, got {type(b).__name__}")
+        if not 0 < b < 2 ** 63:
+            raise ValueError(f"bsmm_bwd_w: {name} must be a positive block size, got {b}")
     _check_device(x)
     return _ops_ns.bsmm_bwd_w(dy, x, *idx, b1, b2)
 

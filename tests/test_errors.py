@@ -88,6 +88,9 @@ def test_expanded_and_strided_inputs_are_computed_not_refused():
 ])
 def test_huge_integers_in_the_layout_api_are_value_errors(fn, arg, pos, value):
     args = tuple(value if a is None else a for a in pos)
+    if fn == "default_butterfly_size" and value == 2 ** 62:  # valid: no grid is built
+        assert layouts.default_butterfly_size(*args) == 4
+        return
     raises_clear(lambda: getattr(layouts, fn)(*args), arg, ValueError)
 
 
