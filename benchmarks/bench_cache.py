@@ -43,9 +43,9 @@ print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1
 MiB = float(1 << 20)
 
 
-def memory(steps: int) -> dict:
+def memory(steps: int, kinds=("linear", "pixelfly")) -> dict:
     out = {}
-    for kind in ("linear", "pixelfly"):
+    for kind in kinds:
         for mode in ("fixed", "varying"):
             p = subprocess.run([sys.executable, "-c", MEM_CODE, mode, str(steps), kind],
                                capture_output=True, text=True, check=True)
@@ -100,10 +100,11 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--kinds", default="linear,pixelfly", help="layers of the memory runs")
     args = ap.parse_args()
     res = {}
     if not args.skip_memory:
-        res["memory"] = memory(args.steps)
+        res["memory"] = memory(args.steps, args.kinds.split(","))
     if not args.skip_speed:
         res["speed"] = speed(args.reps)
     if args.json:
