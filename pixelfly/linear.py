@@ -231,7 +231,7 @@ class PixelflyLinear(nn.Module):
     # -------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have last dimension in_features = {self.in_features}, "
+            raise ValueError(f"x must have last dimension {self.in_features} (in_features), "
                              f"got shape {tuple(x.shape)}")
         if x.dtype != self.blocks.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"input dtype {x.dtype} does not match the layer's {self.blocks.dtype}")
