@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from . import attention_ops
+from . import layouts as L_
+from ._memory import physical_memory
 from .attention_ops import AttentionIndex
 
 __all__ = ["PixelflyAttention", "build_attention_layout", "sparse_lowrank_attention",
@@ -149,6 +151,50 @@ def _support_gather(index: AttentionIndex, device):
     return torch.from_numpy(cols).to(device), torch.from_numpy(valid).to(device)
 
 
+def _finite_or_zero(x):
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _lowrank_pair_counts(flags, cols, valid, block: int, causal: bool):
+    """For every query ``i`` and column ``c`` of ``flags [B, H, L, X]`` (int, one row per key
+    ``j``): the sum of ``flags[j, c]`` over the keys that pair with ``i`` through the low-rank
+    part, i.e. allowed (all keys, or ``j <= i`` when ``causal``) and outside the sparse support
+    (``cols``/``valid``, causal inside the diagonal block). Exact integer counts."""
+    B, H, L, X = flags.shape
+    R = L // block
+    fb = flags.view(B, H, R, block, X)
+    per_block = fb.sum(3)                                          # [B,H,R,X]
+    rows = torch.arange(R, device=flags.device)[:, None]
+    if causal:
+        valid = valid & (cols <= rows)
+    sup = (per_block[:, :, cols] * valid[:, :, None]).sum(3)[:, :, :, None]   # [B,H,R,1,X]
+    if causal:
+        allowed = flags.cumsum(2).view(B, H, R, block, X)          # keys j <= i
+        diag = (valid & (cols == rows)).any(1).view(R, 1, 1)       # diagonal block kept
+        # the diagonal block pairs query i with its keys j <= i only
+        sup = sup + diag * (fb.cumsum(3) - per_block[:, :, :, None])
+    else:
+        allowed = flags.sum(2, keepdim=True)[:, :, :, None]        # [B,H,1,1,X]
+    return torch.broadcast_to(allowed - sup, (B, H, R, block, X)).reshape(B, H, L, X)
+
+
+def _lowrank_nonfinite(y, q, k, v, cols, valid, block: int, causal: bool):
+    """Give ``y`` the NaN/inf of the non-finite inputs that reach it through the low-rank
+    part (which is computed on finite-or-zero inputs): a non-finite query makes its row NaN,
+    a non-finite key every row it pairs with, a NaN / +inf / -inf value the same column of
+    those rows (as in :func:`pixelfly.reference.pixelfly_attention`)."""
+    d = v.shape[-1]
+    bad_k = ~torch.isfinite(k).all(-1, keepdim=True)
+    flags = torch.cat([bad_k, torch.isnan(v), torch.isposinf(v), torch.isneginf(v)], -1).long()
+    cnt = _lowrank_pair_counts(flags, cols, valid, block, causal) > 0
+    nan_rows = ~torch.isfinite(q).all(-1, keepdim=True) | cnt[..., :1]
+    c_nan, c_pinf, c_ninf = cnt[..., 1:].split(d, -1)
+    inf = torch.tensor(float("inf"), dtype=y.dtype, device=y.device)
+    y = torch.where(c_pinf, y + inf, y)
+    y = torch.where(c_ninf, y - inf, y)
+    return torch.where(nan_rows | c_nan, torch.full_like(y, float("nan")), y)
+
+
 def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scale=None,
                              causal: bool = False, features: torch.Tensor | None = None,
                              return_parts: bool = False):
@@ -165,13 +211,17 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
     if features is None or features.shape[0] == 0:
         return (out_s, out_s) if return_parts else out_s
 
+    if features.dim() != 2 or features.shape[1] != d:
+        raise ValueError(f"features must be [r, head_dim = {d}], got {tuple(features.shape)}")
     cdt = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
     R = L // block
     rs = math.sqrt(scale)
     w = features.to(dtype=cdt, device=q.device)
-    phq, offq = _features(q.to(cdt) * rs, w, per_row=True)        # [B,H,L,r], [B,H,L,1]
-    phk, offk = _features(k.to(cdt) * rs, w, per_row=False)       # [B,H,L,r], [B,H,1,1]
-    vv = v.to(cdt)
+    # the low-rank sums run on finite inputs (NaN/inf would turn "all keys minus the support"
+    # into NaN everywhere); what non-finite inputs do to the output is applied at the end
+    phq, offq = _features(_finite_or_zero(q.to(cdt)) * rs, w, per_row=True)   # [B,H,L,r], [B,H,L,1]
+    phk, offk = _features(_finite_or_zero(k.to(cdt)) * rs, w, per_row=False)  # [B,H,L,r], [B,H,1,1]
+    vv = _finite_or_zero(v.to(cdt))
     r = w.shape[0]
     qb = phq.view(B, H, R, block, r)
     kb = phk.view(B, H, R, block, r)
@@ -215,11 +265,10 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
     M = torch.maximum(lse_c.detach(), off_lr)
     ws = torch.exp(lse_c - M)
     wl = torch.exp(off_lr - M)
-    num = ws * out_s.to(cdt) + wl * num_lr
-    den = ws + wl * den_lr
-    y = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
-                    torch.zeros_like(num))
-    y = y.to(q.dtype)
+    # a row without sparse keys has lse = -inf and out_s = 0: its sparse term is exactly 0
+    num = torch.where(lse_c == float("-inf"), torch.zeros_like(num_lr), ws * out_s.to(cdt)) + wl * num_lr
+    den = ws + wl * den_lr                                          # > 0: every row has a key
+    y = _lowrank_nonfinite(num / den, q, k, v, cols, valid, block, causal).to(q.dtype)
     return (y, out_s) if return_parts else y
 
 
@@ -264,6 +313,12 @@ class PixelflyAttention(nn.Module):
         if isinstance(n_random_features, bool) or not isinstance(n_random_features, int) \
                 or n_random_features < 0:
             raise ValueError(f"n_random_features must be an int >= 0, got {n_random_features!r}")
+        if n_random_features * (dim // n_heads) * 4 > physical_memory():
+            raise ValueError(f"n_random_features={n_random_features} random features of width "
+                             f"{dim // n_heads} would not fit in this machine's memory")
+        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int)
+                                    or seq_len < 1):
+            raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if isinstance(layout, str) and layout not in LAYOUTS:
@@ -306,6 +361,12 @@ class PixelflyAttention(nn.Module):
             raise ValueError(f"sequence length L={L} must be a positive multiple of "
                              f"block_size={self.block_size} (pad the sequence, or pick a block "
                              f"size dividing L)")
+        grid = L // self.block_size
+        if grid > L_.MAX_GRID or grid * grid > L_.MAX_CELLS:
+            raise ValueError(f"sequence length L={L} with block_size={self.block_size} gives a "
+                             f"{grid} x {grid} block grid, more than the {L_.MAX_CELLS} (2**30) "
+                             f"blocks a layout can hold: at most L = "
+                             f"{math.isqrt(L_.MAX_CELLS) * self.block_size}")
         idx = self._index_cache.get(L)
         if idx is None:
             lay = build_attention_layout(L // self.block_size, self.layout_spec,

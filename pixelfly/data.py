@@ -21,10 +21,13 @@ import gzip
 import os
 import random
 import struct
+import zlib
 from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
+
+from ._memory import physical_memory
 
 __all__ = [
     "DigitsSplit", "load_digits_dataset",
@@ -118,6 +121,8 @@ def lzw_decompress(data: bytes, max_bits: int = 16, block_mode: bool = True) -> 
     code = next_code()
     if code < 0:
         return b""
+    if code > 255:
+        raise ValueError(f"corrupt LZW stream: the first code {code} is not a literal byte")
     prev = table[code]
     out += prev
     while True:
@@ -160,12 +165,26 @@ def decode_bible_data(raw: bytes) -> bytes:
     """
     if not raw.startswith(_EC02_MAGIC):
         raise ValueError("not a bible 'EC02' compressed data file")
+    if len(raw) < 0x5C:
+        raise ValueError(f"truncated bible data file: {len(raw)} bytes, shorter than its "
+                         f"{0x5C}-byte header")
     _, window, n = struct.unpack(">III", raw[0x50:0x5C])
-    offsets = struct.unpack(f">{n + 1}I", raw[0x5C:0x5C + 4 * (n + 1)])
-    header = raw[0x5C + 4 * (n + 1):offsets[0]]
+    table_end = 0x5C + 4 * (n + 1)
+    if len(raw) < table_end:
+        raise ValueError(f"truncated bible data file: {len(raw)} bytes, but its table of "
+                         f"{n + 1} window offsets ends at byte {table_end}")
+    offsets = struct.unpack(f">{n + 1}I", raw[0x5C:table_end])
+    if offsets[-1] > len(raw):
+        raise ValueError(f"truncated bible data file: {len(raw)} bytes, but its windows end at "
+                         f"byte {offsets[-1]}")
+    if offsets[0] < table_end or any(a > b for a, b in zip(offsets, offsets[1:])):
+        raise ValueError("corrupt bible data file: its window offsets are out of order")
+    header = raw[table_end:offsets[0]]
     if len(header) != 3 or header[:2] != _LZW_MAGIC:
-        raise ValueError(f"unexpected LZW header {header!r} in bible data file")
+        raise ValueError(f"corrupt bible data file: unexpected LZW header {header!r}")
     max_bits, block_mode = header[2] & 0x1F, bool(header[2] & 0x80)
+    if not 9 <= max_bits <= 16:
+        raise ValueError(f"corrupt bible data file: LZW code width {max_bits} is not in 9..16")
     parts = []
     for i in range(n):
         text = lzw_decompress(raw[offsets[i]:offsets[i + 1]], max_bits, block_mode)
@@ -201,7 +220,12 @@ def load_text_corpus(path: str | os.PathLike | None = None) -> bytes:
     with open(path, "rb") as f:
         raw = f.read()
     if raw.startswith(b"\x1f\x8b"):
-        return gzip.decompress(raw)
+        try:
+            return gzip.decompress(raw)
+        except EOFError:
+            raise ValueError(f"truncated gzip file {path!r}") from None
+        except (gzip.BadGzipFile, zlib.error) as e:
+            raise ValueError(f"corrupt gzip file {path!r}: {e}") from None
     if raw.startswith(_EC02_MAGIC):
         return decode_bible_data(raw)
     return raw
@@ -251,8 +275,7 @@ def synthetic_text(n_bytes: int = 100_000, seed: int = 0) -> bytes:
     paragraphs: enough structure for a byte-level model to learn in seconds. Same
     ``(n_bytes, seed)``, same bytes, on every platform (``random.Random``).
     """
-    if n_bytes < 0:
-        raise ValueError(f"n_bytes must be >= 0, got {n_bytes}")
+    n_bytes = _count("n_bytes", n_bytes, 0)
     rng = random.Random(seed)
     zipf = {k: [1.0 / (i + 1) for i in range(len(v))] for k, v in _WORDS.items()}
     chunks, total = [], 0
@@ -281,6 +304,15 @@ def synthetic_text(n_bytes: int = 100_000, seed: int = 0) -> bytes:
 
 # ----------------------------------------------------------------------------- batching
 
+def _count(name: str, value, lo: int) -> int:
+    """``value`` as an int ``>= lo``: TypeError for a non-integer (bool too), ValueError below."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return int(value)
+
+
 def bytes_to_tensor(data: bytes | bytearray | torch.Tensor) -> torch.Tensor:
     """Bytes -> ``[N]`` int64 tensor of values ``0..255`` (tensors pass through as int64)."""
     if isinstance(data, torch.Tensor):
@@ -306,10 +338,8 @@ class ByteLMDataset(torch.utils.data.Dataset):
 
     def __init__(self, data: bytes | torch.Tensor, seq_len: int, stride: int | None = None):
         self.data = bytes_to_tensor(data)
-        self.seq_len = int(seq_len)
-        self.stride = int(stride) if stride is not None else self.seq_len
-        if self.seq_len < 1 or self.stride < 1:
-            raise ValueError("seq_len and stride must be >= 1")
+        self.seq_len = _count("seq_len", seq_len, 1)
+        self.stride = _count("stride", stride, 1) if stride is not None else self.seq_len
         if len(self.data) < self.seq_len + 1:
             raise ValueError(f"text of {len(self.data)} bytes is too short for seq_len={self.seq_len}")
 
@@ -331,10 +361,20 @@ def get_batches(data: bytes | torch.Tensor, seq_len: int, batch_size: int,
     ``[batch_size, seq_len]``, with ``y[:, t] = x[:, t + 1]`` (the next byte). Window starts
     are uniform over the text, drawn from a private generator seeded with ``seed``;
     ``n_batches=None`` never stops."""
+    seq_len, batch_size = _count("seq_len", seq_len, 1), _count("batch_size", batch_size, 1)
+    if n_batches is not None:
+        n_batches = _count("n_batches", n_batches, 0)
+    if batch_size * (seq_len + 1) * 8 > physical_memory():
+        raise ValueError(f"batch_size={batch_size} windows of seq_len={seq_len} bytes would not "
+                         "fit in this machine's memory")
     tokens = bytes_to_tensor(data)
-    n_starts = len(tokens) - seq_len
-    if n_starts < 1:
+    if len(tokens) - seq_len < 1:
         raise ValueError(f"text of {len(tokens)} bytes is too short for seq_len={seq_len}")
+    return _batches(tokens, seq_len, batch_size, n_batches, seed, device)
+
+
+def _batches(tokens, seq_len, batch_size, n_batches, seed, device):
+    n_starts = len(tokens) - seq_len
     g = torch.Generator().manual_seed(seed)
     offsets = torch.arange(seq_len + 1)
     k = 0
@@ -352,9 +392,16 @@ def iterate_batches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = Tru
                     seed: int = 0, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
     """One epoch of minibatches over tensors sharing their first dimension, e.g.
     ``for xb, yb in iterate_batches(x_train, y_train, batch_size=64, seed=epoch)``."""
+    batch_size = _count("batch_size", batch_size, 1)
+    if not tensors:
+        raise TypeError("iterate_batches needs at least one tensor (tensors)")
     n = len(tensors[0])
     if any(len(t) != n for t in tensors):
         raise ValueError("all tensors must have the same length")
+    return _epoch(tensors, n, batch_size, shuffle, seed, drop_last)
+
+
+def _epoch(tensors, n, batch_size, shuffle, seed, drop_last):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
     stop = n - (n % batch_size) if drop_last else n
     for i in range(0, stop, batch_size):

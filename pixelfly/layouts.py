@@ -24,24 +24,39 @@ __all__ = [
 ]
 
 
-def _int(name, value, lo=None):
-    """``value`` as a Python int; TypeError for non-integers (bool too), ValueError below ``lo``."""
+MAX_GRID = int(_C.MAX_GRID)     # 2**20: the longest side of a block grid
+MAX_CELLS = int(_C.MAX_CELLS)   # 2**30: the most cells of a layout or mask
+_HI = {MAX_GRID: "2**20, the longest side of a block grid", MAX_CELLS: "2**30"}
+
+
+def _int(name, value, lo=None, hi=2 ** 63 - 1):
+    """``value`` as a Python int; TypeError for non-integers (bool too), ValueError outside
+    ``[lo, hi]`` (``hi`` defaults to the int64 range the C core takes)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     value = int(value)
     if lo is not None and value < lo:
         raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if value < -2 ** 63:
+        raise ValueError(f"{name} must be >= -2**63, got {value}")
+    if value > hi:
+        why = f" ({_HI[hi]})" if hi in _HI else ""
+        raise ValueError(f"{name} must be <= {hi}{why}, got {value}")
     return value
 
 
 def _grid(rows, cols, lo=1):
-    return _int("rows", rows, lo), _int("cols", cols, lo)
+    rows, cols = _int("rows", rows, lo, MAX_GRID), _int("cols", cols, lo, MAX_GRID)
+    if rows * cols > MAX_CELLS:
+        raise ValueError(f"rows * cols = {rows} * {cols} blocks is more than a layout can hold "
+                         f"({MAX_CELLS} = 2**30 blocks)")
+    return rows, cols
 
 
 def _butterfly_size(butterfly_size):
     if butterfly_size is None:
         return 0
-    n = _int("butterfly_size", butterfly_size)
+    n = _int("butterfly_size", butterfly_size, hi=MAX_GRID)
     if n < 2 or n & (n - 1):
         raise ValueError(f"butterfly_size must be a power of two >= 2 (or None), got {n}")
     return n
@@ -52,8 +67,8 @@ def _block(block):
     if isinstance(block, (tuple, list)):
         if len(block) != 2:
             raise ValueError(f"block must be an int or a pair (b1, b2), got {block!r}")
-        return _int("block b1", block[0], 1), _int("block b2", block[1], 1)
-    b = _int("block", block, 1)
+        return _int("block b1", block[0], 1, MAX_CELLS), _int("block b2", block[1], 1, MAX_CELLS)
+    b = _int("block", block, 1, MAX_CELLS)
     return b, b
 
 
@@ -61,12 +76,21 @@ def _bool2(name, a):
     """``a`` as a 2-D bool array (no dtype conversion: a non-bool array is a TypeError)."""
     if a is None:
         raise TypeError(f"{name} must be a 2-D boolean array, got None")
-    arr = np.asarray(a)
+    arr = _asarray(name, a, "a 2-D boolean array")
     if arr.dtype != np.bool_:
         raise TypeError(f"{name} must be a boolean array, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {arr.shape}")
     return arr
+
+
+def _asarray(name, a, what):
+    """``np.asarray(a)``; a ragged nested list is a ValueError naming ``name``."""
+    try:
+        return np.asarray(a)
+    except ValueError:
+        raise ValueError(f"{name} must be {what}, got a ragged sequence (rows of different "
+                         "lengths)") from None
 
 
 def default_butterfly_size(rows, cols):
@@ -75,7 +99,7 @@ def default_butterfly_size(rows, cols):
     Returns the largest power of two ``n <= min(rows, cols)``, or 0 when
     ``min(rows, cols) < 2`` (no butterfly fits).
     """
-    rows, cols = _grid(rows, cols, lo=0)
+    rows, cols = _int("rows", rows, 0), _int("cols", cols, 0)
     return int(_C.default_butterfly_size(rows, cols))
 
 
@@ -118,7 +142,10 @@ def butterfly_factor_layout(n, k):
     -------
     numpy.ndarray of bool, shape ``(n, n)``
     """
-    return _C.factor_layout(_int("n", n), _int("k", k))
+    n = _int("n", n, 2, MAX_GRID)
+    if n * n > MAX_CELLS:
+        raise ValueError(f"n = {n} gives an n x n layout of more than 2**30 blocks")
+    return _C.factor_layout(n, _int("k", k))
 
 
 def butterfly_product_layout(rows, cols, n_factors, butterfly_size=None):
@@ -190,7 +217,7 @@ def sparse_transformer_layout(rows, cols, stride):
 
 
 def _seed(seed):
-    s = _int("seed", seed)
+    s = _int("seed", seed, hi=2 ** 64 - 1)
     if not 0 <= s < 2 ** 64:
         raise ValueError(f"seed must be in [0, 2**64), got {s}")
     return s
@@ -231,7 +258,13 @@ def layout_to_mask(layout, block):
     numpy.ndarray of bool, shape ``(R * b1, C * b2)``
     """
     b1, b2 = _block(block)
-    return _C.layout_to_mask(_bool2("layout", layout), b1, b2)
+    lay = _bool2("layout", layout)
+    M, N = lay.shape[0] * b1, lay.shape[1] * b2
+    if M * N > MAX_CELLS:
+        raise ValueError(f"the mask of a {lay.shape[0]} x {lay.shape[1]} layout with block "
+                         f"{b1} x {b2} would have {M} x {N} cells, more than 2**30: use a "
+                         "smaller block or layout")
+    return _C.layout_to_mask(lay, b1, b2)
 
 
 def mask_to_layout(mask, block):
@@ -287,7 +320,7 @@ def csr_transpose(rows, cols, row_ptr, col_idx):
 def _index_array(name, a):
     if a is None:
         raise TypeError(f"{name} must be a 1-D integer array, got None")
-    arr = np.asarray(a)
+    arr = _asarray(name, a, "a 1-D integer array")
     if arr.size == 0 and arr.dtype.kind == "f":
         arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":

@@ -22,7 +22,7 @@ from .gate import check_gate, new_token_gate, reset_token_gate, token_gated_line
 from .layer_state import refuse_load, shape_errors
 from .linear_fn import pixelfly_linear
 from .ops_func import kernel_rows
-from .layouts import BlockIndex, default_butterfly_size, flat_butterfly_layout
+from .layouts import MAX_GRID, BlockIndex, default_butterfly_size, flat_butterfly_layout
 
 __all__ = ["PixelflyLinear", "choose_config"]
 
@@ -134,6 +134,10 @@ class PixelflyLinear(nn.Module):
                 f"block_size {b1}x{b2} must divide the weight shape {out_features}x{in_features} "
                 f"(out_features % {b1} = {out_features % b1}, in_features % {b2} = "
                 f"{in_features % b2}); pick a block size that divides both or pad the features")
+        for name, v, b in (("out_features", out_features, b1), ("in_features", in_features, b2)):
+            if v // b > MAX_GRID:
+                raise ValueError(f"{name} = {v} is {v // b} blocks of {b}, more than a block grid's "
+                                 f"{MAX_GRID} (2**20): use larger blocks or fewer features")
         self.in_features, self.out_features, self.block_size = in_features, out_features, (b1, b2)
         if layout is not None:  # a layout of the user's: no butterfly to choose
             given = [k for k, v in (("n_factors", n_factors), ("butterfly_size", butterfly_size),

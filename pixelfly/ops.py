@@ -45,8 +45,8 @@ def set_cache_limit(nbytes: int) -> int:
     """Set the CPU output cache's limit in bytes (0: off); returns the previous limit."""
     if not isinstance(nbytes, int) or isinstance(nbytes, bool):
         raise TypeError(f"set_cache_limit: nbytes must be an int, got {type(nbytes).__name__}")
-    if nbytes < 0:
-        raise ValueError(f"set_cache_limit: nbytes must be >= 0, got {nbytes}")
+    if not 0 <= nbytes < 2 ** 63:
+        raise ValueError(f"set_cache_limit: nbytes must be in [0, 2**63), got {nbytes}")
     return int(_ops_ns.cpu_cache_set_limit(nbytes))
 
 
@@ -71,6 +71,11 @@ def bsmm_bwd_x(dy, blocks, *idx):
 
 def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
     """``dB[nnz, b1, b2] = (dy^T x)`` on the layout's blocks only."""
+    for name, b in (("b1", b1), ("b2", b2)):
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise TypeError(f"bsmm_bwd_w: {name} must be an int, got {type(b).__name__}")
+        if not 0 < b < 2 ** 63:
+            raise ValueError(f"bsmm_bwd_w: {name} must be a positive block size, got {b}")
     if _func_active():
         return ops_func.FUNCTIONS["bsmm_bwd_w"].apply(dy, x, *idx, b1, b2)
     return _ops_ns.bsmm_bwd_w(dy, x, *idx, b1, b2)

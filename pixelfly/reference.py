@@ -13,7 +13,8 @@ import torch
 __all__ = [
     "flat_butterfly_layout", "butterfly_factor_layout", "butterfly_product_layout",
     "layout_to_mask", "blocks_to_dense", "dense_to_blocks", "bsmm_fwd", "bsmm_bwd_x",
-    "bsmm_bwd_w", "pixelfly_weight", "pixelfly_linear", "token_gated_linear",
+    "bsmm_bwd_w", "pixelfly_weight", "pixelfly_linear", "token_gated_linear", "attention_mask",
+    "masked_attention", "pixelfly_attention",
 ]
 
 
@@ -131,3 +132,68 @@ def token_gated_linear(x, blocks, layout, U, V, gate_weight, gate_bias, bias=Non
     low = x @ (U @ V.T).T
     y = (1 - g) * sparse + g * low
     return y if bias is None else y + bias
+
+
+# ------------------------------------------------------------------ attention
+def attention_mask(layout, block: int, causal: bool = False):
+    """Element mask ``[L, L]`` of a square block layout (``L = R * block``): query ``i`` may
+    attend to key ``j`` iff block ``(i // block, j // block)`` is kept (and ``j <= i`` when
+    ``causal``)."""
+    mask = layout_to_mask(layout, block, block)
+    if causal:
+        mask = mask & torch.ones_like(mask).tril()
+    return mask
+
+
+def _select_sum(weights, allowed, v):
+    """``sum_j weights[.., i, j] v[.., j, :]`` over the allowed ``j`` only: a key outside
+    ``allowed`` adds exactly nothing (selected away, never multiplied by zero), so a NaN or
+    inf there cannot leak; an allowed key adds ``weight * v`` even when the weight is 0."""
+    terms = weights.unsqueeze(-1) * v.unsqueeze(-3)                    # [..., L, L, d]
+    return torch.where(allowed.unsqueeze(-1), terms, torch.zeros_like(terms)).sum(-2)
+
+
+def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=None):
+    """Block-sparse softmax attention with the layout as a mask: ``(out, lse)``.
+
+    ``s = scale * q k^T`` (default ``scale = d**-0.5``) on the keys the layout (and
+    ``causal``) allows, ``out = softmax(s) v``, ``lse = logsumexp(s)``, per row. A row with
+    no allowed key gives ``out = 0`` and ``lse = -inf``. NaN and inf behave as in the dense
+    formula restricted to the allowed keys: a NaN score makes its row NaN, a ``+inf`` score
+    makes ``out`` NaN and ``lse`` ``+inf``, a NaN or inf value reaches every row that
+    attends to it; disallowed keys contribute nothing at all. ``q, k, v: [..., L, d]``.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    allowed = attention_mask(layout, block, causal)
+    s = (q @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s.float() if s.dtype in (torch.bfloat16, torch.float16) else s, -1)
+    p = torch.softmax(s, -1)
+    has_key = allowed.any(-1, keepdim=True)
+    p = torch.where(has_key, p, torch.zeros_like(p))                   # empty rows: 0, not NaN
+    return _select_sum(p, allowed, v), lse
+
+
+def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = False, scale=None):
+    """Sparse + low-rank attention (SPEC section 4) written out with ``L x L`` matrices:
+    weights ``exp(s_ij)`` on the layout's support, the positive random-feature kernel
+    ``phi(q_i) . phi(k_j)`` (``phi(x) = exp(x w^T - |x|^2 / 2) / sqrt(r)`` on
+    ``x * sqrt(scale)``, ``w = features [r, d]``) on every other allowed pair (all pairs, or
+    ``j <= i`` when ``causal``); ``out_i = sum_j A_ij v_j / sum_j A_ij`` over allowed ``j``
+    only (NaN and inf as in :func:`masked_attention`)."""
+    L, d = q.shape[-2], q.shape[-1]
+    scale = d ** -0.5 if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    sup = attention_mask(layout, block, causal)
+    allowed = torch.ones(L, L, dtype=torch.bool)
+    if causal:
+        allowed = allowed.tril()
+
+    def phi(x):
+        x = x * scale ** 0.5
+        return torch.exp(x @ features.T - 0.5 * (x * x).sum(-1, keepdim=True)) / features.shape[0] ** 0.5
+
+    kap = phi(q) @ phi(k).transpose(-1, -2)
+    A = torch.where(sup, torch.exp(s), torch.where(allowed, kap, torch.zeros_like(kap)))
+    den = torch.where(allowed, A, torch.zeros_like(A)).sum(-1, keepdim=True)
+    return _select_sum(A, allowed, v) / den

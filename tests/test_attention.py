@@ -1,7 +1,6 @@
 """Block-sparse attention: the ``pixelfly::bsattn_*`` ops and ``PixelflyAttention`` against a
 plain PyTorch float64 reference (dense scores with the layout as mask), gradients
 (gradcheck in float64), opcheck, the baselines, the low-rank part, and bad inputs."""
-import math
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from testing import assert_close_to_oracle
 
-from pixelfly import attention_ops
+from pixelfly import attention_ops, reference
 from pixelfly.attention import (LAYOUTS, PixelflyAttention, build_attention_layout,
                                 gaussian_features, sparse_lowrank_attention)
 from pixelfly.attention_ops import AttentionIndex, bsattn
@@ -17,22 +16,7 @@ from pixelfly.models.attention import MultiHeadSelfAttention
 
 
 # ------------------------------------------------------------------ references
-def element_mask(layout, block, causal):
-    L = layout.shape[0] * block
-    m = torch.from_numpy(np.kron(np.asarray(layout, bool), np.ones((block, block), bool)))
-    if causal:
-        m &= torch.ones(L, L, dtype=torch.bool).tril()
-    return m
-
-
-def ref_attention(q, k, v, layout, block, causal, scale=None):
-    """Dense masked attention, computed in q's dtype: (out, lse); empty rows give 0, -inf."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = (q @ k.transpose(-1, -2)) * scale
-    s = s.masked_fill(~element_mask(layout, block, causal), float("-inf"))
-    lse = torch.logsumexp(s.float() if s.dtype == torch.bfloat16 else s, -1)
-    p = torch.softmax(s, -1).nan_to_num(0.0)
-    return p @ v, lse
+ref_attention = reference.masked_attention   # (q, k, v, layout, block, causal, scale) -> (out, lse)
 
 
 def dense_attention(q, k, v, causal):
@@ -242,22 +226,6 @@ def test_module_gradcheck_with_low_rank(causal):
 
 
 # ------------------------------------------------------------------ low rank
-def combined_reference(q, k, v, layout, block, causal, w):
-    """SPEC 4 written out with L x L matrices (float64)."""
-    L, d = q.shape[-2], q.shape[-1]
-    sc = d ** -0.5
-    s = q @ k.transpose(-1, -2) * sc
-    sup = element_mask(layout, block, causal)
-    allowed = torch.ones(L, L, dtype=torch.bool).tril() if causal else torch.ones(L, L, dtype=torch.bool)
-
-    def phi(x):
-        return torch.exp(x @ w.T - 0.5 * (x * x).sum(-1, keepdim=True)) / math.sqrt(w.shape[0])
-
-    kap = phi(q * math.sqrt(sc)) @ phi(k * math.sqrt(sc)).transpose(-1, -2)
-    A = torch.where(sup, torch.exp(s), torch.where(allowed, kap, torch.zeros_like(kap)))
-    return (A @ v) / A.sum(-1, keepdim=True)
-
-
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("layout", ["pixelfly", "bigbird"])
 def test_combined_matches_formula(causal, layout):
@@ -267,7 +235,7 @@ def test_combined_matches_formula(causal, layout):
     q, k, v = (torch.randn(B, H, L, d, dtype=torch.float64) for _ in range(3))
     w = gaussian_features(24, d, dtype=torch.float64)
     y = sparse_lowrank_attention(q, k, v, idx, b, causal=causal, features=w)
-    assert (y - combined_reference(q, k, v, lay, b, causal, w)).abs().max() < 1e-12
+    assert (y - reference.pixelfly_attention(q, k, v, lay, b, w, causal=causal)).abs().max() < 1e-12
 
 
 def _errors(q, k, v, idx, b, causal, r, seeds):

@@ -83,3 +83,78 @@ def test_cached_outputs_survive_autograd_and_pickling(tmp_path):
     torch.testing.assert_close(x.grad.double(), reference.bsmm_bwd_x(dy, blocks, lay), rtol=1e-4, atol=1e-3)
     torch.save(y.detach(), tmp_path / "y.pt")
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), y.detach())
+
+
+def _run(code, env=None, timeout=300):
+    import os
+    import subprocess
+    import sys
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
+                          timeout=timeout, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+BIG_OP = ("import torch; from pixelfly import ops; from pixelfly.layouts import BlockIndex, "
+          "flat_butterfly_layout as f; it = ops.index_tensors(BlockIndex.from_layout(f(64, 32, 1))); "
+          "y = ops.bsmm_fwd(torch.randn(1024, 1024), torch.randn(len(it[1]), 32, 32), *it); ")
+
+
+@pytest.mark.parametrize("value", ["-5", "abc", "1e3", "12.5", ""])
+def test_bad_cache_env_is_an_error(value):
+    p = _run(BIG_OP, {"PIXELFLY_CPU_CACHE_MB": value})
+    assert p.returncode != 0
+    assert f"PIXELFLY_CPU_CACHE_MB must be a non-negative integer number of MiB" in p.stderr
+    assert f"got '{value}'" in p.stderr
+
+
+def test_good_cache_env_is_the_limit():
+    p = _run(BIG_OP + "del y; print(ops.set_cache_limit(0) >> 20)", {"PIXELFLY_CPU_CACHE_MB": "64"})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["64"]
+
+
+STEPS = r"""
+import random, resource, sys, torch
+from pixelfly import PixelflyLinear, ops
+torch.manual_seed(0)
+layer, rng = PixelflyLinear(1024, 4096), random.Random(0)
+for _ in range(int(sys.argv[2])):
+    T = 1024 if sys.argv[1] == "fixed" else rng.randint(900, 1150)
+    layer(torch.randn(T, 1024, requires_grad=True)).sum().backward()
+    assert ops.cache_held() <= 512 << 20
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_varying_rows_do_not_grow_memory():
+    """T uniform in 900..1150: every new size used to map new buffers (RSS 430 MiB -> 1.5 GiB
+    over 1000 steps); size classes keep the peak within 1.3x of the fixed-T run."""
+    import subprocess
+    import sys
+    peak = {}
+    for mode in ("fixed", "varying"):
+        p = subprocess.run([sys.executable, "-c", STEPS, mode, "60"], capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr
+        peak[mode] = int(p.stdout.split()[-1])
+    assert peak["varying"] <= 1.3 * peak["fixed"], peak
+
+
+def test_empty_cache_returns_memory_to_the_os():
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    old = ops.set_cache_limit(256 << 20)
+    try:
+        lay, it, blocks, x, dy = big_case(torch.float32, T=4000)
+        x, blocks = x.float(), blocks.float()
+        ys = [ops.bsmm_fwd(x + i, blocks, *it) for i in range(4)]
+        del ys
+        held = ops.cache_held()
+        assert held >= 4 * 4000 * 24 * 32 * 4
+        before = rss()
+        assert ops.empty_cache() == held
+        assert before - rss() >= 0.9 * held      # unmapped, not just kept by the allocator
+    finally:
+        ops.set_cache_limit(old)

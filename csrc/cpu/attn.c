@@ -58,18 +58,15 @@ typedef struct {
     /* C[m][n] = (acc ? C : 0) + A[m][k] B[k][n] */
     void (*gemm)(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda, const void *B,
                  int64_t ldb, void *C, int64_t ldc, int acc);
+    /* max of s[0..n), NaN entries ignored (-inf if none is a number) */
     double (*rowmax)(const void *s, int64_t n);
-    /* s = exp(s - c), returns the sum; c finite */
+    /* s = exp(s - c), returns the sum (NaN if an entry is NaN); c finite */
     double (*exp_sub_sum)(void *s, int64_t n, double c);
     /* s[j] = exp(s[j] - c[j * cs]); c may be +inf (gives 0) */
     void (*exp_sub)(void *s, int64_t n, const void *c, int64_t cs);
     /* p[j] = p[j] * (dp[j] - D[j * ds]) */
     void (*dsoft)(void *p, const void *dp, int64_t n, const void *D, int64_t ds);
     void (*scale)(void *x, int64_t n, double a);
-    /* Online-softmax step on a rows x n score tile, rows ascending: per row, m' = max(m,
-     * rowmax), alpha = exp(m - m'), S = exp(S - m'), l = l * alpha + rowsum(S), m = m'.
-     * A row with m' = -inf becomes zeros (alpha = 1). */
-    void (*softmax_tile)(void *S, int64_t rows, int64_t n, double *m, double *l, double *alpha);
     /* Backward on a rows x n tile: P = exp(S - c), dP = P * (dP - D), with c and D one value
      * per row (per_row = 1, c[r], D[r]) or one per column (per_row = 0, c[j], D[j]). */
     void (*p_ds)(void *S, void *dP, int64_t rows, int64_t n, const void *c, const void *D, int per_row);
@@ -123,19 +120,6 @@ typedef struct {
         const T aa = (T)a;                                                                     \
         for (int64_t j = 0; j < n; ++j) x[j] *= aa;                                            \
     }                                                                                          \
-    static void softmax_tile_##SFX(void *S_, int64_t rows, int64_t n, double *m, double *l,    \
-                                   double *alpha) {                                            \
-        for (int64_t r = 0; r < rows; ++r) {                                                   \
-            void *Sr = (T *)S_ + r * n;                                                        \
-            const double mx = rowmax_##SFX(Sr, n);                                             \
-            const double mn = mx > m[r] ? mx : m[r];                                           \
-            alpha[r] = 1.0;                                                                    \
-            if (mn == -INFINITY) { memset(Sr, 0, (size_t)n * sizeof(T)); continue; }          \
-            alpha[r] = exp(m[r] - mn);                                                         \
-            l[r] = l[r] * alpha[r] + exp_sub_sum_##SFX(Sr, n, mn);                             \
-            m[r] = mn;                                                                         \
-        }                                                                                      \
-    }                                                                                          \
     static void p_ds_##SFX(void *S_, void *dP_, int64_t rows, int64_t n, const void *c_,       \
                            const void *D_, int per_row) {                                      \
         const T *c = (const T *)c_, *D = (const T *)D_;                                        \
@@ -152,7 +136,7 @@ typedef struct {
     }                                                                                          \
     static const tile_ops ops_##SFX = {sizeof(T),         gemm_##SFX,       rowmax_##SFX,      \
                                        exp_sub_sum_##SFX, exp_sub_##SFX,    dsoft_##SFX,       \
-                                       scale_##SFX,       softmax_tile_##SFX, p_ds_##SFX};
+                                       scale_##SFX,       p_ds_##SFX};
 
 PORTABLE_OPS(float, f32, expf)
 PORTABLE_OPS(double, f64, exp)
@@ -165,8 +149,11 @@ static inline __mmask16 tail_mask(int64_t rem) {
     return rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
 }
 
-/* exp(x) for x <= 88.7; x < -87.3 (incl. -inf) gives exactly 0. Cephes expf polynomial. */
+/* exp(x) for x <= 88.7; x < -87.3 (incl. -inf) gives exactly 0, NaN gives NaN. Cephes expf
+ * polynomial. */
 static inline AVX512 __m512 exp512(__m512 x) {
+    const __m512 x0 = x;
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
     const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3365f), _CMP_LT_OQ);
     x = _mm512_min_ps(x, _mm512_set1_ps(88.72283f));
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.3365f));
@@ -181,7 +168,7 @@ static inline AVX512 __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.6666665459E-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.0000001201E-1f));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(f, f), _mm512_add_ps(f, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, n));
+    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, n)), nan, x0);
 }
 
 /* Micro-kernel: ROWS rows of C, NV 16-wide column vectors (the last one masked). */
@@ -245,7 +232,7 @@ static AVX512 double rowmax_avx512(const void *s_, int64_t n) {
     const float *s = (const float *)s_;
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < n; j += 16)
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - j), s + j));
+        mx = _mm512_max_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - j), s + j), mx);
     return (double)_mm512_reduce_max_ps(mx);
 }
 
@@ -295,24 +282,6 @@ static AVX512 void scale_avx512(void *x_, int64_t n, double a) {
     }
 }
 
-static AVX512 void softmax_tile_avx512(void *S_, int64_t rows, int64_t n, double *m, double *l,
-                                       double *alpha) {
-    float *S = (float *)S_;
-    for (int64_t r = 0; r < rows; ++r) alpha[r] = rowmax_avx512(S + r * n, n); /* row maxima */
-    for (int64_t r = 0; r < rows; ++r) {
-        float *Sr = S + r * n;
-        const double mn = alpha[r] > m[r] ? alpha[r] : m[r];
-        if (mn == -INFINITY) {
-            memset(Sr, 0, (size_t)n * 4);
-            alpha[r] = 1.0;
-            continue;
-        }
-        alpha[r] = m[r] == -INFINITY ? 0.0 : exp(m[r] - mn);
-        l[r] = l[r] * alpha[r] + exp_sub_sum_avx512(Sr, n, mn);
-        m[r] = mn;
-    }
-}
-
 static AVX512 void p_ds_avx512(void *S_, void *dP_, int64_t rows, int64_t n, const void *c_,
                                const void *D_, int per_row) {
     const float *c = (const float *)c_, *D = (const float *)D_;
@@ -331,8 +300,7 @@ static AVX512 void p_ds_avx512(void *S_, void *dP_, int64_t rows, int64_t n, con
 }
 
 static const tile_ops ops_avx512 = {4, gemm_avx512, rowmax_avx512, exp_sub_sum_avx512,
-                                    exp_sub_avx512, dsoft_avx512, scale_avx512,
-                                    softmax_tile_avx512, p_ds_avx512};
+                                    exp_sub_avx512, dsoft_avx512, scale_avx512, p_ds_avx512};
 #endif /* PF_ATTN_X86 */
 
 int pf_attn_has_avx512(void) {
@@ -607,6 +575,61 @@ static void mask_diag(void *S, int64_t b, int above, size_t es) {
     }
 }
 
+/* Online-softmax step on a rows x n score tile (row stride n), rows ascending. Per row, with
+ * m' = max(m, rowmax) (NaN ignored): alpha = exp(m - m'), S = exp(S - m'),
+ * l = l * alpha + rowsum(S), m = m'. NaN and inf follow the dense formula: a NaN score makes
+ * l NaN (for good); while every score seen is -inf or NaN the weights are 0 (NaN stays NaN);
+ * a +inf score makes the row's softmax NaN (m = +inf, alpha = NaN, S = NaN; l keeps only the
+ * NaN flag), so that the caller gives out = NaN and lse = +inf (NaN if a score was NaN). */
+static void softmax_tile(const tile_ops *ops, void *S, int64_t rows, int64_t n, double *m, double *l,
+                         double *alpha) {
+    const size_t es = ops->es;
+    for (int64_t r = 0; r < rows; ++r) {
+        void *Sr = (char *)S + (size_t)(r * n) * es;
+        const double mx = ops->rowmax(Sr, n);
+        const double mn = mx > m[r] ? mx : m[r];
+        alpha[r] = 1.0;
+        if (mn == -INFINITY || mn == INFINITY) {
+            int any_nan = 0;
+            for (int64_t j = 0; j < n; ++j) {
+                const double x = get_val(Sr, j, es);
+                any_nan |= x != x;
+                set_val(Sr, j, mn == INFINITY || x != x ? NAN : 0.0, es);
+            }
+            if (any_nan) l[r] = NAN;
+            if (mn == INFINITY && m[r] != INFINITY) alpha[r] = NAN;
+            m[r] = mn;
+            continue;
+        }
+        alpha[r] = exp(m[r] - mn);
+        l[r] = l[r] * alpha[r] + ops->exp_sub_sum(Sr, n, mn);
+        m[r] = mn;
+    }
+}
+
+/* 1 if every one of the n values is finite */
+static int all_finite(const void *x, int64_t n, size_t es) {
+    if (es == 8) {
+        const double *d = (const double *)x;
+        double acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc += d[j] * 0.0; /* NaN iff some entry is NaN or inf */
+        return acc == 0;
+    }
+    const float *f = (const float *)x;
+    float acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += f[j] * 0.0f;
+    return acc == 0;
+}
+
+/* acc[b][d] += P V on a causal diagonal tile: row i uses keys 0..i only, so a NaN or inf
+ * value of a later key is never multiplied by the zero weight of a masked position. */
+static void gemm_lower(const tile_ops *ops, int64_t b, int64_t d, const void *P, const void *V, void *acc) {
+    const size_t es = ops->es;
+    for (int64_t i = 0; i < b; ++i)
+        ops->gemm(1, d, i + 1, (const char *)P + (size_t)(i * b) * es, b, V, d,
+                  (char *)acc + (size_t)(i * d) * es, d, 1);
+}
+
 #define PTR(base, off_bytes) ((void *)((char *)(base) + (off_bytes)))
 
 /* ------------------------------------------------------------------ phases */
@@ -666,24 +689,29 @@ static void fwd_row(const pf_attn_args *a, const plan_t *P, const tile_ops *ops,
     memset(acc, 0, (size_t)(b * d * es));
     for (int64_t i = 0; i < b; ++i) { m[i] = -INFINITY; l[i] = 0; }
     const void *Qs = PTR(w, P->off[P_QS] + (n * P->L + I * b) * d * es);
+    int has_keys = 0; /* every row of a visited block-row has at least one allowed key */
     for (int64_t p = a->row_ptr[I]; p < a->row_ptr[I + 1]; ++p) {
         const int64_t J = a->col_idx[p];
         if (a->causal && J > I) break; /* ascending columns */
         const void *Kt = PTR(w, P->off[P_KT] + (n * R + J) * b * d * es);
         const void *V = PTR(w, P->off[P_V] + (n * P->L + J * b) * d * es);
+        has_keys = 1;
         ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
-        if (a->causal && J == I) mask_diag(S, b, 1, P->es);
-        ops->softmax_tile(S, b, b, m, l, alpha);
+        const int diag = a->causal && J == I;
+        if (diag) mask_diag(S, b, 1, P->es);
+        softmax_tile(ops, S, b, b, m, l, alpha);
         for (int64_t i = 0; i < b; ++i)
             if (alpha[i] != 1.0) ops->scale(PTR(acc, i * d * es), d, alpha[i]);
-        ops->gemm(b, d, b, S, b, V, d, acc, d, 1);
+        if (diag && !all_finite(V, b * d, P->es)) gemm_lower(ops, b, d, S, V, acc);
+        else ops->gemm(b, d, b, S, b, V, d, acc, d, 1);
     }
     for (int64_t i = 0; i < b; ++i) {
         const int64_t row = I * b + i;
         void *dst = (void *)elem(&a->out, a->dtype, n0, h, row);
-        if (l[i] > 0) {
+        if (has_keys) { /* l = 0 (all scores -inf) gives 0/0 = NaN, as the dense softmax */
             store_row(dst, a->dtype, PTR(acc, i * d * es), d, 1.0 / l[i]);
-            set_val(a->lse, n * P->L + row, m[i] + log(l[i]), P->es);
+            const double lse = m[i] == INFINITY ? (l[i] != l[i] ? NAN : INFINITY) : m[i] + log(l[i]);
+            set_val(a->lse, n * P->L + row, lse, P->es);
         } else {
             zero_store_row(dst, a->dtype, d);
             set_val(a->lse, n * P->L + row, -INFINITY, P->es);

@@ -388,10 +388,60 @@ static void test_errors(void) {
     free_problem(&p);
 }
 
+/* NaN/inf as the dense masked softmax: a NaN key makes the rows that see it NaN (not 0 with
+ * lse = -inf), a +inf score gives out = NaN and lse = +inf, and in a causal diagonal block a
+ * later token's NaN/inf value never reaches earlier rows (masked weights are selected away,
+ * not multiplied by 0). */
+static void test_nonfinite(int isa) {
+    enum { L = 64, D = 8, BLK = 16 };
+    problem p = {1, 1, L, D, BLK, L / BLK, 0, NULL, NULL, NULL, NULL, NULL};
+    make_layout(&p, LAY_RANDOM, 1.0); /* dense */
+    static float q[L * D], k[L * D], v[L * D], out[L * D], lse[L];
+    for (int causal = 0; causal < 2; ++causal) {
+        for (int i = 0; i < L * D; ++i) { q[i] = (float)nrand(); k[i] = (float)nrand(); v[i] = (float)nrand(); }
+        v[15 * D + 3] = NAN;         /* last token of the first diagonal block */
+        k[40 * D + 1] = NAN;         /* a key in the third block */
+        pf_attn_args a;
+        memset(&a, 0, sizeof a);
+        a.dtype = PF_FLOAT32; a.batch = 1; a.heads = 1; a.L = L; a.d = D; a.block = BLK;
+        a.nnz = p.nnz; a.row_ptr = p.row_ptr; a.col_idx = p.col_idx; a.col_ptr = p.col_ptr;
+        a.row_idx = p.row_idx; a.scale = 0.35; a.causal = causal; a.isa = isa;
+        a.q = (pf_attn_tensor){q, L * D, 0, D};
+        a.k = (pf_attn_tensor){k, L * D, 0, D};
+        a.v = (pf_attn_tensor){v, L * D, 0, D};
+        a.out = (pf_attn_tensor){out, L * D, 0, D};
+        a.lse = lse;
+        const int64_t ws = pf_attn_workspace(PF_ATTN_FWD, &a);
+        a.work = malloc((size_t)ws);
+        pf_err e = pf_attn_serial(PF_ATTN_FWD, &a);
+        EXPECT(e == NULL, "nonfinite run: %s", e ? e : "");
+        int bad = 0;
+        for (int i = 0; i < L; ++i) {
+            const int sees_v = !causal || i >= 15, sees_k = !causal || i >= 40;
+            for (int c = 0; c < D; ++c) {
+                const float o = out[i * D + c];
+                const int want_nan = sees_k || (sees_v && c == 3);
+                bad += want_nan ? !isnan(o) : !isfinite(o);
+            }
+            bad += sees_k ? !isnan(lse[i]) : !isfinite(lse[i]);
+        }
+        EXPECT(bad == 0, "isa %d causal %d: %d outputs with the wrong NaN/inf pattern", isa, causal, bad);
+        /* every score of row 0 (non-causal: key 5 component 0 = +inf, q[0][0] > 0) is +inf */
+        k[40 * D + 1] = 0.5f; v[15 * D + 3] = 0.5f;
+        q[0] = 1.0f; k[5 * D] = INFINITY;
+        pf_attn_serial(PF_ATTN_FWD, &a);
+        EXPECT(causal || (isnan(out[0]) && isinf(lse[0]) && lse[0] > 0),
+               "isa %d: a +inf score gave out %g lse %g", isa, out[0], lse[0]);
+        free(a.work);
+    }
+    free_problem(&p);
+}
+
 int main(void) {
     const int has512 = pf_attn_has_avx512();
     const int isas[2] = {PF_ISA_PORTABLE, PF_ISA_AVX512};
     test_errors();
+    for (int ii = 0; ii < 1 + has512; ++ii) test_nonfinite(isas[ii]);
     for (int ii = 0; ii < 1 + has512; ++ii) {
         const int isa = isas[ii];
         char name[160];

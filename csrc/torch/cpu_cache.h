@@ -4,8 +4,9 @@
 // dynamic mmap threshold never rises above 32 MiB), so every large output tensor pays a
 // page fault and a kernel page-zeroing per 4 KiB page on first touch: about 8 ms per
 // 32 MiB on a 2-core VM, which is 10-50% of a block-sparse kernel's time at low density.
-// Buffers of at least PF_CACHE_MIN_BYTES freed by their tensors are kept (up to a byte
-// limit) and handed out again for the same size, so their pages stay resident.
+// Buffers of at least 4 MiB freed by their tensors are kept (up to a byte limit) and handed
+// out again for the same size class (four per power of two), so their pages stay resident;
+// they are mmap'ed and munmap'ed directly, so what the cache releases goes back to the OS.
 #pragma once
 
 #include <ATen/ATen.h>

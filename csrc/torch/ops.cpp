@@ -2,7 +2,11 @@
 // implementations, which call the torch-free C kernels of csrc/cpu/bsmm.c.
 // Autograd and fake (meta) implementations are attached in Python (pixelfly/ops.py).
 #include <ATen/Parallel.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdio>
+#include <string>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -23,11 +27,48 @@ void check_index(const char *name, const at::Tensor &t, int64_t numel) {
   PF_CHECK(t.numel() == numel, name, " must have ", numel, " entries, got ", t.numel());
 }
 
-void check_dense(const char *name, const at::Tensor &t, int64_t cols) {
+// a * b, or an error naming `what` when it does not fit int64.
+int64_t mul_checked(int64_t a, int64_t b, const char *what) {
+  int64_t r;
+  PF_CHECK(!__builtin_mul_overflow(a, b, &r), what, " (", a, " x ", b, ") does not fit in 64 bits");
+  return r;
+}
+
+// An activation [T, cols]: 2-D, CPU, `cols` columns (`what` says where that number comes from).
+void check_dense(const char *name, const at::Tensor &t, int64_t cols, const std::string &what) {
   PF_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
   PF_CHECK(t.dim() == 2, name, " must be 2-D [T, features], got ", t.dim(), "-D");
-  PF_CHECK(t.size(1) == cols, name, " must have ", cols, " columns, got ", t.size(1));
-  PF_CHECK(t.size(0) == 0 || t.stride(1) == 1, name, " must have a contiguous last dimension");
+  PF_CHECK(t.size(1) == cols, name, " must have ", cols, " columns (", what, "), got ", t.size(1));
+}
+
+// Rows are read with a stride >= the row length: other layouts (an expand()ed x, a
+// transposed view) are copied once.
+bool rows_ok(const at::Tensor &t) {
+  return t.size(0) <= 1 || t.size(1) == 0 || (t.stride(1) == 1 && t.stride(0) >= t.size(1));
+}
+at::Tensor rows_contiguous(const at::Tensor &t) { return rows_ok(t) ? t : t.contiguous(); }
+
+std::string human_bytes(double b) {
+  const char *unit[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int i = 0;
+  while (b >= 1024 && i < 6) { b /= 1024; ++i; }
+  char buf[64];
+  snprintf(buf, sizeof buf, i ? "%.1f %s" : "%.0f %s", b, unit[i]);
+  return buf;
+}
+
+// Before allocating the [rows, cols] output `out` of an op (and a copy of the input when
+// it must be made contiguous): an error naming the input `name` when that cannot fit in
+// this machine's memory.
+void check_fits(const char *name, const at::Tensor &in, const char *out, int64_t rows, int64_t cols,
+                const at::Tensor &like) {
+  const double elem = double(like.element_size());
+  double need = double(rows) * double(cols) * elem;
+  if (!rows_ok(in)) need += double(in.numel()) * elem;
+  const double phys = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  PF_CHECK(phys <= 0 || need <= phys, name, " has ", in.size(0), " rows: the output ", out, " [",
+           rows, ", ", cols, "] (", like.scalar_type(), ") needs ", human_bytes(need),
+           ", more than this machine's ", human_bytes(phys), " of memory");
 }
 
 pf_dtype to_pf_dtype(const char *name, const at::Tensor &t) {
@@ -51,6 +92,8 @@ struct Index {
     check_index("col_ptr", col_ptr, col_ptr.numel());
     check_index("row_idx", row_idx, nnz);
     check_index("csc_blk", csc_blk, nnz);
+    mul_checked(row_ptr.numel() - 1, b1, "out_features = block-rows x b1");
+    mul_checked(col_ptr.numel() - 1, b2, "in_features = block-columns x b2");
     ix = pf_bsr_index{row_ptr.numel() - 1, col_ptr.numel() - 1, b1, b2, nnz,
                       row_ptr.data_ptr<int64_t>(), col_idx.data_ptr<int64_t>(),
                       col_ptr.data_ptr<int64_t>(), row_idx.data_ptr<int64_t>(),
@@ -85,12 +128,21 @@ void check_blocks(const at::Tensor &blocks, const at::Tensor &other, int64_t nnz
                 ") and the activations (", other.scalar_type(), ") must share a dtype");
 }
 
-at::Tensor bsmm_fwd(const at::Tensor &x, const at::Tensor &blocks, const at::Tensor &row_ptr,
+// "in_features = 4 block-columns x 8" (where a number of columns comes from)
+std::string features(const char *what, int64_t n, const char *grid, const char *bname, int64_t b) {
+  return std::string(what) + " = " + std::to_string(n) + " " + grid + " x " + bname + " = " +
+         std::to_string(b);
+}
+
+at::Tensor bsmm_fwd(const at::Tensor &x_, const at::Tensor &blocks, const at::Tensor &row_ptr,
                     const at::Tensor &col_idx, const at::Tensor &col_ptr,
                     const at::Tensor &row_idx, const at::Tensor &csc_blk) {
-  check_blocks(blocks, x, col_idx.numel());
+  to_pf_dtype("x", x_);
+  check_blocks(blocks, x_, col_idx.numel());
   Index I(row_ptr, col_idx, col_ptr, row_idx, csc_blk, blocks.size(1), blocks.size(2));
-  check_dense("x", x, I.ix.C * I.ix.b2);
+  check_dense("x", x_, I.ix.C * I.ix.b2, features("in_features", I.ix.C, "block-columns", "b2", I.ix.b2));
+  check_fits("x", x_, "y", x_.size(0), I.ix.R * I.ix.b1, x_);
+  const at::Tensor x = rows_contiguous(x_);
   at::Tensor w = blocks.contiguous();
   bool fresh = true;
   at::Tensor y = pixelfly::cached_empty({x.size(0), I.ix.R * I.ix.b1}, x.options(), &fresh);
@@ -106,12 +158,15 @@ at::Tensor bsmm_fwd(const at::Tensor &x, const at::Tensor &blocks, const at::Ten
   return y;
 }
 
-at::Tensor bsmm_bwd_x(const at::Tensor &dy, const at::Tensor &blocks, const at::Tensor &row_ptr,
+at::Tensor bsmm_bwd_x(const at::Tensor &dy_, const at::Tensor &blocks, const at::Tensor &row_ptr,
                       const at::Tensor &col_idx, const at::Tensor &col_ptr,
                       const at::Tensor &row_idx, const at::Tensor &csc_blk) {
-  check_blocks(blocks, dy, col_idx.numel());
+  to_pf_dtype("dy", dy_);
+  check_blocks(blocks, dy_, col_idx.numel());
   Index I(row_ptr, col_idx, col_ptr, row_idx, csc_blk, blocks.size(1), blocks.size(2));
-  check_dense("dy", dy, I.ix.R * I.ix.b1);
+  check_dense("dy", dy_, I.ix.R * I.ix.b1, features("out_features", I.ix.R, "block-rows", "b1", I.ix.b1));
+  check_fits("dy", dy_, "dx", dy_.size(0), I.ix.C * I.ix.b2, dy_);
+  const at::Tensor dy = rows_contiguous(dy_);
   at::Tensor w = blocks.contiguous();
   bool fresh = true;
   at::Tensor dx = pixelfly::cached_empty({dy.size(0), I.ix.C * I.ix.b2}, dy.options(), &fresh);
@@ -127,18 +182,31 @@ at::Tensor bsmm_bwd_x(const at::Tensor &dy, const at::Tensor &blocks, const at::
   return dx;
 }
 
-at::Tensor bsmm_bwd_w(const at::Tensor &dy, const at::Tensor &x, const at::Tensor &row_ptr,
+at::Tensor bsmm_bwd_w(const at::Tensor &dy_, const at::Tensor &x_, const at::Tensor &row_ptr,
                       const at::Tensor &col_idx, const at::Tensor &col_ptr,
                       const at::Tensor &row_idx, const at::Tensor &csc_blk, int64_t b1,
                       int64_t b2) {
-  PF_CHECK(b1 > 0 && b2 > 0, "b1 and b2 must be positive, got ", b1, " and ", b2);
+  to_pf_dtype("dy", dy_);
+  to_pf_dtype("x", x_);
+  PF_CHECK(b1 > 0 && b2 > 0, "the block size b1 x b2 must be positive, got b1 = ", b1, " and b2 = ", b2);
+  const int64_t R = row_ptr.numel() - 1, C = col_ptr.numel() - 1;
+  // b1, b2 against the activations first (R * b1 may not even fit in 64 bits)
+  PF_CHECK(dy_.dim() != 2 || R < 1 || (dy_.size(1) % R == 0 && dy_.size(1) / R == b1), "b1 = ", b1,
+           " does not match dy: dy has ", dy_.size(1), " columns for the index's ", R,
+           " block-rows (b1 must be dy.size(1) / ", R, ")");
+  PF_CHECK(x_.dim() != 2 || C < 1 || (x_.size(1) % C == 0 && x_.size(1) / C == b2), "b2 = ", b2,
+           " does not match x: x has ", x_.size(1), " columns for the index's ", C,
+           " block-columns (b2 must be x.size(1) / ", C, ")");
   Index I(row_ptr, col_idx, col_ptr, row_idx, csc_blk, b1, b2);
-  check_dense("dy", dy, I.ix.R * b1);
-  check_dense("x", x, I.ix.C * b2);
-  PF_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ",
-           dy.size(0), " and ", x.size(0));
-  PF_CHECK_TYPE(dy.scalar_type() == x.scalar_type(), "dy (", dy.scalar_type(), ") and x (",
-                x.scalar_type(), ") must share a dtype");
+  check_dense("dy", dy_, R * b1, features("out_features", R, "block-rows", "b1", b1));
+  check_dense("x", x_, C * b2, features("in_features", C, "block-columns", "b2", b2));
+  PF_CHECK(dy_.size(0) == x_.size(0), "dy and x must have the same number of rows, got ",
+           dy_.size(0), " and ", x_.size(0));
+  PF_CHECK_TYPE(dy_.scalar_type() == x_.scalar_type(), "dy (", dy_.scalar_type(), ") and x (",
+                x_.scalar_type(), ") must share a dtype");
+  check_fits("dy", dy_, "dB", I.ix.nnz, b1 * b2, dy_);
+  check_fits("x", x_, "dB", I.ix.nnz, b1 * b2, x_);
+  const at::Tensor dy = rows_contiguous(dy_), x = rows_contiguous(x_);
   at::Tensor dw = at::empty({I.ix.nnz, b1, b2}, x.options());
   pf_bsmm_args a{};
   a.dtype = to_pf_dtype("x", x);
