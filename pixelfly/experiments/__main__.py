@@ -30,7 +30,9 @@ def main(argv=None) -> int:
         print(f"{args.table}: data not available: {e}", file=sys.stderr)
         return 2
     print(markdown(rows))
-    print(f"learning rates: chosen per method by the same sweep on a validation split: {extra.get('lr_sweep_summary') or 'see lr_sweep in the JSON'}")
+    from .tune import LEARNING_RATES
+    print(f"learning rates: each method at its best of {LEARNING_RATES} (AdamW, warmup + cosine), "
+          "scored on a validation split of the training data (the lr column; lr_sweep in the JSON)")
     print(f"{args.table}: {time.time() - t0:.0f} s, {torch.get_num_threads()} threads; written to {args.out}/{args.table}.json/.md/.png")
     return 0
 

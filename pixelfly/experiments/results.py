@@ -34,14 +34,18 @@ def aggregate(runs) -> list[dict]:
     rows = []
     for (task, model, method, metric), rs in groups.items():
         vals = [r["value"] for r in rs]
-        speeds = [r["speedup"] for r in rs]
+        speeds = [r["speedup"] for r in rs if r["speedup"] is not None]
         rows.append({"task": task, "model": model, "method": method, "metric": metric,
                      "value": statistics.fmean(vals),
                      "spread": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                     "seeds": len(vals), "speedup": statistics.fmean(speeds),
+                     "seeds": len(vals), "speedup": statistics.fmean(speeds) if speeds else None,
                      "params": rs[0]["params"], "flops": rs[0]["flops"],
                      **{k: rs[0][k] for k in ("lr",) if k in rs[0]}})
     return rows
+
+
+def _speed(s):
+    return "-" if s is None else f"{s:.2f}x"
 
 
 def markdown(rows) -> str:
@@ -50,7 +54,7 @@ def markdown(rows) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['metric']} | {r['value']:.4g} ± {r['spread']:.2g} "
-                     f"({r['seeds']}) | {r['speedup']:.2f}x | {r['params'] / 1e6:.3f}M | "
+                     f"({r['seeds']}) | {_speed(r['speedup'])} | {r['params'] / 1e6:.3f}M | "
                      f"{r['flops'] / 1e9:.3g} | {r.get('lr', '')} |")
     return "\n".join(lines) + "\n"
 
