@@ -161,7 +161,7 @@ def run_quick(table, tmp_path):
     assert doc["rows"] and doc["size"] == "quick"
     for row in doc["rows"]:
         assert set(results.ROW_KEYS) <= set(row) and row["seeds"] == 2 and math.isfinite(row["value"])
-    assert (out / f"{table}.md").read_text().count("\n|") == len(doc["rows"]) + 1
+    assert (out / f"{table}.md").read_text().count("\n|") == len(doc["rows"]) + 2   # header, rule, rows
     assert (out / f"{table}.png").stat().st_size > 0 and (out / f"{table}_curves.png").stat().st_size > 0
     return doc
 

@@ -14,6 +14,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline (< 2 min), not the numbers")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the table's)")
     ap.add_argument("--out", default="results", help="output directory (default: results)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="only time a few steps of each configuration and print the projected run time")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
@@ -22,10 +24,22 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     mod = importlib.import_module(f"pixelfly.experiments.{args.table}")
-    from .results import markdown
+    from .results import machine_info, markdown
+    size = "quick" if args.quick else "default"
     t0 = time.time()
+    if args.estimate:
+        try:
+            secs = mod.estimate(size, seeds=args.seeds)
+        except FileNotFoundError as e:
+            print(f"{args.table}: data not available: {e}", file=sys.stderr)
+            return 2
+        info = machine_info()
+        print(f"{args.table} ({size}): projected {secs / 60:.1f} min of training on this machine now "
+              f"({info['torch_threads']} threads, load average {info['loadavg_1_5_15']}); "
+              f"measured in {time.time() - t0:.0f} s")
+        return 0
     try:
-        rows, extra = mod.run("quick" if args.quick else "default", seeds=args.seeds, out_dir=args.out)
+        rows, extra = mod.run(size, seeds=args.seeds, out_dir=args.out)
     except FileNotFoundError as e:
         print(f"{args.table}: data not available: {e}", file=sys.stderr)
         return 2

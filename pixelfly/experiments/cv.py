@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import baselines, tune
 from .fashion_mnist import load_fashion_mnist
 from .flops import forward_flops
-from .training import fit, median_step_time
+from .training import fit, median_step_time, time_steps
 
 __all__ = ["SIZES", "run"]
 
@@ -32,7 +32,7 @@ SIZES = {
                 "Mixer-B": ("mixer", dict(dim=256, depth=2, token_mlp_dim=256, channel_mlp_dim=1024)),
                 "ViT-S": ("vit", dict(dim=128, depth=2, n_heads=4, mlp_dim=512)),
                 "ViT-B": ("vit", dict(dim=256, depth=2, n_heads=8, mlp_dim=1024))},
-        n_train=None, n_test=None, n_val=5000, batch=64, steps=300, tune_steps=50, seeds=2, block=32),
+        n_train=None, n_test=None, n_val=5000, batch=64, steps=200, tune_steps=40, seeds=2, block=32),
     "quick": dict(
         models={"Mixer-S": ("mixer", dict(dim=64, depth=1, token_mlp_dim=64, channel_mlp_dim=128)),
                 "ViT-S": ("vit", dict(dim=64, depth=1, n_heads=2, mlp_dim=128))},
@@ -159,3 +159,18 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None, bar_cls=No
     plots.plot_metric_vs_speedup(rows, f"{out_dir}/cv.png", "Fashion-MNIST: accuracy vs speedup")
     plots.plot_curves(curves, f"{out_dir}/cv_curves.png", "Fashion-MNIST training loss (seed 0)")
     return rows, extra
+
+
+def estimate(size="default", seeds=None, data_dir=None) -> float:
+    """Projected seconds of ``run(size)`` on this machine now: a few timed steps of every
+    (model, method), times the table's step counts (evaluation not included)."""
+    cfg = SIZES[size]
+    n_seeds = seeds or cfg["seeds"]
+    data = load_data(cfg, data_dir)
+    example = data["x_train"][:cfg["batch"]]
+    steps = len(tune.LEARNING_RATES) * cfg["tune_steps"] + n_seeds * cfg["steps"]
+    total = 0.0
+    for kind, overrides in cfg["models"].values():
+        for m in build_variants(kind, overrides, 0, example, cfg["block"]).values():
+            total += steps * time_steps(m, batches(data["x_train"], data["y_train"], cfg["batch"], 0), loss_fn)
+    return total

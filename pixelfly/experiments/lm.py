@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import baselines, tune
 from .flops import forward_flops
-from .training import fit, median_step_time
+from .training import fit, median_step_time, time_steps
 
 __all__ = ["SIZES", "run"]
 
@@ -26,7 +26,7 @@ SIZES = {
     "default": dict(
         models={"GPT2-small": dict(dim=128, n_layer=2, n_heads=4, mlp_dim=512, seq_len=256),
                 "GPT2-medium": dict(dim=256, n_layer=2, n_heads=8, mlp_dim=1024, seq_len=256)},
-        batch=16, steps=300, tune_steps=50, eval_batches=40, seeds=2, block=32, text_bytes=None),
+        batch=16, steps=200, tune_steps=40, eval_batches=40, seeds=2, block=32, text_bytes=None),
     "quick": dict(
         models={"GPT2-small": dict(dim=64, n_layer=1, n_heads=2, mlp_dim=128, seq_len=64)},
         batch=4, steps=6, tune_steps=3, eval_batches=2, seeds=2, block=16, text_bytes=200_000),
@@ -119,3 +119,19 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None):
     plots.plot_metric_vs_speedup(rows, f"{out_dir}/lm.png", "KJV Bible: perplexity vs speedup")
     plots.plot_curves(curves, f"{out_dir}/lm_curves.png", "KJV Bible training loss (seed 0)")
     return rows, extra
+
+
+def estimate(size="default", seeds=None, data_dir=None) -> float:
+    """Projected seconds of ``run(size)`` on this machine now (training steps only)."""
+    from ..data import get_batches
+    cfg = SIZES[size]
+    n_seeds = seeds or cfg["seeds"]
+    train, _, _ = load_splits(cfg)
+    steps = len(tune.LEARNING_RATES) * cfg["tune_steps"] + n_seeds * cfg["steps"]
+    total = 0.0
+    for overrides in cfg["models"].values():
+        L, B = overrides["seq_len"], cfg["batch"]
+        example = next(get_batches(train, L, B, 1, seed=0))[0]
+        for m in build_variants(overrides, 0, example, cfg["block"]).values():
+            total += steps * time_steps(m, get_batches(train, L, B, seed=0), loss_fn)
+    return total

@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tune
-from .training import fit
+import time
+
+from .training import fit, time_steps
 
 __all__ = ["SIZES", "StructLinear", "structures", "empirical_ntk", "run"]
 
@@ -251,3 +253,19 @@ def plot_ntk(rows, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def estimate(size="default", seeds=None, data_dir=None) -> float:
+    """Projected seconds of ``run(size)`` on this machine now (training steps + kernels)."""
+    cfg = SIZES[size]
+    n_seeds = seeds or cfg["seeds"]
+    data = load_data(cfg, data_dir)
+    steps = len(tune.LEARNING_RATES) * cfg["tune_steps"] + n_seeds * cfg["steps"]
+    total = 0.0
+    for struct in structures(cfg["hidden"], cfg["block"], cfg["butterfly_block"]).values():
+        m = build_mlp(cfg["hidden"], struct, 0)
+        total += steps * time_steps(m, _batches(data["x_train"], data["y_train"], cfg["batch"], 0), _loss)
+        t0 = time.perf_counter()
+        empirical_ntk(m, data["x_ntk"])
+        total += 2 * n_seeds * (time.perf_counter() - t0)
+    return total

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-__all__ = ["cosine_warmup", "fit", "median_step_time"]
+__all__ = ["cosine_warmup", "fit", "median_step_time", "time_steps"]
 
 
 def cosine_warmup(step: int, total: int, warmup: int) -> float:
@@ -49,3 +49,12 @@ def median_step_time(times) -> float:
     """Median step time, skipping the first steps (allocation, caches) when there are enough."""
     skip = min(3, len(times) // 4)
     return statistics.median(times[skip:])
+
+
+def time_steps(model, batches, loss_fn, n: int = 3) -> float:
+    """Median seconds of ``n`` training steps (after one untimed step) of a throwaway copy
+    of ``model``: what ``--estimate`` multiplies by a table's step counts."""
+    import copy
+    m = copy.deepcopy(model)
+    log = fit(m, batches, loss_fn, 1e-4, n + 1)
+    return statistics.median(log["step_times"][1:])
