@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ SIZES = {
                 "Mixer-B": ("mixer", dict(dim=256, depth=2, token_mlp_dim=256, channel_mlp_dim=1024)),
                 "ViT-S": ("vit", dict(dim=128, depth=2, n_heads=4, mlp_dim=512)),
                 "ViT-B": ("vit", dict(dim=256, depth=2, n_heads=8, mlp_dim=1024))},
-        n_train=None, n_test=None, n_val=5000, batch=64, steps=200, tune_steps=40, seeds=2, block=32),
+        n_train=None, n_test=5000, n_val=2000, batch=32, steps=120, tune_steps=30, seeds=2, block=32),
     "quick": dict(
         models={"Mixer-S": ("mixer", dict(dim=64, depth=1, token_mlp_dim=64, channel_mlp_dim=128)),
                 "ViT-S": ("vit", dict(dim=64, depth=1, n_heads=2, mlp_dim=128))},
@@ -162,8 +163,8 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None, bar_cls=No
 
 
 def estimate(size="default", seeds=None, data_dir=None) -> float:
-    """Projected seconds of ``run(size)`` on this machine now: a few timed steps of every
-    (model, method), times the table's step counts (evaluation not included)."""
+    """Projected seconds of ``run(size)`` on this machine now: a few timed steps and one
+    timed evaluation batch of every (model, method), times the table's counts."""
     cfg = SIZES[size]
     n_seeds = seeds or cfg["seeds"]
     data = load_data(cfg, data_dir)
@@ -173,4 +174,9 @@ def estimate(size="default", seeds=None, data_dir=None) -> float:
     for kind, overrides in cfg["models"].values():
         for m in build_variants(kind, overrides, 0, example, cfg["block"]).values():
             total += steps * time_steps(m, batches(data["x_train"], data["y_train"], cfg["batch"], 0), loss_fn)
+            n_eval = min(500, len(data["x_test"]))
+            t0 = time.perf_counter()
+            evaluate(m, data["x_test"][:n_eval], data["y_test"][:n_eval])
+            evals = n_seeds * len(data["x_test"]) + len(tune.LEARNING_RATES) * len(data["x_val"])
+            total += (time.perf_counter() - t0) * evals / n_eval
     return total
