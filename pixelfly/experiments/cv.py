@@ -33,7 +33,7 @@ SIZES = {
                 "Mixer-B": ("mixer", dict(dim=256, depth=2, token_mlp_dim=256, channel_mlp_dim=1024)),
                 "ViT-S": ("vit", dict(dim=128, depth=2, n_heads=4, mlp_dim=512)),
                 "ViT-B": ("vit", dict(dim=256, depth=2, n_heads=8, mlp_dim=1024))},
-        n_train=None, n_test=5000, n_val=2000, batch=32, steps=120, tune_steps=30, seeds=2, block=32),
+        n_train=None, n_test=2000, n_val=1000, batch=32, steps=100, tune_steps=20, seeds=2, block=32),
     "quick": dict(
         models={"Mixer-S": ("mixer", dict(dim=64, depth=1, token_mlp_dim=64, channel_mlp_dim=128)),
                 "ViT-S": ("vit", dict(dim=64, depth=1, n_heads=2, mlp_dim=128))},

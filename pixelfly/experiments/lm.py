@@ -26,7 +26,7 @@ SIZES = {
     "default": dict(
         models={"GPT2-small": dict(dim=128, n_layer=2, n_heads=4, mlp_dim=512, seq_len=256),
                 "GPT2-medium": dict(dim=256, n_layer=2, n_heads=8, mlp_dim=1024, seq_len=256)},
-        batch=16, steps=200, tune_steps=40, eval_batches=40, seeds=2, block=32, text_bytes=None),
+        batch=16, steps=160, tune_steps=40, eval_batches=32, seeds=2, block=32, text_bytes=None),
     "quick": dict(
         models={"GPT2-small": dict(dim=64, n_layer=1, n_heads=2, mlp_dim=128, seq_len=64)},
         batch=4, steps=6, tune_steps=3, eval_batches=2, seeds=2, block=16, text_bytes=200_000),
