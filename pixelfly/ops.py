@@ -72,6 +72,8 @@ def bsmm_bwd_x(dy, blocks, *idx):
 def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
     """``dB[nnz, b1, b2] = (dy^T x)`` on the layout's blocks only."""
     for name, b in (("b1", b1), ("b2", b2)):
+        if isinstance(b, torch.SymInt):  # traced (torch.compile dynamic shapes): checked at run time
+            continue
         if isinstance(b, bool) or not isinstance(b, int):
             raise TypeError(f"bsmm_bwd_w: {name} must be an int, got {type(b).__name__}")
         if not 0 < b < 2 ** 63:
