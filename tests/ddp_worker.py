@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pixelfly.sparsify import sparsify
+from pixelfly.convert import sparsify
 
 STEPS, BATCH = 4, 16
 

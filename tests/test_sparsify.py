@@ -12,7 +12,7 @@ from torch import nn
 import pixelfly
 from pixelfly import PixelflyLinear
 from pixelfly.models import build_model, example_input
-from pixelfly.sparsify import Plan, densify, plan, sparsify
+from pixelfly.convert import Plan, densify, plan, sparsify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
