@@ -246,11 +246,11 @@ class Plan:
     @classmethod
     def load(cls, path) -> "Plan":
         """Read a plan file; :class:`PlanError` if it is not JSON (e.g. truncated) or not a valid plan."""
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
         try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
+            d = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise PlanError(f"plan file {str(path)!r} is not valid JSON (truncated or not a plan file?): "
                             f"{e}") from None
         return cls.from_dict(d)
