@@ -72,8 +72,8 @@ def from_pretrained(model_class, path, **kwargs):
     Args:
         model_class: the transformers class (``GPT2LMHeadModel``, ...).
         path: the directory (or anything ``model_class.from_pretrained`` accepts).
-        kwargs: passed to ``model_class.from_pretrained`` (``dtype``, ``device_map`` is not
-            supported, ...).
+        kwargs: passed to ``model_class.from_pretrained`` (e.g. ``dtype``; ``config`` replaces
+            the saved config, which must then hold the plan).
 
     Returns the model (an instance of ``model_class``) with the plan's layers as
     :class:`PixelflyLinear` holding the saved weights, in eval mode like ``from_pretrained``.
