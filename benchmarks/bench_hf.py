@@ -57,7 +57,7 @@ def main(argv=None):
     ap.add_argument("--vocab-llama", type=int, default=32000)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    results = {"threads": torch.get_num_threads(), "batch": args.batch, "seq": args.seq, "budget": args.budget,
+    results = {"loadavg_before": os.getloadavg(), "threads": torch.get_num_threads(), "batch": args.batch, "seq": args.seq, "budget": args.budget,
                "models": {}}
     for name, make in models(args.vocab_gpt2, args.vocab_llama).items():
         torch.manual_seed(0)
@@ -77,6 +77,8 @@ def main(argv=None):
         print(f"{name}: dense {dense * 1e3:.0f} ms/step, pixelfly {sparse * 1e3:.0f} ms/step, "
               f"ratio {dense / sparse:.2f}x ({n_sparse}/{len(p.layers)} layers sparse, linear-layer cost "
               f"ratio {row['linear_cost_ratio']:.3f}, vocab {row['vocab']})", flush=True)
+    results["loadavg_after"] = os.getloadavg()
+    print(f"load average (1, 5, 15 min) after the run: {results['loadavg_after']}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
