@@ -176,9 +176,10 @@ def plan(model: nn.Module, example_input, budget: float = 0.25, low_rank_fractio
         cost_model: :class:`~pixelfly.budget.CostModel` (default: documented there).
         redistribute: hand what rounding leaves over to other layers.
         exclude: names (or name suffixes) of layers to keep dense; each must match a layer.
-        dense_first_last: keep the first and last layers dense, as the paper does (see
-            ``_first_last``: ``model.keep_dense``, HF output embeddings and heads, else the
-            first and last layer called). ``False`` lets the budget decide for them too.
+        dense_first_last: keep the first and last layers dense, as the paper does: the
+            names in ``model.keep_dense``; for a Hugging Face model its output embeddings,
+            a linear input embedding and heads outside its base model; else the first and
+            last layer called. ``False`` lets the budget decide for them too.
 
     Layers left dense keep their reason in the plan and their dense cost (when called)
     in ``kept_dense_cost``.
