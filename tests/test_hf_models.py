@@ -311,3 +311,13 @@ def test_sparsify_keeps_frozen_dtype_device_and_mode():
     pixelfly.densify(model)
     assert not model.model.layers[0].mlp.up_proj.weight.requires_grad
     assert not model.model.layers[1].mlp.up_proj.training
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_output_embeddings_stay_usable(family):
+    """transformers code that reads ``get_output_embeddings().weight`` keeps working."""
+    model, _ = fresh_sparse(family)
+    assert model.get_output_embeddings().weight.shape == (VOCAB, 128)
+    model.resize_token_embeddings(VOCAB + 8)
+    ids = batch(family)["input_ids"]
+    assert model(input_ids=ids).logits.shape == (*ids.shape, VOCAB + 8)
