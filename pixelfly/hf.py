@@ -110,8 +110,8 @@ def from_pretrained(model_class, path, **kwargs):
         mod = model.get_submodule(name)
         if not isinstance(mod, PixelflyLinear):
             raise PlanError(f"from_pretrained: layer {name!r} was not rebuilt as a PixelflyLinear")
-        # transformers replaces non-persistent buffers with empty ones: rebuild the block index
-        mod._set_index(mod.layout.cpu().numpy())
+        if not torch.equal(mod.layout.cpu(), torch.from_numpy(mod.index.layout)):
+            raise PlanError(f"from_pretrained: layer {name!r}: the saved layout differs from the plan's")
     return model
 
 
