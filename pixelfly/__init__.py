@@ -7,9 +7,15 @@ Main entry points:
     flat_butterfly_layout, butterfly_factor_layout, ... : block layouts (NumPy bool arrays)
     allocate_budget, layer_cost, CostModel              : the budget model of SPEC section 3
     PixelflyLinear                                      : drop-in for nn.Linear
+    plan, sparsify, densify, Plan                       : whole models under a budget
+    from_pretrained                                     : reload a sparsified HF model
     reference                                           : the pure-PyTorch oracle
+
+``import pixelfly`` loads only the layout/budget API (NumPy and the C core): whatever needs
+torch loads on first use, and ``pixelfly.plan`` etc. are the functions however reached.
 """
-from . import reference
+import sys as _sys
+
 from .budget import BudgetPlan, CostModel, LayerPlan, allocate_budget, layer_cost
 from .fly_layouts import fly_config_layout
 from .layouts import (BlockIndex, bigbird_layout, butterfly_factor_layout,
@@ -25,13 +31,15 @@ __all__ = [
     "csr_transpose", "default_butterfly_size", "flat_butterfly_layout", "layout_to_csr",
     "layout_to_mask", "local_layout", "mask_to_layout", "random_layout",
     "sparse_transformer_layout", "fly_config_layout", "PixelflyLinear", "choose_config", "plan", "sparsify",
-    "densify", "Plan", "ButterflyLinear", "PixelflyAttention", "fly_config", "apply_fly_configs",
+    "densify", "Plan", "PlanError", "from_pretrained", "ButterflyLinear", "PixelflyAttention", "fly_config",
+    "apply_fly_configs",
 ]
 
 
 _LAZY = {"PixelflyLinear": "linear", "choose_config": "linear", "ops": None,
          "ButterflyLinear": "butterfly", "PixelflyAttention": "attention",
-         "plan": "sparsify", "sparsify": "sparsify", "densify": "sparsify", "Plan": "sparsify",
+         "plan": "convert", "sparsify": "convert", "densify": "convert", "Plan": "planfile",
+         "PlanError": "planfile", "from_pretrained": "hf", "reference": None,
          "models": None, "data": None, "fly_config": "authors", "apply_fly_configs": "authors"}
 
 
@@ -43,3 +51,9 @@ def __getattr__(name):
         raise AttributeError(f"module 'pixelfly' has no attribute {name!r}")
     mod = importlib.import_module(f"pixelfly.{_LAZY[name] or name}")
     return mod if _LAZY[name] is None else getattr(mod, name)
+
+
+if "transformers" in _sys.modules and "torch" in _sys.modules:
+    # transformers is loaded: register the check that stops its plain from_pretrained from
+    # silently loading a pixelfly checkpoint as a dense model (pixelfly.hf).
+    __getattr__("from_pretrained")

@@ -45,7 +45,7 @@ def cmd_plan(args):
         return
     from .demo import DEMO_OVERRIDES
     from .models import build_model, example_input
-    from .sparsify import plan as make_plan
+    from .convert import plan as make_plan
     model = build_model(args.model, **DEMO_OVERRIDES[args.model])
     x = example_input(args.model, model.config, batch=args.batch)
     print(make_plan(model, x, budget=args.budget, low_rank_fraction=args.low_rank_fraction,

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from . import data as pf_data
 from .models import build_model
-from .sparsify import plan as make_plan
-from .sparsify import sparsify
+from .convert import plan as make_plan
+from .convert import sparsify
 
 # Default demo sizes: wide enough that the linear layers dominate a step (as in the paper's
 # models), small enough to train in a few minutes on 2 CPU cores.

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pixelfly.sparsify import sparsify
+from pixelfly.convert import sparsify
 
 STEPS, BATCH = 4, 16
 
@@ -17,7 +17,7 @@ STEPS, BATCH = 4, 16
 def make_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32))
-    return sparsify(model, 0.4, example_input=torch.randn(BATCH, 64), block_size=16)
+    return sparsify(model, 0.4, example_input=torch.randn(BATCH, 64), block_size=16, dense_first_last=False)
 
 
 def data():

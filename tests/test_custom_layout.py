@@ -12,7 +12,7 @@ import pixelfly
 from pixelfly import PixelflyLinear, reference
 from pixelfly.custom_layout import LAYOUT_NAMES, layout_from_spec
 from pixelfly.models import build_model, example_input
-from pixelfly.sparsify import sparsify as sparsify_model
+from pixelfly.convert import sparsify as sparsify_model
 from testing import assert_close_to_oracle
 
 

@@ -12,7 +12,7 @@ from torch import nn
 import pixelfly
 from pixelfly import PixelflyLinear
 from pixelfly.models import build_model, example_input
-from pixelfly.sparsify import Plan, densify, plan, sparsify
+from pixelfly.convert import Plan, densify, plan, sparsify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +53,9 @@ def test_plan_totals_never_exceed_budget(budget):
 
 def test_plan_reports_why_layers_stay_dense():
     model = Wrapped()
-    p = plan(model, torch.randn(16, 64), budget=0.3, block_size=16)
+    first_last = plan(model, torch.randn(16, 64), budget=0.3, block_size=16)
+    assert (first_last["body.0"].reason, first_last["body.4"].reason) == ("first layer", "last layer")
+    p = plan(model, torch.randn(16, 64), budget=0.3, block_size=16, dense_first_last=False)
     assert p["body.5"].reason == "not called by the example input"
     assert p["body.4"].status == "dense"  # 128 -> 10 does not divide into 16 x 16 blocks
     assert "divis" in p["body.4"].reason or "multiple" in p["body.4"].reason
@@ -64,11 +66,11 @@ def test_plan_reports_why_layers_stay_dense():
 
 def test_plan_json_round_trip(tmp_path):
     model = Wrapped()
-    p = plan(model, torch.randn(16, 64), budget=0.3, block_size=16)
+    p = plan(model, torch.randn(16, 64), budget=0.3, block_size=16, dense_first_last=False)
     path = tmp_path / "plan.json"
     p.save(path)
     q = Plan.load(path)
-    assert q.to_dict() == p.to_dict()
+    assert q == p and q.to_dict() == p.to_dict()
     json.loads(path.read_text())
     q["body.2"].status = "dense"  # plans are editable
     q["body.2"].reason = "user choice"
@@ -142,7 +144,8 @@ def test_sparsify_hugging_face_gpt2_conv1d():
 
 def test_sparsify_by_budget_keeps_device_and_dtype():
     model = Wrapped().to(torch.float64)
-    sparsify(model, 0.3, example_input=torch.randn(16, 64, dtype=torch.float64), block_size=16)
+    sparsify(model, 0.3, example_input=torch.randn(16, 64, dtype=torch.float64), block_size=16,
+             dense_first_last=False)
     layer = model.body[0]
     assert isinstance(layer, PixelflyLinear) and layer.blocks.dtype == torch.float64
     with pytest.raises(ValueError, match="example_input"):
