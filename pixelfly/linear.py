@@ -23,6 +23,9 @@ from .layer_state import refuse_load, shape_errors
 from .linear_fn import pixelfly_linear
 from .ops_func import kernel_rows
 from .layouts import MAX_GRID, BlockIndex, default_butterfly_size, flat_butterfly_layout
+from ._memory import physical_memory
+
+_MEMORY = physical_memory()
 
 __all__ = ["PixelflyLinear", "choose_config"]
 
@@ -268,6 +271,10 @@ class PixelflyLinear(nn.Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"PixelflyLinear: input x must have shape [*, {self.in_features}] "
                              f"(last dimension {self.in_features}), got shape {tuple(x.shape)}")
+        rows = x.numel() // self.in_features
+        if rows * max(self.in_features, self.out_features) * x.element_size() > _MEMORY:
+            raise ValueError(f"PixelflyLinear: input x has {rows} rows of {self.in_features}: its "
+                             f"rows and the output would need more memory than this machine has")
         blocks = self.blocks
         if blocks.is_meta and not x.is_meta:
             raise RuntimeError(

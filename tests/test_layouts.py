@@ -291,7 +291,7 @@ def test_invalid_csr(row_ptr, col_idx, word):
     (lambda: L.layout_to_mask(np.ones((2, 2), bool), 0), ValueError, "block"),
     (lambda: L.layout_to_mask(np.ones((2, 2), bool), (2, 2, 2)), ValueError, "block"),
     (lambda: L.layout_to_mask(np.ones((2, 2), bool), 2.0), TypeError, "block"),
-    (lambda: L.layout_to_mask(np.ones((1024, 1024), bool), 64), ValueError, "mask size"),
+    (lambda: L.layout_to_mask(np.ones((1024, 1024), bool), 64), ValueError, "mask of a 1024 x 1024 layout"),
     (lambda: L.mask_to_layout(np.ones((6, 6), bool), 4), ValueError, "b1"),
     (lambda: L.mask_to_layout(np.ones((8, 6), bool), (2, 4)), ValueError, "b2"),
     (lambda: L.mask_to_layout(np.ones((6, 6), np.float32), 2), TypeError, "mask"),
