@@ -11,17 +11,7 @@
 
 #include "pixelfly.h"
 
-static int n_pass, n_fail;
-#define CHECK(cond, ...)                                                          \
-    do {                                                                          \
-        if (cond) n_pass++;                                                       \
-        else {                                                                    \
-            n_fail++;                                                             \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                         \
-            fputc('\n', stderr);                                                  \
-        }                                                                         \
-    } while (0)
+#include "check.h"
 
 static uint64_t ts = 0x9E3779B97F4A7C15ULL;
 static uint64_t trand(void) {

@@ -10,17 +10,7 @@
 
 #include "pixelfly.h"
 
-static int n_pass, n_fail;
-#define CHECK(cond, ...)                                                          \
-    do {                                                                          \
-        if (cond) n_pass++;                                                       \
-        else {                                                                    \
-            n_fail++;                                                             \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                         \
-            fputc('\n', stderr);                                                  \
-        }                                                                         \
-    } while (0)
+#include "check.h"
 
 /* Independent test PRNG (xorshift64*), unrelated to the core's. */
 static uint64_t ts = 88172645463325252ULL;
