@@ -13,9 +13,9 @@ features (``E[phi(x) . phi(y)] = exp(x . y)``)::
 
 The sparse sums come from the C kernel (``pixelfly.attention_ops``): its ``(out, lse)`` give
 the unnormalised numerator ``out * exp(lse)`` and denominator ``exp(lse)``. The low-rank sums
-over the complement are "all keys" (``phi(k)^T v`` summaries, block prefix sums when causal)
-minus "the support" (the same block gather the sparse part uses), so nothing is ``L x L``:
-memory grows linearly in ``L`` (the support term with the number of kept blocks). Every
+over the complement are "all keys" minus "the row's kept blocks", both formed from per-block
+``phi(k)^T v`` summaries (``pixelfly.attention_lowrank``), so nothing is ``L x L`` or
+``nnz x b x r``: memory grows linearly in ``L``. Every
 term is carried with per-row log-scale offsets, so nothing overflows.
 
 Sequence lengths must be multiples of ``block_size`` (a clear ``ValueError`` otherwise):
@@ -33,6 +33,7 @@ from torch import nn
 from . import attention_ops
 from . import layouts as L_
 from ._memory import physical_memory
+from .attention_lowrank import lowrank_complement
 from .attention_ops import AttentionIndex
 
 __all__ = ["PixelflyAttention", "build_attention_layout", "sparse_lowrank_attention",
@@ -151,6 +152,10 @@ def _support_gather(index: AttentionIndex, device):
     return torch.from_numpy(cols).to(device), torch.from_numpy(valid).to(device)
 
 
+def _all_finite(*xs) -> bool:
+    return all(bool(torch.isfinite(x).all()) for x in xs)
+
+
 def _finite_or_zero(x):
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
@@ -214,7 +219,6 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
     if features.dim() != 2 or features.shape[1] != d:
         raise ValueError(f"features must be [r, head_dim = {d}], got {tuple(features.shape)}")
     cdt = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
-    R = L // block
     rs = math.sqrt(scale)
     w = features.to(dtype=cdt, device=q.device)
     # the low-rank sums run on finite inputs (NaN/inf would turn "all keys minus the support"
@@ -222,43 +226,8 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
     phq, offq = _features(_finite_or_zero(q.to(cdt)) * rs, w, per_row=True)   # [B,H,L,r], [B,H,L,1]
     phk, offk = _features(_finite_or_zero(k.to(cdt)) * rs, w, per_row=False)  # [B,H,L,r], [B,H,1,1]
     vv = _finite_or_zero(v.to(cdt))
-    r = w.shape[0]
-    qb = phq.view(B, H, R, block, r)
-    kb = phk.view(B, H, R, block, r)
-    vb = vv.view(B, H, R, block, d)
-
-    # all keys (j <= i when causal)
-    if causal:
-        kv_blk = torch.einsum("bhnjr,bhnjd->bhnrd", kb, vb)        # [B,H,R,r,d]
-        ks_blk = kb.sum(3)                                         # [B,H,R,r]
-        kv_pre = torch.cumsum(kv_blk, 2) - kv_blk                   # exclusive prefix
-        ks_pre = torch.cumsum(ks_blk, 2) - ks_blk
-        tri = torch.ones(block, block, dtype=torch.bool, device=q.device).tril()
-        a_in = torch.einsum("bhnir,bhnjr->bhnij", qb, kb) * tri    # [B,H,R,b,b]
-        num_all = torch.einsum("bhnir,bhnrd->bhnid", qb, kv_pre) + a_in @ vb
-        den_all = torch.einsum("bhnir,bhnr->bhni", qb, ks_pre) + a_in.sum(-1)
-    else:
-        kv = torch.einsum("bhjr,bhjd->bhrd", phk, vv)               # [B,H,r,d]
-        num_all = (phq @ kv).view(B, H, R, block, d)
-        den_all = (phq @ phk.sum(2).unsqueeze(-1)).view(B, H, R, block)
-
-    # the sparse support (same blocks as the kernel, causal inside diagonal blocks)
-    cols, valid = _support_gather(index, q.device)                 # [R, deg]
-    kg = kb[:, :, cols]                                            # [B,H,R,deg,b,r]
-    vg = vb[:, :, cols]                                            # [B,H,R,deg,b,d]
-    a_sup = torch.einsum("bhnir,bhnmjr->bhnimj", qb, kg)           # [B,H,R,b,deg,b]
-    keep = valid[:, None, :, None].expand(R, block, valid.shape[1], block)
-    if causal:
-        rows = torch.arange(R, device=q.device)[:, None, None, None] * block + \
-            torch.arange(block, device=q.device)[None, :, None, None]
-        keys = cols[:, None, :, None] * block + torch.arange(block, device=q.device)
-        keep = keep & (keys <= rows)
-    a_sup = a_sup * keep
-    num_sup = torch.einsum("bhnimj,bhnmjd->bhnid", a_sup, vg)
-    den_sup = a_sup.sum((-2, -1))
-
-    num_lr = (num_all - num_sup).reshape(B, H, L, d)
-    den_lr = (den_all - den_sup).clamp_min(0).reshape(B, H, L, 1)
+    num_lr, den_lr = lowrank_complement(phq, phk, vv, index.layout, block, causal)
+    den_lr = den_lr.unsqueeze(-1)
 
     lse_c = lse.to(cdt).unsqueeze(-1)                              # [B,H,L,1]
     off_lr = offq + offk                                           # [B,H,L,1]
@@ -268,7 +237,11 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
     # a row without sparse keys has lse = -inf and out_s = 0: its sparse term is exactly 0
     num = torch.where(lse_c == float("-inf"), torch.zeros_like(num_lr), ws * out_s.to(cdt)) + wl * num_lr
     den = ws + wl * den_lr                                          # > 0: every row has a key
-    y = _lowrank_nonfinite(num / den, q, k, v, cols, valid, block, causal).to(q.dtype)
+    y = num / den
+    if torch.compiler.is_compiling() or not _all_finite(q, k, v):
+        cols, valid = _support_gather(index, q.device)
+        y = _lowrank_nonfinite(y, q, k, v, cols, valid, block, causal)
+    y = y.to(q.dtype)
     return (y, out_s) if return_parts else y
 
 
