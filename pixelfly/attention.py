@@ -33,7 +33,7 @@ from torch import nn
 from . import attention_ops
 from . import layouts as L_
 from ._memory import physical_memory
-from .attention_lowrank import lowrank_complement
+from .attention_lowrank import SparseLowRankAttention
 from .attention_ops import AttentionIndex
 
 __all__ = ["PixelflyAttention", "build_attention_layout", "sparse_lowrank_attention",
@@ -121,23 +121,6 @@ def gaussian_features(n_features: int, head_dim: int, *, orthogonal: bool = True
     return (w * norms[:, None]).to(dtype)
 
 
-def _features(x, w, per_row: bool):
-    """Positive random features of ``x`` (already scaled by sqrt(scale)): returns
-    ``(phi, offset)`` with the true features ``exp(offset) * phi``; ``offset`` is a per-row
-    max (queries) or a per-head max (keys), detached (it cancels)."""
-    a = x @ w.t() - 0.5 * (x * x).sum(-1, keepdim=True)           # [..., L, r]
-    if per_row:
-        off = a.detach().amax(-1, keepdim=True)                    # [..., L, 1]
-    else:
-        off = a.detach().amax(dim=(-2, -1), keepdim=True)          # [..., 1, 1]
-    z = a - off
-    if z.dtype != torch.float64:
-        # keep features >= e^-40 (relative to the max): below that float32 products would be
-        # denormals, which are ~100x slower on x86; the change is < 1e-13 of any row's sum
-        z = z.clamp_min(-40.0)
-    return torch.exp(z) * (1.0 / math.sqrt(w.shape[0])), off
-
-
 def _support_gather(index: AttentionIndex, device):
     """Per block-row padded column lists ``cols [R, deg]`` and validity ``[R, deg]``."""
     lay = index.layout
@@ -154,10 +137,6 @@ def _support_gather(index: AttentionIndex, device):
 
 def _all_finite(*xs) -> bool:
     return all(bool(torch.isfinite(x).all()) for x in xs)
-
-
-def _finite_or_zero(x):
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
 def _lowrank_pair_counts(flags, cols, valid, block: int, causal: bool):
@@ -212,36 +191,17 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
         raise ValueError(f"sequence length {L} is not a multiple of block_size={block}")
     if scale is None:
         scale = d ** -0.5
-    out_s, lse = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
     if features is None or features.shape[0] == 0:
+        out_s, _ = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
         return (out_s, out_s) if return_parts else out_s
-
     if features.dim() != 2 or features.shape[1] != d:
         raise ValueError(f"features must be [r, head_dim = {d}], got {tuple(features.shape)}")
-    cdt = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
-    rs = math.sqrt(scale)
-    w = features.to(dtype=cdt, device=q.device)
-    # the low-rank sums run on finite inputs (NaN/inf would turn "all keys minus the support"
-    # into NaN everywhere); what non-finite inputs do to the output is applied at the end
-    phq, offq = _features(_finite_or_zero(q.to(cdt)) * rs, w, per_row=True)   # [B,H,L,r], [B,H,L,1]
-    phk, offk = _features(_finite_or_zero(k.to(cdt)) * rs, w, per_row=False)  # [B,H,L,r], [B,H,1,1]
-    vv = _finite_or_zero(v.to(cdt))
-    num_lr, den_lr = lowrank_complement(phq, phk, vv, index.layout, block, causal)
-    den_lr = den_lr.unsqueeze(-1)
-
-    lse_c = lse.to(cdt).unsqueeze(-1)                              # [B,H,L,1]
-    off_lr = offq + offk                                           # [B,H,L,1]
-    M = torch.maximum(lse_c.detach(), off_lr)
-    ws = torch.exp(lse_c - M)
-    wl = torch.exp(off_lr - M)
-    # a row without sparse keys has lse = -inf and out_s = 0: its sparse term is exactly 0
-    num = torch.where(lse_c == float("-inf"), torch.zeros_like(num_lr), ws * out_s.to(cdt)) + wl * num_lr
-    den = ws + wl * den_lr                                          # > 0: every row has a key
-    y = num / den
+    y, out_s = SparseLowRankAttention.apply(q, k, v, features, index, index.layout, block, scale, causal)
+    # the low-rank sums ran on finite inputs (NaN/inf would turn "all keys minus the support"
+    # into NaN everywhere); what non-finite inputs do to the output is applied here
     if torch.compiler.is_compiling() or not _all_finite(q, k, v):
         cols, valid = _support_gather(index, q.device)
         y = _lowrank_nonfinite(y, q, k, v, cols, valid, block, causal)
-    y = y.to(q.dtype)
     return (y, out_s) if return_parts else y
 
 
