@@ -196,10 +196,12 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
         return (out_s, out_s) if return_parts else out_s
     if features.dim() != 2 or features.shape[1] != d:
         raise ValueError(f"features must be [r, head_dim = {d}], got {tuple(features.shape)}")
-    y, out_s = SparseLowRankAttention.apply(q, k, v, features, index, index.layout, block, scale, causal)
-    # the low-rank sums ran on finite inputs (NaN/inf would turn "all keys minus the support"
-    # into NaN everywhere); what non-finite inputs do to the output is applied here
-    if torch.compiler.is_compiling() or not _all_finite(q, k, v):
+    # the low-rank sums run on finite inputs (NaN/inf would turn "all keys minus the support"
+    # into NaN everywhere); what non-finite inputs do to the output is applied after
+    finite = not torch.compiler.is_compiling() and _all_finite(q, k, v)
+    y, out_s = SparseLowRankAttention.apply(q, k, v, features, index, index.layout, block, scale, causal,
+                                            finite)
+    if not finite:
         cols, valid = _support_gather(index, q.device)
         y = _lowrank_nonfinite(y, q, k, v, cols, valid, block, causal)
     return (y, out_s) if return_parts else y

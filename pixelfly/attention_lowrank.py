@@ -135,18 +135,20 @@ def _lowrank_backward(qb, kb, vb, gb, db, sup: _Support):
     return dq, dk, dv
 
 
-def _finite_or_zero(x):
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+def _finite_or_zero(x, finite: bool):
+    """``x`` with NaN/inf replaced by 0 (``finite``: the caller knows there are none)."""
+    return x if finite else torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
 class SparseLowRankAttention(torch.autograd.Function):
-    """``apply(q, k, v, w, index, layout, block, scale, causal) -> (y, out_sparse)``: the
+    """``apply(q, k, v, w, index, layout, block, scale, causal, finite) -> (y, out_sparse)``: the
     attention core on ``[B, H, L, d]`` inputs with random-feature projection ``w [r, d]``;
     ``out_sparse`` (the sparse part alone) is not differentiable. Low-rank sums run on
-    finite-or-zero inputs; the caller applies what non-finite inputs do to the output."""
+    finite-or-zero inputs (``finite``: the caller checked q, k, v have no NaN/inf); the caller
+    applies what non-finite inputs do to the output."""
 
     @staticmethod
-    def forward(ctx, q, k, v, w, index, layout, block, scale, causal):
+    def forward(ctx, q, k, v, w, index, layout, block, scale, causal, finite):
         B, H, L, d = q.shape
         R = L // block
         cdt = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
@@ -154,9 +156,9 @@ class SparseLowRankAttention(torch.autograd.Function):
         sup = _Support(layout, causal, cdt, q.device)
         rs = math.sqrt(scale)
         w = w.to(dtype=cdt, device=q.device)
-        phq, offq = features(_finite_or_zero(q.to(cdt)) * rs, w, per_row=True)
-        phk, offk = features(_finite_or_zero(k.to(cdt)) * rs, w, per_row=False)
-        vv = _finite_or_zero(v.to(cdt))
+        phq, offq = features(_finite_or_zero(q.to(cdt), finite) * rs, w, per_row=True)
+        phk, offk = features(_finite_or_zero(k.to(cdt), finite) * rs, w, per_row=False)
+        vv = _finite_or_zero(v.to(cdt), finite)
         num, den = _lowrank_forward(_blocks(phq, R, block), _blocks(phk, R, block), _blocks(vv, R, block), sup)
         lse_c = lse.to(cdt).unsqueeze(-1)                              # [B,H,L,1]
         off = offq + offk
@@ -168,14 +170,14 @@ class SparseLowRankAttention(torch.autograd.Function):
         y = ((sparse + wl * num.reshape(B, H, L, d)) / z).to(q.dtype)
         log_z = (M + torch.log(z)).squeeze(-1).to(lse.dtype)
         ctx.save_for_backward(q, k, v, w, y, log_z, offq, offk)
-        ctx.cfg = (index, layout, block, scale, causal)
+        ctx.cfg = (index, layout, block, scale, causal, finite)
         ctx.mark_non_differentiable(out_s)
         return y, out_s
 
     @staticmethod
     def backward(ctx, dy, _dout_s):
         q, k, v, w, y, log_z, offq, offk = ctx.saved_tensors
-        index, layout, block, scale, causal = ctx.cfg
+        index, layout, block, scale, causal, finite = ctx.cfg
         B, H, L, d = q.shape
         R = L // block
         cdt = w.dtype
@@ -184,8 +186,8 @@ class SparseLowRankAttention(torch.autograd.Function):
                                               block, scale, causal)
         sup = _Support(layout, causal, cdt, q.device)
         rs = math.sqrt(scale)
-        xq = _finite_or_zero(q.to(cdt)) * rs
-        xk = _finite_or_zero(k.to(cdt)) * rs
+        xq = _finite_or_zero(q.to(cdt), finite) * rs
+        xk = _finite_or_zero(k.to(cdt), finite) * rs
         phq, _ = features(xq, w, per_row=True)
         phk, _ = features(xk, w, per_row=False)
         c = torch.exp(offq + offk - log_z.to(cdt).unsqueeze(-1))        # [B,H,L,1]
@@ -193,11 +195,11 @@ class SparseLowRankAttention(torch.autograd.Function):
         g = c * dyc
         delta = c.squeeze(-1) * (dyc * y.to(cdt)).sum(-1)
         dphq, dphk, dv_lr = _lowrank_backward(
-            _blocks(phq, R, block), _blocks(phk, R, block), _blocks(_finite_or_zero(v.to(cdt)), R, block),
+            _blocks(phq, R, block), _blocks(phk, R, block), _blocks(_finite_or_zero(v.to(cdt), finite), R, block),
             _blocks(g, R, block), delta.view(B, H, R, block), sup)
         dq_lr = _features_backward(dphq.reshape(B, H, L, -1), phq, xq, w) * rs
         dk_lr = _features_backward(dphk.reshape(B, H, L, -1), phk, xk, w) * rs
         dq = (dq.to(cdt) + dq_lr).to(q.dtype)
         dk = (dk.to(cdt) + dk_lr).to(k.dtype)
         dv = (dv.to(cdt) + dv_lr.reshape(B, H, L, d)).to(v.dtype)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
