@@ -205,7 +205,7 @@ def main(argv=None):
             bench_shape(out_f, in_f, T, d, 32, args.reps, results, bar)
     print_table(results)
     meta = {"threads": args.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "isa": int(torch.ops.pixelfly.cpu_isa()), "T": T, "reps": args.reps}
+            "isa": int(ops.cpu_isa()), "T": T, "reps": args.reps}
     for path in filter(None, [args.json]):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import _ops  # noqa: F401  (registers the schemas and the CPU kernels)
+from . import _ops  # registers the schemas and the CPU kernels; holds their settings
 from . import backends  # noqa: F401  (the composite ops for every other device)
+from .op_checks import attention_args, attention_bwd_args, int_arg
 
-__all__ = ["bsattn", "bsattn_fwd", "bsattn_bwd", "attention_index", "AttentionIndex",
-           "set_cpu_isa", "set_bwd_mode"]
+__all__ = ["bsattn", "bsattn_fwd", "bsattn_bwd", "AttentionIndex", "set_cpu_isa", "set_bwd_mode"]
 
 _ns = torch.ops.pixelfly
 
@@ -57,12 +57,9 @@ class AttentionIndex:
         return self.nnz / float(self.layout.size)
 
 
-def attention_index(layout) -> AttentionIndex:
-    return AttentionIndex(layout)
-
-
 def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block: int, scale: float, causal: bool):
     """``(out, lse)``; see the module docstring."""
+    attention_args(q, k, v, (row_ptr, col_idx, col_ptr, row_idx), block, scale)
     return _ns.bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, int(block), float(scale),
                           bool(causal))
 
@@ -70,6 +67,8 @@ def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block: int, scale: f
 def bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx, block: int,
                scale: float, causal: bool):
     """``(dq, dk, dv)`` from the forward's ``out`` and ``lse``; ``dlse`` may be ``None``."""
+    attention_args(q, k, v, (row_ptr, col_idx, col_ptr, row_idx), block, scale)
+    attention_bwd_args(dout, dlse, q, out, lse)
     return _ns.bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx,
                           int(block), float(scale), bool(causal))
 
@@ -84,14 +83,16 @@ def bsattn(q, k, v, index: AttentionIndex, block: int, scale: float | None = Non
 
 
 def set_cpu_isa(isa: int) -> int:
-    """Force the attention kernels' ISA (0 auto, 1 portable, 3 AVX-512); returns the previous."""
-    return _ns.bsattn_set_cpu_isa(int(isa))
+    """Force the CPU attention kernels' ISA (0 auto, 1 portable, 3 AVX-512); returns the
+    previous setting. A process-wide switch for tests and benchmarks."""
+    return _ops.set_attention_isa(int_arg("set_cpu_isa", "isa", isa))
 
 
 def set_bwd_mode(mode: int) -> int:
-    """Backward schedule: 0 auto, 1 one task per (batch, head) (5 GEMMs per block),
-    2 query-row / key-column tasks (7 GEMMs per block, more parallelism). Returns the previous."""
-    return _ns.bsattn_set_bwd_mode(int(mode))
+    """Backward schedule of the CPU attention kernels: 0 auto, 1 one task per (batch, head)
+    (5 GEMMs per block), 2 query-row / key-column tasks (7 GEMMs per block, more
+    parallelism). Returns the previous setting."""
+    return _ops.set_attention_bwd_mode(int_arg("set_bwd_mode", "mode", mode))
 
 
 # ---------------------------------------------------------------- fake kernels
@@ -123,8 +124,8 @@ def _backward(ctx, gout, glse):
     q, k, v, out, lse, *idx = ctx.saved_tensors
     if gout is None:
         gout = torch.zeros_like(out)
-    dq, dk, dv = bsattn_bwd(gout.contiguous(), None if glse is None else glse.contiguous(),
-                            q, k, v, out, lse, *idx, *ctx.cfg)
+    dq, dk, dv = _ns.bsattn_bwd(gout.contiguous(), None if glse is None else glse.contiguous(),
+                                q, k, v, out, lse, *idx, *ctx.cfg)
     need = ctx.needs_input_grad
     return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None) + (None,) * 7
 

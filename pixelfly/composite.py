@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from .index_check import check_block_index
+from .op_checks import bsmm_args
 
 __all__ = ["bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "CHUNK_BYTES", "cached_plan"]
 
 CHUNK_BYTES = 32 << 20   # bound on the gathered operand + result of one batched matmul
 _PLANS: dict = {}
 _MAX_PLANS = 256
-INDEX_NAMES = ("row_ptr", "col_idx", "col_ptr", "row_idx", "csc_blk")
 
 
 # ------------------------------------------------------------------ plan cache
@@ -96,57 +96,6 @@ def _plan(kind, idx_tensors, R, C):
     return cached_plan(kind, idx_tensors, build)
 
 
-# ------------------------------------------------------------------ argument checks
-def _fail(cls, msg):
-    raise cls(f"pixelfly: {msg}")
-
-
-def _check_index(idx, device):
-    if len(idx[0].shape) != 1 or idx[0].numel() < 1:
-        _fail(ValueError, "row_ptr must be 1-D with R+1 entries")
-    if len(idx[2].shape) != 1 or idx[2].numel() < 1:
-        _fail(ValueError, "col_ptr must be 1-D with C+1 entries")
-    nnz = idx[1].numel()
-    for name, t in zip(INDEX_NAMES, idx):
-        if t.dtype != torch.int64:
-            _fail(TypeError, f"{name} must be int64, got {t.dtype}")
-        if t.device != device:
-            _fail(ValueError, f"{name} must be on {device}, got {t.device}")
-        if t.dim() != 1:
-            _fail(ValueError, f"{name} must be a contiguous 1-D tensor")
-        if name in ("col_idx", "row_idx", "csc_blk") and t.numel() != nnz:
-            _fail(ValueError, f"{name} must have {nnz} entries, got {t.numel()}")
-    return idx[0].numel() - 1, idx[2].numel() - 1, nnz
-
-
-def _check_dense(name, t, cols, device):
-    if not (t.is_floating_point() and t.dtype.itemsize >= 2):
-        _fail(TypeError, f"{name} must be a floating-point tensor (float16, bfloat16, float32 "
-                         f"or float64), got dtype {t.dtype}")
-    if t.device != device:
-        _fail(ValueError, f"{name} must be on {device}, got {t.device}")
-    if t.dim() != 2:
-        _fail(ValueError, f"{name} must be 2-D [T, features], got {t.dim()}-D")
-    if t.shape[1] != cols:
-        _fail(ValueError, f"{name} must have {cols} columns, got {t.shape[1]}")
-    if t.shape[0] > 0 and cols > 1 and t.stride(1) != 1:
-        _fail(ValueError, f"{name} must have a contiguous last dimension")
-
-
-def _check_blocks(blocks, other, nnz):
-    if blocks.device != other.device:
-        _fail(ValueError, f"blocks must be on {other.device}, got {blocks.device}")
-    if blocks.dim() != 3:
-        _fail(ValueError, f"blocks must be 3-D [nnz, b1, b2], got {blocks.dim()}-D")
-    if blocks.shape[0] != nnz:
-        _fail(ValueError, f"blocks has {blocks.shape[0]} blocks but the index has {nnz}")
-    if blocks.shape[1] <= 0 or blocks.shape[2] <= 0:
-        _fail(ValueError, "block sizes must be positive")
-    if blocks.dtype != other.dtype:
-        _fail(TypeError, f"blocks ({blocks.dtype}) and the activations ({other.dtype}) must "
-                         "share a dtype")
-
-
 # ------------------------------------------------------------------ the math
 def _compute_dtype(t):
     """float32 for 16-bit inputs on the CPU (whose 16-bit matmuls are slow or emulated: the
@@ -171,7 +120,7 @@ def _gather_mm(act, w_io, plan, n_out):
     if T == 0:
         return out
     cdt = _compute_dtype(act)
-    a3, o3 = act.to(cdt).view(T, -1, bi), out.view(T, n_out, bo)
+    a3, o3 = act.to(cdt).reshape(T, -1, bi), out.view(T, n_out, bo)
     w_io = w_io.to(cdt)
     es = a3.element_size()
     for rows, gidx, wpos in buckets:
@@ -189,39 +138,29 @@ def _gather_mm(act, w_io, plan, n_out):
 def bsmm_fwd(x, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk):
     """``y[T, R*b1] = x[T, C*b2] B^T``."""
     idx = (row_ptr, col_idx, col_ptr, row_idx, csc_blk)
-    R, C, nnz = _check_index(idx, x.device)
-    _check_blocks(blocks, x, nnz)
-    _check_dense("x", x, C * blocks.shape[2], x.device)
+    bsmm_args("bsmm_fwd", x, blocks, idx)
+    R, C = row_ptr.numel() - 1, col_ptr.numel() - 1
     return _gather_mm(x, blocks.transpose(1, 2), _plan("csr", idx, R, C), R)
 
 
 def bsmm_bwd_x(dy, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk):
     """``dx[T, C*b2] = dy[T, R*b1] B``."""
     idx = (row_ptr, col_idx, col_ptr, row_idx, csc_blk)
-    R, C, nnz = _check_index(idx, dy.device)
-    _check_blocks(blocks, dy, nnz)
-    _check_dense("dy", dy, R * blocks.shape[1], dy.device)
+    bsmm_args("bsmm_bwd_x", dy, blocks, idx)
+    R, C = row_ptr.numel() - 1, col_ptr.numel() - 1
     return _gather_mm(dy, blocks, _plan("csc", idx, R, C), C)
 
 
 def bsmm_bwd_w(dy, x, row_ptr, col_idx, col_ptr, row_idx, csc_blk, b1, b2):
     """``dB[nnz, b1, b2] = dy^T x`` on the layout's blocks only."""
-    if b1 <= 0 or b2 <= 0:
-        _fail(ValueError, f"b1 and b2 must be positive, got {b1} and {b2}")
     idx = (row_ptr, col_idx, col_ptr, row_idx, csc_blk)
-    R, C, nnz = _check_index(idx, x.device)
-    _check_dense("dy", dy, R * b1, x.device)
-    _check_dense("x", x, C * b2, x.device)
-    if dy.shape[0] != x.shape[0]:
-        _fail(ValueError, f"dy and x must have the same number of rows, got {dy.shape[0]} "
-                          f"and {x.shape[0]}")
-    if dy.dtype != x.dtype:
-        _fail(TypeError, f"dy ({dy.dtype}) and x ({x.dtype}) must share a dtype")
+    bsmm_args("bsmm_bwd_w", dy, x, idx, b1, b2)
+    R, C, nnz = row_ptr.numel() - 1, col_ptr.numel() - 1, col_idx.numel()
     _, buckets = _plan("csr", idx, R, C)
     T = x.shape[0]
     dw = torch.empty(nnz, b1, b2, dtype=x.dtype, device=x.device)
     cdt = _compute_dtype(x)
-    x3, dy3 = x.to(cdt).view(T, C, b2), dy.to(cdt).view(T, R, b1)
+    x3, dy3 = x.to(cdt).reshape(T, C, b2), dy.to(cdt).reshape(T, R, b1)
     for rows, gidx, wpos in buckets:
         NG, G = rows.shape
         K = gidx.shape[1]

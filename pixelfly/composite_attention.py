@@ -21,55 +21,13 @@ import torch
 
 from . import composite
 from .index_check import check_block_index
+from .op_checks import attention_args, attention_bwd_args
 
 __all__ = ["bsattn_fwd", "bsattn_bwd"]
 
 
 def _fail(cls, msg):
     raise cls(f"pixelfly.bsattn: {msg}")
-
-
-def _operand(name, t, q):
-    if t.dim() not in (3, 4):
-        _fail(ValueError, f"{name} must be 3-D [N, L, d] or 4-D [B, H, L, d], got {t.dim()}-D")
-    if t.device != q.device:
-        _fail(ValueError, f"{name} must be on {q.device}, got {t.device}")
-    if t.dtype != q.dtype:
-        _fail(TypeError, f"{name} ({t.dtype}) must have q's dtype ({q.dtype})")
-    if t.shape != q.shape:
-        _fail(ValueError, f"{name} must have q's shape {list(q.shape)}, got {list(t.shape)}")
-
-
-def _check(q, k, v, idx, block, scale):
-    if not (q.is_floating_point() and q.dtype.itemsize >= 2):
-        _fail(TypeError, f"q must be float16, bfloat16, float32 or float64, got {q.dtype}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _operand(name, t, q)
-    L, d = q.shape[-2], q.shape[-1]
-    if block <= 0:
-        _fail(ValueError, f"block must be positive, got {block}")
-    if L <= 0 or L % block:
-        _fail(ValueError, f"the sequence length L = q.size(-2) = {L} must be a positive "
-                          f"multiple of block = {block}")
-    if d <= 0:
-        _fail(ValueError, "the head dim d = q.size(-1) must be positive")
-    if not math.isfinite(scale):
-        _fail(ValueError, f"scale must be finite, got {scale}")
-    R = L // block
-    for name, t in zip(("row_ptr", "col_idx", "col_ptr", "row_idx"), idx):
-        if t.dtype != torch.int64:
-            _fail(TypeError, f"{name} must be int64, got {t.dtype}")
-        if t.device not in (q.device, torch.device("cpu")):   # the CPU kernels' contract: CPU
-            _fail(ValueError, f"{name} must be on the CPU or on {q.device}, got {t.device}")
-        if t.dim() != 1:
-            _fail(ValueError, f"{name} must be 1-D, got {t.dim()}-D")
-    for name, t in (("row_ptr", idx[0]), ("col_ptr", idx[2])):
-        if t.numel() != R + 1:
-            _fail(ValueError, f"{name} must have {R + 1} entries (L/block + 1), got {t.numel()}")
-    if idx[3].numel() != idx[1].numel():
-        _fail(ValueError, f"row_idx must have {idx[1].numel()} entries (nnz = col_idx.numel()), "
-                          f"got {idx[3].numel()}")
-    return R
 
 
 def _plan(idx, R, dev):
@@ -126,7 +84,7 @@ class _Chunk:
 
 
 def _setup(q, k, v, idx, block, scale):
-    R = _check(q, k, v, idx, int(block), float(scale))
+    R = attention_args(q, k, v, idx, int(block), float(scale))
     L, d = q.shape[-2], q.shape[-1]
     N = math.prod(q.shape[:-2])
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -163,18 +121,7 @@ def bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx
     """``(dq, dk, dv)`` from the forward's ``out`` and ``lse``; ``dlse`` may be ``None``."""
     idx = (row_ptr, col_idx, col_ptr, row_idx)
     R, N, d, ct, q4, k4, v4 = _setup(q, k, v, idx, block, scale)
-    _operand("dout", dout, q)
-    _operand("out", out, q)
-    lse_shape = tuple(q.shape[:-1])
-    for name, t in (("lse", lse), ("dlse", dlse)):
-        if t is None:
-            continue
-        if t.device != q.device:
-            _fail(ValueError, f"{name} must be on {q.device}, got {t.device}")
-        if t.dtype != ct:
-            _fail(TypeError, f"{name} must be {ct} for q of dtype {q.dtype}, got {t.dtype}")
-        if tuple(t.shape) != lse_shape:
-            _fail(ValueError, f"{name} must have shape {list(lse_shape)}, got {list(t.shape)}")
+    attention_bwd_args(dout, dlse, q, out, lse)
     do4 = dout.reshape(N, R, block, d).to(q4.dtype)
     lse3 = lse.reshape(N, R, block)
     D = (do4.to(ct) * out.reshape(N, R, block, d).to(ct)).sum(-1)           # [N, R, b]

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import torch
 
+from . import _ops
 from .backends import HAS_CUDA_KERNELS, implementation, use_composite, use_native_cuda
+from .op_checks import INDEX_FIELDS, bsmm_args, int_arg
 
 __all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "index_tensors", "HAS_CUDA_KERNELS",
-           "empty_cache", "set_cache_limit", "cache_held", "use_composite", "use_native_cuda",
-           "implementation"]
+           "empty_cache", "set_cache_limit", "cache_held", "cpu_isa", "set_cpu_isa",
+           "use_composite", "use_native_cuda", "implementation"]
 
 _ops_ns = torch.ops.pixelfly
 _func_active = torch._C._are_functorch_transforms_active  # torch.func: see ops_func
-INDEX_FIELDS = ("row_ptr", "col_idx", "col_ptr", "row_idx", "csc_blk")
 
 
 def index_tensors(index, device=None):
@@ -30,7 +31,7 @@ def index_tensors(index, device=None):
                  for f in INDEX_FIELDS)
 
 
-# ---------------------------------------------------------------- CPU output cache
+# ---------------------------------------------------------------- process-wide settings
 # The CPU ops take their large outputs (>= 4 MiB: y, dx, and the bf16 workspace) from a
 # small cache of freed buffers instead of fresh memory: under glibc every allocation of
 # 32 MiB or more is a fresh mmap whose pages fault in (and are zeroed) on first touch,
@@ -38,49 +39,58 @@ def index_tensors(index, device=None):
 # PIXELFLY_CPU_CACHE_MB (read once) or call set_cache_limit; 0 turns the cache off.
 def empty_cache() -> int:
     """Free the CPU output cache's free buffers; returns the number of bytes released."""
-    return int(_ops_ns.cpu_cache_clear())
+    return _ops.cache_clear()
 
 
 def set_cache_limit(nbytes: int) -> int:
     """Set the CPU output cache's limit in bytes (0: off); returns the previous limit."""
-    if not isinstance(nbytes, int) or isinstance(nbytes, bool):
-        raise TypeError(f"set_cache_limit: nbytes must be an int, got {type(nbytes).__name__}")
-    if not 0 <= nbytes < 2 ** 63:
+    if not 0 <= int_arg("set_cache_limit", "nbytes", nbytes) < 2 ** 63:
         raise ValueError(f"set_cache_limit: nbytes must be in [0, 2**63), got {nbytes}")
-    return int(_ops_ns.cpu_cache_set_limit(nbytes))
+    return _ops.cache_set_limit(nbytes)
 
 
 def cache_held() -> int:
     """Bytes of free buffers the CPU output cache holds now."""
-    return int(_ops_ns.cpu_cache_held())
+    return _ops.cache_held()
+
+
+def cpu_isa() -> int:
+    """The best instruction set of this CPU for the block-sparse kernels: 1 portable,
+    2 AVX2+FMA, 3 AVX-512 (F/BW/VL)."""
+    return _ops.cpu_isa()
+
+
+def set_cpu_isa(isa: int) -> int:
+    """Force the CPU block-sparse kernels' instruction set (0 auto: the best available,
+    1 portable, 2 AVX2+FMA, 3 AVX-512; tests and benchmarks). Returns the previous setting."""
+    return _ops.set_cpu_isa(int_arg("set_cpu_isa", "isa", isa))
+
+
+# ---------------------------------------------------------------- the ops
+def _run(name, *args):
+    """``torch.ops.pixelfly.<name>(*args)`` (checked arguments), through the
+    ``autograd.Function`` of :mod:`pixelfly.ops_func` under ``torch.func`` transforms."""
+    if _func_active():
+        return ops_func.FUNCTIONS[name].apply(*args)
+    return getattr(_ops_ns, name)(*args)
 
 
 def bsmm_fwd(x, blocks, *idx):
     """``y[T, out] = x[T, in] B^T`` computed only on the stored blocks."""
-    if _func_active():
-        return ops_func.FUNCTIONS["bsmm_fwd"].apply(x, blocks, *idx)
-    return _ops_ns.bsmm_fwd(x, blocks, *idx)
+    bsmm_args("bsmm_fwd", x, blocks, idx)
+    return _run("bsmm_fwd", x, blocks, *idx)
 
 
 def bsmm_bwd_x(dy, blocks, *idx):
     """``dx[T, in] = dy[T, out] B``."""
-    if _func_active():
-        return ops_func.FUNCTIONS["bsmm_bwd_x"].apply(dy, blocks, *idx)
-    return _ops_ns.bsmm_bwd_x(dy, blocks, *idx)
+    bsmm_args("bsmm_bwd_x", dy, blocks, idx)
+    return _run("bsmm_bwd_x", dy, blocks, *idx)
 
 
 def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
     """``dB[nnz, b1, b2] = (dy^T x)`` on the layout's blocks only."""
-    for name, b in (("b1", b1), ("b2", b2)):
-        if isinstance(b, torch.SymInt):  # traced (torch.compile dynamic shapes): checked at run time
-            continue
-        if isinstance(b, bool) or not isinstance(b, int):
-            raise TypeError(f"bsmm_bwd_w: {name} must be an int, got {type(b).__name__}")
-        if not 0 < b < 2 ** 63:
-            raise ValueError(f"bsmm_bwd_w: {name} must be a positive block size, got {b}")
-    if _func_active():
-        return ops_func.FUNCTIONS["bsmm_bwd_w"].apply(dy, x, *idx, b1, b2)
-    return _ops_ns.bsmm_bwd_w(dy, x, *idx, b1, b2)
+    bsmm_args("bsmm_bwd_w", dy, x, idx, b1, b2)
+    return _run("bsmm_bwd_w", dy, x, *idx, b1, b2)
 
 
 def bsmm(x, blocks, idx):
@@ -124,8 +134,8 @@ def _c(t):
 def _fwd_backward(ctx, gy):
     x, blocks, *idx = ctx.saved_tensors
     gy = _c(gy)
-    dx = bsmm_bwd_x(gy, blocks, *idx) if ctx.needs_input_grad[0] else None
-    db = (bsmm_bwd_w(gy, x, *idx, b1=blocks.shape[1], b2=blocks.shape[2])
+    dx = _run("bsmm_bwd_x", gy, blocks, *idx) if ctx.needs_input_grad[0] else None
+    db = (_run("bsmm_bwd_w", gy, x, *idx, blocks.shape[1], blocks.shape[2])
           if ctx.needs_input_grad[1] else None)
     return (dx, db) + (None,) * 5
 
@@ -133,8 +143,8 @@ def _fwd_backward(ctx, gy):
 def _bwd_x_backward(ctx, g):
     dy, blocks, *idx = ctx.saved_tensors
     g = _c(g)
-    d_dy = bsmm_fwd(g, blocks, *idx) if ctx.needs_input_grad[0] else None
-    db = (bsmm_bwd_w(dy, g, *idx, b1=blocks.shape[1], b2=blocks.shape[2])
+    d_dy = _run("bsmm_fwd", g, blocks, *idx) if ctx.needs_input_grad[0] else None
+    db = (_run("bsmm_bwd_w", dy, g, *idx, blocks.shape[1], blocks.shape[2])
           if ctx.needs_input_grad[1] else None)
     return (d_dy, db) + (None,) * 5
 
@@ -142,8 +152,8 @@ def _bwd_x_backward(ctx, g):
 def _bwd_w_backward(ctx, g):
     dy, x, *idx = ctx.saved_tensors
     g = _c(g)
-    d_dy = bsmm_fwd(x, g, *idx) if ctx.needs_input_grad[0] else None
-    dx = bsmm_bwd_x(dy, g, *idx) if ctx.needs_input_grad[1] else None
+    d_dy = _run("bsmm_fwd", x, g, *idx) if ctx.needs_input_grad[0] else None
+    dx = _run("bsmm_bwd_x", dy, g, *idx) if ctx.needs_input_grad[1] else None
     return (d_dy, dx) + (None,) * 7
 
 

@@ -275,13 +275,15 @@ def test_bad_op_inputs():
     idx, b, q, k, v = _small_problem(False)
     q, k, v = (t.detach() for t in (q, k, v))
     t = idx.tensors()
-    op = torch.ops.pixelfly.bsattn_fwd
+    op = attention_ops.bsattn_fwd     # the Python boundary: the checks with the user's names
     with pytest.raises(ValueError, match="multiple of block"):
         op(q, k, v, *t, 7, 0.3, False)
     with pytest.raises(ValueError, match="block must be positive"):
         op(q, k, v, *t, 0, 0.3, False)
-    with pytest.raises(TypeError, match="q must be float32, bfloat16 or float64"):
+    with pytest.raises(TypeError, match="q must be float16, bfloat16, float32 or float64"):
         op(q.int(), k.int(), v.int(), *t, b, 0.3, False)
+    with pytest.raises(TypeError, match="q must be float32, bfloat16 or float64 for the CPU kernels"):
+        op(q.half(), k.half(), v.half(), *t, b, 0.3, False)
     with pytest.raises(TypeError, match="k .* must have q's dtype"):
         op(q, k.float(), v, *t, b, 0.3, False)
     with pytest.raises(ValueError, match="v must have q's shape"):
@@ -299,7 +301,7 @@ def test_bad_op_inputs():
     with pytest.raises(ValueError, match="scale must be finite"):
         op(q, k, v, *t, b, float("nan"), False)
     out, lse = op(q, k, v, *t, b, 0.3, False)
-    bwd = torch.ops.pixelfly.bsattn_bwd
+    bwd = attention_ops.bsattn_bwd
     bad_ri = t[3].clone()
     bad_ri[0] = (bad_ri[0] + 1) % 4
     with pytest.raises(ValueError, match="col_ptr/row_idx"):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pixelfly import attention_ops, reference
+from pixelfly import attention_ops, ops, reference
 from pixelfly.attention import build_attention_layout, gaussian_features, sparse_lowrank_attention
 from pixelfly.attention_ops import AttentionIndex, bsattn
 
-HAS_AVX512 = torch.ops.pixelfly.cpu_isa() == 3
+HAS_AVX512 = ops.cpu_isa() == 3
 ISAS = [pytest.param(1, id="portable"),
         pytest.param(3, id="avx512", marks=pytest.mark.skipif(
             not HAS_AVX512, reason="this CPU has no AVX-512"))]

@@ -103,15 +103,15 @@ def test_threads_and_isas_agree():
     results = {}
     try:
         for threads, isa in itertools.product([1, 2], [1, 2, 3]):
-            if isa > torch.ops.pixelfly.cpu_isa():
+            if isa > ops.cpu_isa():
                 continue
             torch.set_num_threads(threads)
-            old = torch.ops.pixelfly.set_cpu_isa(isa)
+            old = ops.set_cpu_isa(isa)
             try:
                 results[threads, isa] = (ops.bsmm_fwd(x, blocks, *it), ops.bsmm_bwd_x(dy, blocks, *it),
                                          ops.bsmm_bwd_w(dy, x, *it, b1=32, b2=32))
             finally:
-                torch.ops.pixelfly.set_cpu_isa(old)
+                ops.set_cpu_isa(old)
     finally:
         torch.set_num_threads(prev)
     first = next(iter(results.values()))
@@ -144,6 +144,39 @@ def test_bad_inputs_raise_clear_errors():
             ops.bsmm_fwd(x, blocks, it[0], bad, *it[2:])
     with pytest.raises(ValueError, match="rows"):
         ops.bsmm_bwd_w(dy[:-1], x, *it, b1=16, b2=16)
+
+
+def test_single_row_with_column_stride_is_read_correctly():
+    """A one-row x whose columns are not adjacent (x[:, ::2]) was read as if they were."""
+    layout, it, blocks, x, dy = make_case(3, 4, 8, 8, 1, torch.float64, seed=6)
+    lay = torch.as_tensor(layout)
+    wide = torch.randn(1, 2 * x.shape[1], dtype=torch.float64)
+    xs, dys = wide[:, ::2], torch.randn(1, 2 * dy.shape[1], dtype=torch.float64)[:, ::2]
+    torch.testing.assert_close(ops.bsmm_fwd(xs, blocks, *it), reference.bsmm_fwd(xs, blocks, lay))
+    torch.testing.assert_close(ops.bsmm_bwd_x(dys, blocks, *it), reference.bsmm_bwd_x(dys, blocks, lay))
+    torch.testing.assert_close(ops.bsmm_bwd_w(dys, xs, *it, b1=8, b2=8),
+                               reference.bsmm_bwd_w(dys, xs, lay, 8, 8))
+
+
+def test_raw_ops_keep_their_invariant_checks():
+    """torch.ops.pixelfly.* called directly (no Python checks) still refuses what the
+    kernels cannot read safely, with a ValueError/TypeError rather than a crash."""
+    layout, it, blocks, x, dy = make_case(3, 4, 16, 16, 5, torch.float32, seed=4)
+    raw = torch.ops.pixelfly
+    with pytest.raises(ValueError, match="x must have shape"):
+        raw.bsmm_fwd(x[:, :-1], blocks, *it)
+    with pytest.raises(ValueError, match="blocks must have shape"):
+        raw.bsmm_fwd(x, blocks[1:], *it)
+    with pytest.raises(TypeError, match="row_ptr must be int64"):
+        raw.bsmm_fwd(x, blocks, it[0].int(), *it[1:])
+    with pytest.raises(ValueError, match="csc_blk must be a contiguous 1-D tensor"):
+        raw.bsmm_bwd_x(dy, blocks, *it[:4], it[4][:-1])
+    with pytest.raises(TypeError, match="share a dtype"):
+        raw.bsmm_bwd_w(dy, x.double(), *it, 16, 16)
+    with pytest.raises(ValueError, match="64 bits"):
+        raw.bsmm_bwd_w(dy, x, *it, 2 ** 62, 16)
+    with pytest.raises(TypeError, match="float32, bfloat16 or float64 for the CPU kernels"):
+        raw.bsmm_fwd(x.half(), blocks.half(), *it)
 
 
 def test_meta_tensors_use_fake_kernels():

@@ -1,5 +1,6 @@
 /*
- * pixelfly_cuda.h - host launchers of the torch-free CUDA kernels (csrc/cuda/bsmm.cu).
+ * pixelfly_cuda.h - host launchers of the torch-free CUDA kernels (csrc/cuda/bsmm.cu and
+ * the kernel headers beside it).
  *
  * Same argument struct and semantics as the CPU kernels of pixelfly.h (section
  * "block-sparse matmul"), with these differences:
@@ -39,15 +40,17 @@ pf_err pf_cuda_bsmm_check(int op, const pf_bsmm_args *a);
  * still runs correctly, without the split. */
 int64_t pf_cuda_bsmm_workspace(int op, const pf_bsmm_args *a);
 
+/* Which kernels a call ran: none (an empty problem), the tiled tensor-core kernels, or the
+ * generic kernel (block shape, alignment, or no tile configuration fits the device's
+ * shared memory). */
+typedef enum { PF_CUDA_NOTHING = 0, PF_CUDA_TILED = 1, PF_CUDA_GENERIC = 2 } pf_cuda_path;
+
 /* Check, then enqueue the op on `stream` (asynchronous). Outputs are fully overwritten.
  * Returns NULL on success or a static message: pf_cuda_bsmm_check's (argument errors), or
  * else a CUDA error. An error left pending by earlier, unrelated CUDA calls is cleared first
- * so that it is not reported as this op's. */
-pf_err pf_cuda_bsmm(int op, const pf_bsmm_args *a, int allow_tf32, cudaStream_t stream);
-
-/* 1 if (op, a) would take the tiled tensor-core path on the current device, 0 if the
- * generic path (block shape, alignment, or no tile configuration fits its shared memory). */
-int pf_cuda_bsmm_is_fast(int op, const pf_bsmm_args *a);
+ * so that it is not reported as this op's. *path (if not NULL) says which kernels ran. */
+pf_err pf_cuda_bsmm(int op, const pf_bsmm_args *a, int allow_tf32, cudaStream_t stream,
+                    pf_cuda_path *path);
 
 #ifdef __cplusplus
 }
