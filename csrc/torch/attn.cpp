@@ -159,11 +159,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bsattn_bwd(
   return {dq, dk, dv};
 }
 
-// Force the attention kernels' ISA (0 auto, 1 portable, 3 AVX-512); returns the previous one.
+// Force the attention kernels' ISA (0 auto, 1 portable, 2 AVX2+FMA, 3 AVX-512); returns the
+// previous one.
 int64_t bsattn_set_cpu_isa(int64_t isa) {
-  PFA_CHECK(isa == PF_ISA_AUTO || isa == PF_ISA_PORTABLE || isa == PF_ISA_AVX512,
-            "isa must be 0 (auto), 1 (portable) or 3 (AVX-512), got ", isa);
-  PFA_CHECK(isa != PF_ISA_AVX512 || pf_attn_has_avx512(), "isa 3 (AVX-512) is not supported by this CPU");
+  PFA_CHECK(isa >= PF_ISA_AUTO && isa <= PF_ISA_AVX512,
+            "isa must be 0 (auto), 1 (portable), 2 (AVX2+FMA) or 3 (AVX-512), got ", isa);
+  PFA_CHECK(isa != PF_ISA_AVX2 || pf_cpu_has_avx2_fma(), "isa 2 (AVX2+FMA) is not supported by this CPU");
+  PFA_CHECK(isa != PF_ISA_AVX512 || pf_cpu_has_avx512(), "isa 3 (AVX-512) is not supported by this CPU");
   return g_attn_isa.exchange(isa);
 }
 
