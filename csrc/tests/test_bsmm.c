@@ -15,15 +15,9 @@
 #include "../cpu/kernels.h"
 
 #include "check.h"
+#include "test_rng.h"
 
 /* ------------------------------------------------------------------ rng */
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd(void) {
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 static int64_t rndi(int64_t n) { return n > 0 ? (int64_t)(rnd() % (uint64_t)n) : 0; }
 static float rndf(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
 
