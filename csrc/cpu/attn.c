@@ -115,7 +115,7 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
     const int64_t b = P->b, d = P->d;
     if (op == PF_ATTN_FWD)  /* S tile, acc, m, l (double) */
         P->per_task = ALIGN64(b * b * es) + ALIGN64(b * d * es) + ALIGN64(3 * b * 8);
-    else                    /* S, dP (+ dS^T when fused) tiles, two accumulators */
+    else                    /* S, dP tiles, two accumulators (+ the dS^T tile when fused) */
         P->per_task = (P->fused ? 3 : 2) * ALIGN64(b * b * es) + 2 * ALIGN64(b * d * es);
     P->total = o + P->tasks1 * P->per_task;
 }

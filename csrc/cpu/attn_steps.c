@@ -321,26 +321,6 @@ static void store_dkdv(const pf_attn_args *a, const plan_t *P, int64_t n, int64_
     }
 }
 
-void pf_attn_bwd_dkdv(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr) {
-    const int64_t n = item / P->R, J = item % P->R, b = P->b, d = P->d;
-    const int64_t es = (int64_t)P->es;
-    char *w = (char *)a->work;
-    void *St = scr, *dPt = PTR(scr, ALIGN64(b * b * es));
-    void *accK = PTR(dPt, ALIGN64(b * b * es));
-    void *accV = PTR(accK, ALIGN64(b * d * es));
-    memset(accK, 0, (size_t)(b * d * es));
-    memset(accV, 0, (size_t)(b * d * es));
-    const int64_t krows = n * P->L + J * b;
-    const void *Ks = PTR(w, P->off[P_KS] + krows * d * es);
-    const void *V = PTR(w, P->off[P_V] + krows * d * es);
-    for (int64_t p = a->col_ptr[J]; p < a->col_ptr[J + 1]; ++p) {
-        const int64_t I = a->row_idx[p];
-        if (a->causal && I < J) continue;
-        dkdv_block(a, P, ops, n, I, J, Ks, V, St, dPt, accK, accV);
-    }
-    store_dkdv(a, P, n, J, accK, accV);
-}
-
 /* transpose a b x b tile: dst[i][j] = src[j][i] */
 static void transpose_tile(void *dst, const void *src, int64_t b, size_t es) {
     if (es == 8) {
@@ -356,34 +336,47 @@ static void transpose_tile(void *dst, const void *src, int64_t b, size_t es) {
     }
 }
 
+/* dk, dv of key block-column J of problem n over its query blocks (CSC order); with dQ (the
+ * per-problem schedule) also dQ[rows of I] += dS Ks for each query block I. Scratch: the
+ * St, dPt tiles, the accK, accV accumulators, and (with dQ) the dS tile. */
+static void key_column(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n,
+                       int64_t J, void *scr, void *dQ) {
+    const int64_t b = P->b, d = P->d, es = (int64_t)P->es;
+    const char *w = (const char *)a->work;
+    void *St = scr, *dPt = PTR(scr, ALIGN64(b * b * es));
+    void *accK = PTR(dPt, ALIGN64(b * b * es));
+    void *accV = PTR(accK, ALIGN64(b * d * es));
+    void *dS = PTR(accV, ALIGN64(b * d * es));
+    memset(accK, 0, (size_t)(b * d * es));
+    memset(accV, 0, (size_t)(b * d * es));
+    const int64_t krows = n * P->L + J * b;
+    const void *Ks = PTR(w, P->off[P_KS] + krows * d * es);
+    const void *V = PTR(w, P->off[P_V] + krows * d * es);
+    for (int64_t p = a->col_ptr[J]; p < a->col_ptr[J + 1]; ++p) {
+        const int64_t I = a->row_idx[p];
+        if (a->causal && I < J) continue;
+        dkdv_block(a, P, ops, n, I, J, Ks, V, St, dPt, accK, accV);
+        if (dQ) {
+            transpose_tile(dS, dPt, b, P->es);
+            ops->gemm(b, d, b, dS, b, Ks, d, PTR(dQ, I * b * d * es), d, 1);
+        }
+    }
+    store_dkdv(a, P, n, J, accK, accV);
+}
+
+void pf_attn_bwd_dkdv(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr) {
+    key_column(a, P, ops, item / P->R, item % P->R, scr, NULL);
+}
+
 /* Fused backward of one problem n: key block-columns in order, each visiting its query
  * blocks (CSC); dk, dv accumulate per column, dq in the problem's own fp32/fp64 buffer
  * (owned by this task alone). */
 void pf_attn_bwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n, void *scr) {
-    const int64_t b = P->b, d = P->d, R = P->R, es = (int64_t)P->es;
+    const int64_t d = P->d, es = (int64_t)P->es;
     const int64_t n0 = n / a->heads, h = n % a->heads;
-    char *w = (char *)a->work;
-    void *St = scr, *dPt = PTR(scr, ALIGN64(b * b * es)), *dS = PTR(dPt, ALIGN64(b * b * es));
-    void *accK = PTR(dS, ALIGN64(b * b * es));
-    void *accV = PTR(accK, ALIGN64(b * d * es));
-    void *dQ = PTR(w, P->off[P_DQ] + n * P->L * d * es);
+    void *dQ = PTR(a->work, P->off[P_DQ] + n * P->L * d * es);
     memset(dQ, 0, (size_t)(P->L * d * es));
-    for (int64_t J = 0; J < R; ++J) {
-        memset(accK, 0, (size_t)(b * d * es));
-        memset(accV, 0, (size_t)(b * d * es));
-        const int64_t krows = n * P->L + J * b;
-        const void *Ks = PTR(w, P->off[P_KS] + krows * d * es);
-        const void *V = PTR(w, P->off[P_V] + krows * d * es);
-        for (int64_t p = a->col_ptr[J]; p < a->col_ptr[J + 1]; ++p) {
-            const int64_t I = a->row_idx[p];
-            if (a->causal && I < J) continue;
-            dkdv_block(a, P, ops, n, I, J, Ks, V, St, dPt, accK, accV);
-            transpose_tile(dS, dPt, b, P->es);
-            ops->gemm(b, d, b, dS, b, Ks, d, PTR(dQ, I * b * d * es), d, 1);
-        }
-        store_dkdv(a, P, n, J, accK, accV);
-    }
+    for (int64_t J = 0; J < P->R; ++J) key_column(a, P, ops, n, J, scr, dQ);
     for (int64_t i = 0; i < P->L; ++i)
         store_row((void *)elem(&a->dq, a->dtype, n0, h, i), a->dtype, PTR(dQ, i * d * es), d, 1.0);
 }
-
