@@ -8,7 +8,7 @@ import torch
 
 from testing import assert_close_to_oracle
 
-from pixelfly import attention_ops, reference
+from pixelfly import attention_ops, ops, reference
 from pixelfly.attention import (LAYOUTS, PixelflyAttention, build_attention_layout,
                                 gaussian_features, sparse_lowrank_attention)
 from pixelfly.attention_ops import AttentionIndex, bsattn
@@ -43,10 +43,27 @@ SHAPES = [  # B, H, L, d, block
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+BEST_ISA = ops.cpu_isa()
+ISA_NAMES = {1: "portable", 2: "avx2", 3: "avx512"}
+# float64 has one kernel; float32 and bfloat16 run on every ISA (0: the best of this CPU)
+DTYPE_ISAS = [pytest.param(torch.float64, 0, id="float64")] + [
+    pytest.param(dt, isa, id=f"{str(dt)[6:]}-{ISA_NAMES[isa]}", marks=pytest.mark.skipif(
+        isa > BEST_ISA, reason=f"this CPU has no {ISA_NAMES[isa]} (best: {ISA_NAMES[BEST_ISA]})"))
+    for dt in (torch.float32, torch.bfloat16) for isa in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("dtype,isa", DTYPE_ISAS)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_op_matches_reference(shape, causal, dtype):
+def test_op_matches_reference(shape, causal, dtype, isa):
+    prev = attention_ops.set_cpu_isa(isa)
+    try:
+        _op_matches_reference(shape, causal, dtype)
+    finally:
+        attention_ops.set_cpu_isa(prev)
+
+
+def _op_matches_reference(shape, causal, dtype):
     B, H, L, d, b = shape
     rng = np.random.default_rng(L * d + b)
     lay = random_layout(L // b, 0.45, rng, keep_diag=True)

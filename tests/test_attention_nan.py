@@ -12,7 +12,10 @@ from pixelfly.attention import build_attention_layout, gaussian_features, sparse
 from pixelfly.attention_ops import AttentionIndex, bsattn
 
 HAS_AVX512 = ops.cpu_isa() == 3
+HAS_AVX2 = ops.cpu_isa() >= 2
 ISAS = [pytest.param(1, id="portable"),
+        pytest.param(2, id="avx2", marks=pytest.mark.skipif(
+            not HAS_AVX2, reason="this CPU has no AVX2+FMA")),
         pytest.param(3, id="avx512", marks=pytest.mark.skipif(
             not HAS_AVX512, reason="this CPU has no AVX-512"))]
 DTYPES = [torch.float32, torch.bfloat16, torch.float64]
@@ -107,16 +110,18 @@ def test_nan_key_is_not_a_zero_row(isa):
 
 
 def test_isas_agree_on_nonfinite_inputs():
-    if not HAS_AVX512:
-        pytest.skip("this CPU has no AVX-512: only the portable kernel exists here")
+    simd = [isa for isa, have in ((2, HAS_AVX2), (3, HAS_AVX512)) if have]
+    if not simd:
+        pytest.skip("this CPU has neither AVX2+FMA nor AVX-512: only the portable kernel exists here")
     lay = build_attention_layout(L // BLOCK, "pixelfly", causal=True)
     q, k, v = inputs("k", float("nan"), torch.float32, 7)
-    res = []
-    for isa in (1, 3):
+    res = {}
+    for isa in [1] + simd:
         prev = attention_ops.set_cpu_isa(isa)
         try:
-            res.append(bsattn(q, k, v, AttentionIndex(lay), BLOCK, causal=True))
+            res[isa] = bsattn(q, k, v, AttentionIndex(lay), BLOCK, causal=True)
         finally:
             attention_ops.set_cpu_isa(prev)
-    for a, b in zip(*res):
-        assert_same_pattern(a, b, "AVX-512 vs portable")
+    for isa in simd:
+        for a, b in zip(res[isa], res[1]):
+            assert_same_pattern(a, b, f"isa {isa} vs portable")

@@ -34,7 +34,7 @@ def native(fn):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_op_matches_reference(forced, shape, causal, dtype):
-    native_tests.test_op_matches_reference(shape, causal, dtype)
+    native_tests._op_matches_reference(shape, causal, dtype)
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -1,7 +1,8 @@
 /*
- * budget.c - the cost model and the budget allocation of SPEC section 3.
- * See the budget section of pixelfly.h for the exact formulas and guarantees.
+ * budget.c - the budget allocation of SPEC section 3 (pf_allocate_budget) over the cost
+ * model of cost.c. See the budget section of pixelfly.h for the exact rules and guarantees.
  */
+#include "budget_internal.h"
 #include "pixelfly.h"
 
 #include <math.h>
@@ -12,183 +13,6 @@
  * push the sparsified total above rho times its dense total. */
 #define PF_BUDGET_SLACK 1e-9
 #define PF_PHI_TOL 1e-9
-
-/* ------------------------------------------------------------ helpers */
-
-static int64_t cdiv64(int64_t a, int64_t b) { return a / b + (a % b != 0); } /* a >= 0, b >= 1 */
-
-/* ceil(a * b / d) as a double, exact whenever a * b fits in int64. a, b >= 0, d >= 1. */
-static double ceil_prod_div(int64_t a, int64_t b, int64_t d)
-{
-    if (b == 0 || a <= INT64_MAX / b) {
-        int64_t p = a * b;
-        return (double)cdiv64(p, d);
-    }
-    return ceil((double)a * (double)b / (double)d);
-}
-
-static pf_err check_cm(const pf_cost_model *cm)
-{
-    if (!cm) return "cost_model must not be NULL";
-    if (cm->b1 < 1 || cm->b1 > PF_MAX_GRID) return "b1 must be in [1, PF_MAX_GRID]";
-    if (cm->b2 < 1 || cm->b2 > PF_MAX_GRID) return "b2 must be in [1, PF_MAX_GRID]";
-    if (!(cm->cost_mem >= 0.0) || !isfinite(cm->cost_mem)) return "cost_mem must be finite and >= 0";
-    if (!(cm->cost_flop > 0.0) || !isfinite(cm->cost_flop)) return "cost_flop must be finite and > 0";
-    return NULL;
-}
-
-static pf_err check_shape(const pf_layer_shape *s)
-{
-    if (!s) return "shape must not be NULL";
-    if (s->out_features < 1 || s->out_features > PF_MAX_FEATURES)
-        return "out_features must be in [1, 2^40]";
-    if (s->in_features < 1 || s->in_features > PF_MAX_FEATURES)
-        return "in_features must be in [1, 2^40]";
-    if (s->tokens < 1 || s->tokens > PF_MAX_TOKENS) return "tokens must be in [1, 2^50]";
-    return NULL;
-}
-
-/* ceil(out/b1) * ceil(in/b2) as a double (the tile grid a blocked kernel reads). */
-static double weight_blocks(const pf_cost_model *cm, const pf_layer_shape *s)
-{
-    return (double)cdiv64(s->out_features, cm->b1) * (double)cdiv64(s->in_features, cm->b2);
-}
-
-/* x read plus y written: counted in the dense cost only (SPEC 3: a sparse layer counts
- * only its stored blocks and its low-rank factors). */
-static double activation_blocks(const pf_cost_model *cm, const pf_layer_shape *s)
-{
-    int64_t bb = cm->b1 * cm->b2; /* <= 2^40 */
-    return ceil_prod_div(s->tokens, s->in_features, bb) + ceil_prod_div(s->tokens, s->out_features, bb);
-}
-
-pf_err pf_cost_check(const pf_cost_model *cm, const pf_layer_shape *s, int64_t nnz, int64_t rank)
-{
-    pf_err e = check_cm(cm);
-    if (e) return e;
-    if ((e = check_shape(s))) return e;
-    if (nnz < 0) return "nnz must be >= 0";
-    int64_t gr = cdiv64(s->out_features, cm->b1), gc = cdiv64(s->in_features, cm->b2);
-    if (gr <= INT64_MAX / gc && nnz > gr * gc)
-        return "nnz must be <= the number of weight blocks ceil(out/b1) * ceil(in/b2)";
-    if (rank < 0) return "rank must be >= 0";
-    int64_t mn = s->out_features < s->in_features ? s->out_features : s->in_features;
-    if (rank > mn) return "rank must be <= min(out_features, in_features)";
-    return NULL;
-}
-
-/* Unchecked versions (arguments already validated). */
-static double cost_dense_u(const pf_cost_model *cm, const pf_layer_shape *s)
-{
-    double mem = weight_blocks(cm, s) + activation_blocks(cm, s);
-    double flop = 2.0 * (double)s->tokens * (double)s->out_features * (double)s->in_features;
-    return cm->cost_mem * mem + cm->cost_flop * flop;
-}
-
-static double cost_sparse_u(const pf_cost_model *cm, const pf_layer_shape *s, int64_t nnz)
-{
-    double mem = (double)nnz; /* stored blocks only (SPEC 3): activations are in the dense cost */
-    double flop = 2.0 * (double)s->tokens * (double)nnz * (double)cm->b1 * (double)cm->b2;
-    return cm->cost_mem * mem + cm->cost_flop * flop;
-}
-
-static double cost_lowrank_u(const pf_cost_model *cm, const pf_layer_shape *s, int64_t r)
-{
-    if (r == 0) return 0.0;
-    int64_t bb = cm->b1 * cm->b2;
-    double mem = ceil_prod_div(s->out_features, r, bb) + ceil_prod_div(s->in_features, r, bb); /* U, V */
-    double flop = 2.0 * (double)s->tokens * (double)r
-                * ((double)s->in_features + (double)s->out_features);
-    return cm->cost_mem * mem + cm->cost_flop * flop;
-}
-
-double pf_cost_dense(const pf_cost_model *cm, const pf_layer_shape *s)
-{
-    if (pf_cost_check(cm, s, 0, 0)) return NAN;
-    return cost_dense_u(cm, s);
-}
-
-double pf_cost_sparse(const pf_cost_model *cm, const pf_layer_shape *s, int64_t nnz)
-{
-    if (pf_cost_check(cm, s, nnz, 0)) return NAN;
-    return cost_sparse_u(cm, s, nnz);
-}
-
-double pf_cost_lowrank(const pf_cost_model *cm, const pf_layer_shape *s, int64_t rank)
-{
-    if (pf_cost_check(cm, s, 0, rank)) return NAN;
-    return cost_lowrank_u(cm, s, rank);
-}
-
-/* ------------------------------------------------- flat butterfly nnz */
-
-static int is_pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
-
-static int64_t log2i(int64_t x) /* x a power of two */
-{
-    int64_t k = 0;
-    while (((int64_t)1 << k) < x) k++;
-    return k;
-}
-
-static int64_t default_n(int64_t R, int64_t C) { return pf_default_butterfly_size(R, C); }
-
-pf_err pf_flat_butterfly_check(int64_t R, int64_t C, int64_t m, int64_t n)
-{
-    if (R < 1 || R > PF_MAX_GRID) return "R must be in [1, PF_MAX_GRID]";
-    if (C < 1 || C > PF_MAX_GRID) return "C must be in [1, PF_MAX_GRID]";
-    if (n == 0) {
-        n = default_n(R, C);
-        if (n == 0) return "R and C must both be >= 2 for a butterfly";
-    }
-    if (!is_pow2(n)) return "butterfly_size must be a power of two";
-    if (n < 2 || n > R || n > C) return "butterfly_size must be in [2, min(R, C)]";
-    if (m < 1 || m > log2i(n)) return "n_factors must be in [1, log2(butterfly_size)]";
-    return NULL;
-}
-
-/* Number of grid lines (rows of R) mapped to cell p by p = floor(i * n / R). */
-static int64_t per_cell(int64_t R, int64_t n, int64_t p)
-{
-    return cdiv64((p + 1) * R, n) - cdiv64(p * R, n);
-}
-
-/* nnz for every m = 1..log2 n at once into by_m[1..log2 n]. Validated R, C, n. */
-static void flat_nnz_all(int64_t R, int64_t C, int64_t n, int64_t *by_m)
-{
-    int64_t L = log2i(n);
-    if (R % n == 0 || C % n == 0) {
-        /* p -> p ^ d permutes the cells, so each support diagonal holds R*C/n blocks. */
-        int64_t per = (R % n == 0) ? (R / n) * C : R * (C / n);
-        for (int64_t m = 1; m <= L; m++) by_m[m] = (m + 1) * per;
-        return;
-    }
-    int64_t acc = 0;
-    for (int64_t p = 0; p < n; p++) acc += per_cell(R, n, p) * per_cell(C, n, p);
-    for (int64_t s = 0; s < L; s++) {
-        int64_t d = (int64_t)1 << s;
-        for (int64_t p = 0; p < n; p++) acc += per_cell(R, n, p) * per_cell(C, n, p ^ d);
-        by_m[s + 1] = acc;
-    }
-}
-
-int64_t pf_flat_butterfly_nnz(int64_t R, int64_t C, int64_t m, int64_t n)
-{
-    if (pf_flat_butterfly_check(R, C, m, n)) return -1;
-    if (n == 0) n = default_n(R, C);
-    int64_t by_m[64];
-    if (R % n == 0 || C % n == 0) {
-        flat_nnz_all(R, C, n, by_m);
-        return by_m[m];
-    }
-    int64_t acc = 0;
-    for (int64_t p = 0; p < n; p++) {
-        int64_t rp = per_cell(R, n, p), cs = per_cell(C, n, p);
-        for (int64_t s = 0; s < m; s++) cs += per_cell(C, n, p ^ ((int64_t)1 << s));
-        acc += rp * cs;
-    }
-    return acc;
-}
 
 /* ------------------------------------------------------- allocation */
 
@@ -213,8 +37,8 @@ static int pick(int64_t R, int64_t C, int mode, int64_t bound, cand *res)
     cand best = {0, 0, 0};
     int64_t mn = R < C ? R : C, all = R * C; /* R, C <= PF_MAX_GRID = 2^20 */
     for (int64_t n = PF_PLAN_MIN_N; n <= mn; n *= 2) {
-        int64_t L = log2i(n);
-        flat_nnz_all(R, C, n, by_m);
+        int64_t L = pf_log2i(n);
+        pf_flat_nnz_all(R, C, n, by_m);
         for (int64_t m = 1; m <= L; m++) {
             cand c = {n, m, by_m[m]};
             if (c.nnz >= all) continue;
@@ -243,7 +67,7 @@ typedef struct {
 
 static double lstate_cost(const pf_cost_model *cm, const lstate *L)
 {
-    return cost_sparse_u(cm, &L->s, L->cur.nnz) + cost_lowrank_u(cm, &L->s, L->rank);
+    return pf_cost_sparse_u(cm, &L->s, L->cur.nnz) + pf_cost_lowrank_u(cm, &L->s, L->rank);
 }
 
 /* Largest r in [lo, hi] with lowrank_cost(r) <= cap (lowrank cost is non-decreasing in r);
@@ -254,7 +78,7 @@ static int64_t max_rank_within(const pf_cost_model *cm, const pf_layer_shape *s,
     int64_t ans = lo - 1;
     while (lo <= hi) {
         int64_t mid = lo + (hi - lo) / 2;
-        if (cost_lowrank_u(cm, s, mid) <= cap) { ans = mid; lo = mid + 1; }
+        if (pf_cost_lowrank_u(cm, s, mid) <= cap) { ans = mid; lo = mid + 1; }
         else hi = mid - 1;
     }
     return ans;
@@ -271,7 +95,7 @@ static int best_sparse_within(const pf_cost_model *cm, const lstate *L, double a
     int64_t cap = capd >= grid ? L->R * L->C : (int64_t)capd;
     for (;;) { /* the float estimate of cap may be off by rounding: verify, step down */
         if (cap < 0 || !pick(L->R, L->C, PICK_BEST_LE, cap, res)) return 0;
-        if (cost_sparse_u(cm, s, res->nnz) <= avail) return 1;
+        if (pf_cost_sparse_u(cm, s, res->nnz) <= avail) return 1;
         cap = res->nnz - 1;
     }
 }
@@ -286,7 +110,7 @@ static int plan_layer(const pf_cost_model *cm, double phi, lstate *L, double B)
     double net = B * (1.0 - PF_BUDGET_SLACK);
     cand sparsest, c;
     if (!pick(L->R, L->C, PICK_NEXT_GT, -1, &sparsest)) return 0;
-    double min_sparse = cost_sparse_u(cm, &L->s, sparsest.nnz);
+    double min_sparse = pf_cost_sparse_u(cm, &L->s, sparsest.nnz);
     if (!(min_sparse <= net)) return 0;
     int64_t r = max_rank_within(cm, &L->s, 0, L->rmax, phi * net);
     if (r < 0) r = 0;
@@ -344,7 +168,7 @@ static int cmp_hent(const void *a, const void *b)
 static int density_step(const pf_cost_model *cm, const lstate *L, cand *next, double *delta)
 {
     if (!pick(L->R, L->C, PICK_NEXT_GT, L->cur.nnz, next)) return 0;
-    *delta = cost_sparse_u(cm, &L->s, next->nnz) - cost_sparse_u(cm, &L->s, L->cur.nnz);
+    *delta = pf_cost_sparse_u(cm, &L->s, next->nnz) - pf_cost_sparse_u(cm, &L->s, L->cur.nnz);
     return 1;
 }
 
@@ -410,14 +234,14 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
         return "phi must be in [1/4, 1/3]";
     if (opts->max_rank < 0) return "max_rank must be >= 0 (0 = no cap)";
     const pf_cost_model *cm = &opts->cm;
-    pf_err e = check_cm(cm);
+    pf_err e = pf_cost_model_check(cm);
     if (e) return e;
     for (int64_t i = 0; i < n_layers; i++) {
-        if ((e = check_shape(&layers[i]))) return e;
+        if ((e = pf_layer_shape_check(&layers[i]))) return e;
         if (layers[i].out_features % cm->b1 == 0 && layers[i].in_features % cm->b2 == 0 &&
             (layers[i].out_features / cm->b1 > PF_MAX_GRID || layers[i].in_features / cm->b2 > PF_MAX_GRID))
             return "layers: block grid side (out_features/b1 or in_features/b2) exceeds PF_MAX_GRID";
-        if (!isfinite(cost_dense_u(cm, &layers[i])))
+        if (!isfinite(pf_cost_dense_u(cm, &layers[i])))
             return "layers: dense cost overflows a double (cost_mem or cost_flop too large)";
     }
     if (n_layers == 0) return NULL;
@@ -438,7 +262,7 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
         lstate *L = &st[i];
         memset(p, 0, sizeof *p);
         L->s = *s;
-        p->dense_cost = cost_dense_u(cm, s);
+        p->dense_cost = pf_cost_dense_u(cm, s);
         p->budget = rho * p->dense_cost;
         p->sparse_cost = p->dense_cost;
         p->density = 1.0;
@@ -482,7 +306,7 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
             lstate *L = &st[i];
             cand sp;
             if (!pick(L->R, L->C, PICK_NEXT_GT, -1, &sp)) continue;
-            hent h = {cost_sparse_u(cm, &L->s, sp.nnz) - L->own, g};
+            hent h = {pf_cost_sparse_u(cm, &L->s, sp.nnz) - L->own, g};
             heap[nh++] = h;
         }
         qsort(heap, (size_t)nh, sizeof *heap, cmp_hent);
@@ -492,7 +316,7 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
             double cnt = (double)G->count;
             cand sp;
             pick(L->R, L->C, PICK_NEXT_GT, -1, &sp);
-            double c = cost_sparse_u(cm, &L->s, sp.nnz);
+            double c = pf_cost_sparse_u(cm, &L->s, sp.nnz);
             double a2 = allowed + cnt * L->own, s2 = spent + cnt * c;
             if (!(s2 <= a2 * (1.0 - PF_BUDGET_SLACK))) continue; /* a smaller group may still fit */
             L->cur = sp;
@@ -516,7 +340,7 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
             hent h = heap_pop(heap, &nh);
             const pf_group *G = &grp[h.idx];
             lstate *L = &st[G->first];
-            double d = cost_sparse_u(cm, &L->s, L->next.nnz) - cost_sparse_u(cm, &L->s, L->cur.nnz);
+            double d = pf_cost_sparse_u(cm, &L->s, L->next.nnz) - pf_cost_sparse_u(cm, &L->s, L->cur.nnz);
             double dg = (double)G->count * d;
             if (!(spent + dg <= allowed * (1.0 - PF_BUDGET_SLACK))) continue; /* too big: drop it */
             L->cur = L->next;
@@ -533,7 +357,7 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
             int64_t i = grp[g].first;
             lstate *L = &st[i];
             if (out[i].status != PF_PLAN_SPARSE || L->rank >= L->rmax) continue;
-            double d = cost_lowrank_u(cm, &L->s, L->rank + 1) - cost_lowrank_u(cm, &L->s, L->rank);
+            double d = pf_cost_lowrank_u(cm, &L->s, L->rank + 1) - pf_cost_lowrank_u(cm, &L->s, L->rank);
             heap[nh++] = (hent){d / out[i].dense_cost, g};
         }
         qsort(heap, (size_t)nh, sizeof *heap, cmp_hent);
@@ -541,7 +365,7 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
             const pf_group *G = &grp[heap[k].idx];
             lstate *L = &st[G->first];
             double cnt = (double)G->count;
-            double lr0 = cost_lowrank_u(cm, &L->s, L->rank);
+            double lr0 = pf_cost_lowrank_u(cm, &L->s, L->rank);
             double B = L->own + L->received;
             double pool = allowed * (1.0 - PF_BUDGET_SLACK) - spent;
             if (!(pool > 0.0)) break;
@@ -551,7 +375,7 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
             if (capphi < cap) cap = capphi;
             int64_t r2 = max_rank_within(cm, &L->s, L->rank + 1, L->rmax, cap);
             if (r2 <= L->rank) continue;
-            double d = cost_lowrank_u(cm, &L->s, r2) - lr0;
+            double d = pf_cost_lowrank_u(cm, &L->s, r2) - lr0;
             if (!(spent + cnt * d <= allowed * (1.0 - PF_BUDGET_SLACK))) continue;
             L->rank = r2;
             L->received += d;
@@ -580,8 +404,8 @@ pf_err pf_allocate_budget(const pf_layer_shape *layers, int64_t n_layers,
         p->rank = L->rank;
         p->density = (double)L->cur.nnz / ((double)L->R * (double)L->C);
         p->budget = L->own + L->received;
-        p->sparse_cost = cost_sparse_u(cm, &L->s, L->cur.nnz);
-        p->lowrank_cost = cost_lowrank_u(cm, &L->s, L->rank);
+        p->sparse_cost = pf_cost_sparse_u(cm, &L->s, L->cur.nnz);
+        p->lowrank_cost = pf_cost_lowrank_u(cm, &L->s, L->rank);
         /* received is a sum of cost differences: absorb its rounding so cost <= budget. */
         if (p->budget < p->sparse_cost + p->lowrank_cost) p->budget = p->sparse_cost + p->lowrank_cost;
     }

@@ -87,28 +87,108 @@ pf_err pf_layout_to_csr(const uint8_t *layout, int64_t R, int64_t C, int64_t *ro
     return NULL;
 }
 
+/* ------------------------------------------------------------ index checks */
+
+/* The messages of one compressed index (CSR or CSC), naming its arrays. */
+typedef struct {
+    const char *ptr_null, *ptr0, *ptr_order, *ptr_end, *idx_null, *idx_range, *idx_order;
+} index_words;
+
+static const index_words CSR_WORDS = {
+    "row_ptr/col_idx: row_ptr must not be NULL", "row_ptr/col_idx: row_ptr[0] must be 0",
+    "row_ptr/col_idx: row_ptr must be non-decreasing and <= nnz",
+    "row_ptr/col_idx: row_ptr[rows] must equal nnz (the number of blocks)",
+    "row_ptr/col_idx: col_idx must not be NULL (row_ptr says there are blocks)",
+    "row_ptr/col_idx: col_idx entries must be in [0, cols)",
+    "row_ptr/col_idx: col_idx must be strictly ascending within each block-row"};
+static const index_words CSC_WORDS = {
+    "col_ptr/row_idx: col_ptr must not be NULL", "col_ptr/row_idx: col_ptr[0] must be 0",
+    "col_ptr/row_idx: col_ptr must be non-decreasing and <= nnz",
+    "col_ptr/row_idx: col_ptr[cols] must equal nnz (the number of blocks)",
+    "col_ptr/row_idx: row_idx must not be NULL (col_ptr says there are blocks)",
+    "col_ptr/row_idx: row_idx entries must be in [0, rows)",
+    "col_ptr/row_idx: row_idx must be strictly ascending within each block-column"};
+
+/* ptr [n + 1] and idx [nnz]: ptr[0] = 0, non-decreasing, ptr[n] = nnz; idx in [0, m) and
+ * strictly ascending inside each of the n segments. */
+static pf_err check_compressed(int64_t n, int64_t m, int64_t nnz, const int64_t *ptr,
+                               const int64_t *idx, const index_words *w) {
+    if (!ptr) return w->ptr_null;
+    if (ptr[0] != 0) return w->ptr0;
+    for (int64_t r = 0; r < n; ++r)
+        if (ptr[r + 1] < ptr[r] || ptr[r + 1] > nnz) return w->ptr_order;
+    if (ptr[n] != nnz) return w->ptr_end;
+    if (nnz > 0 && !idx) return w->idx_null;
+    for (int64_t r = 0; r < n; ++r)
+        for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k) {
+            if (idx[k] < 0 || idx[k] >= m) return w->idx_range;
+            if (k > ptr[r] && idx[k] <= idx[k - 1]) return w->idx_order;
+        }
+    return NULL;
+}
+
+/* An index may describe a grid larger than PF_MAX_CELLS (it is never expanded). */
+static pf_err check_index_sizes(int64_t R, int64_t C, int64_t nnz) {
+    if (R < 0 || R > PF_MAX_GRID) return "rows (R) must be in [0, PF_MAX_GRID (2^20)]";
+    if (C < 0 || C > PF_MAX_GRID) return "cols (C) must be in [0, PF_MAX_GRID (2^20)]";
+    if (nnz < 0 || nnz > R * C) return "nnz must be in [0, rows * cols]";
+    return NULL;
+}
+
+pf_err pf_csr_check(int64_t R, int64_t C, int64_t nnz, const int64_t *row_ptr,
+                    const int64_t *col_idx) {
+    pf_err e = check_index_sizes(R, C, nnz);
+    return e ? e : check_compressed(R, C, nnz, row_ptr, col_idx, &CSR_WORDS);
+}
+
+/* 1 if block-row r of the CSR holds column c (binary search: columns ascend). */
+static int csr_has(const int64_t *row_ptr, const int64_t *col_idx, int64_t r, int64_t c) {
+    int64_t lo = row_ptr[r], hi = row_ptr[r + 1];
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (col_idx[mid] == c) return 1;
+        if (col_idx[mid] < c) lo = mid + 1; else hi = mid;
+    }
+    return 0;
+}
+
+pf_err pf_csc_check(int64_t R, int64_t C, int64_t nnz, const int64_t *row_ptr,
+                    const int64_t *col_idx, const int64_t *col_ptr, const int64_t *row_idx,
+                    const int64_t *csc_blk, int with_csc_blk) {
+    pf_err e = check_index_sizes(R, C, nnz);
+    if (!e) e = check_compressed(C, R, nnz, col_ptr, row_idx, &CSC_WORDS);
+    if (e) return e;
+    if (with_csc_blk && nnz > 0 && !csc_blk) return "csc_blk must not be NULL (col_ptr says there are blocks)";
+    /* nnz distinct (row, column) pairs, each found in the CSR's nnz: the same set */
+    for (int64_t c = 0; c < C; ++c)
+        for (int64_t q = col_ptr[c]; q < col_ptr[c + 1]; ++q) {
+            const int64_t r = row_idx[q];
+            if (with_csc_blk) {
+                const int64_t j = csc_blk[q];
+                if (j < row_ptr[r] || j >= row_ptr[r + 1] || col_idx[j] != c)
+                    return "csc_blk must be the CSC permutation of the CSR blocks (csc_blk[k] is "
+                           "the CSR position of the k-th block in CSC order)";
+            } else if (!csr_has(row_ptr, col_idx, r, c)) {
+                return "col_ptr/row_idx is not the transpose of row_ptr/col_idx (a block of the "
+                       "CSC is missing from the CSR)";
+            }
+        }
+    return NULL;
+}
+
+/* ------------------------------------------------------------ transpose */
+
 pf_err pf_csr_transpose(int64_t R, int64_t C, const int64_t *row_ptr, const int64_t *col_idx,
                         int64_t *col_ptr, int64_t *row_idx, int64_t *csc_blk) {
     pf_err e = check_grid0(R, C);
     if (e) return e;
     if (!row_ptr) return "row_ptr must not be NULL";
     if (!col_ptr) return "col_ptr must not be NULL";
-    if (row_ptr[0] != 0) return "row_ptr[0] must be 0";
-    for (int64_t i = 0; i < R; i++) {
-        if (row_ptr[i + 1] < row_ptr[i]) return "row_ptr must be non-decreasing";
-        /* row_ptr[i] is in [0, i*C] by induction, so the difference cannot overflow. */
-        if (row_ptr[i + 1] - row_ptr[i] > C) return "row_ptr: a row holds more than cols blocks";
-    }
     const int64_t nnz = row_ptr[R];
-    if (nnz > 0 && !col_idx) return "col_idx must not be NULL (row_ptr says there are blocks)";
+    if (nnz < 0 || nnz > R * C) return "row_ptr[rows] (the number of blocks) must be in [0, rows * cols]";
+    if ((e = pf_csr_check(R, C, nnz, row_ptr, col_idx))) return e;
     if (nnz > 0 && !row_idx) return "row_idx must not be NULL (row_ptr says there are blocks)";
     if (nnz > 0 && !csc_blk) return "csc_blk must not be NULL (row_ptr says there are blocks)";
-    for (int64_t i = 0; i < R; i++)
-        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; k++) {
-            if (col_idx[k] < 0 || col_idx[k] >= C) return "col_idx entries must be in [0, cols)";
-            if (k > row_ptr[i] && col_idx[k] <= col_idx[k - 1])
-                return "col_idx must be strictly ascending within each row";
-        }
     /* Counting sort by column; rows are visited in order so each column's rows ascend. */
     for (int64_t j = 0; j <= C; j++) col_ptr[j] = 0;
     for (int64_t k = 0; k < nnz; k++) col_ptr[col_idx[k] + 1]++;

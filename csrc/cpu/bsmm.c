@@ -1,13 +1,14 @@
 /*
- * bsmm.c - block-sparse matmul on the CPU (driver, checks, task split, packing, and the
- * portable kernel). The SIMD micro-kernels are in bsmm_avx2.c / bsmm_avx512.c.
+ * bsmm.c - block-sparse matmul on the CPU: the driver (plan, task split, packing). The
+ * arguments are checked in bsmm_check.c, the tiles are computed by the kernels of
+ * kernels.h (portable, AVX2, AVX-512: one source, kernels_simd.h), float64 in bsmm_f64.c.
  *
  * Ops (W = B: out x in, blocks b1 x b2, blocks [nnz][b1][b2] in block-CSR order):
  *   FWD:   y[T, out]  = x[T, in] B^T
  *   BWD_X: dx[T, in]  = dy[T, out] B
  *   BWD_W: dw[blk]    = dy[:, rows of blk]^T x[:, cols of blk]   (layout blocks only)
  *
- * Design (BLIS-like, see bsmm_internal.h for the tile abstraction):
+ * Design (BLIS-like, see kernels.h for the tile abstraction):
  *   phase 0 (packing): FWD packs every block transposed, W^T[b2][Np] with Np = b1 rounded
  *     up to 16 (zero padding), in CSR order; BWD_X packs W[b1][Np] (Np = b2 rounded up) in
  *     CSC order so the blocks of one block-column are contiguous. With bf16 storage the
@@ -25,66 +26,15 @@
  *       64 x 64; larger ones are read in place in chunks of 256 rows), then a register tile
  *       of 8 x 32 of dw is reduced over the chunk's rows; partial sums round-trip through
  *       fp32 (dw itself for fp32, the workspace for bf16).
- *   Results are bitwise identical across ISAs (same fmaf order, bsmm_internal.h).
+ *   Results are bitwise identical across ISAs (same fmaf order, kernels.h).
  */
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
 
-#include "pixelfly.h"
 #include "bsmm_internal.h"
-
-/* ------------------------------------------------------------------ CPU features */
-
-int pf_cpu_has_avx2_fma(void) {
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
-
-int pf_cpu_has_avx512(void) {
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
-#else
-    return 0;
-#endif
-}
-
-/* ------------------------------------------------------------------ portable kernel */
-
-void pf_tile_portable(const pf_tile *t) {
-    enum { NC = 64 };
-    float acc[NC];
-    for (int64_t n0 = 0; n0 < t->N; n0 += NC) {
-        const int64_t nc = t->N - n0 < NC ? t->N - n0 : NC;
-        for (int64_t m = 0; m < t->M; ++m) {
-            if (t->Cin)
-                memcpy(acc, t->Cin + m * t->ldcin + n0, (size_t)nc * sizeof(float));
-            else
-                for (int64_t n = 0; n < nc; ++n) acc[n] = 0.0f;
-            for (int64_t seg = 0; seg < t->nseg; ++seg) {
-                const float *a = t->A + m * t->ams + (t->aidx ? t->aidx[seg] * t->ascale : 0);
-                const float *b = t->B + seg * t->bseg + n0;
-                for (int64_t s = 0; s < t->K; ++s) {
-                    const float av = a[s * t->ass];
-                    const float *bs = b + s * t->bss;
-                    for (int64_t n = 0; n < nc; ++n) acc[n] = fmaf(av, bs[n], acc[n]);
-                }
-            }
-            if (t->c_bf16) {
-                uint16_t *c = (uint16_t *)t->C + m * t->ldc + n0;
-                for (int64_t n = 0; n < nc; ++n) c[n] = pf_f32_to_bf16(acc[n]);
-            } else {
-                memcpy((float *)t->C + m * t->ldc + n0, acc, (size_t)nc * sizeof(float));
-            }
-        }
-    }
-}
+#include "kernels.h"
+#include "pixelfly.h"
 
 /* ------------------------------------------------------------------ plan */
 
@@ -212,117 +162,6 @@ static int64_t group_start(const int64_t *ptr, int64_t units, int64_t nG, int64_
     return lo;
 }
 
-static pf_tile_fn pick_isa(int isa) {
-    static int have512 = -1, have2 = -1;
-    if (have512 < 0) { have512 = pf_cpu_has_avx512(); have2 = pf_cpu_has_avx2_fma(); }
-    switch (isa) {
-    case PF_ISA_PORTABLE: return pf_tile_portable;
-    case PF_ISA_AVX2: return have2 ? pf_tile_avx2 : pf_tile_portable;
-    case PF_ISA_AVX512: return have512 ? pf_tile_avx512 : (have2 ? pf_tile_avx2 : pf_tile_portable);
-    default: return have512 ? pf_tile_avx512 : (have2 ? pf_tile_avx2 : pf_tile_portable);
-    }
-}
-
-/* ------------------------------------------------------------------ checks */
-
-#define LIM_BLOCK ((int64_t)1 << 20)
-#define LIM_ELEMS ((int64_t)1 << 60)
-
-static int mul_ok(int64_t a, int64_t b, int64_t lim) { return a == 0 || b <= lim / a; }
-
-pf_err pf_bsmm_check(int op, const pf_bsmm_args *a) {
-    if (!a) return "pf_bsmm: args is NULL";
-    if (op != PF_OP_FWD && op != PF_OP_BWD_X && op != PF_OP_BWD_W)
-        return "pf_bsmm: op must be PF_OP_FWD, PF_OP_BWD_X or PF_OP_BWD_W";
-    if (a->dtype != PF_FLOAT32 && a->dtype != PF_BFLOAT16 && a->dtype != PF_FLOAT64)
-        return "pf_bsmm: dtype must be PF_FLOAT32, PF_BFLOAT16 or PF_FLOAT64 on the CPU";
-    if (a->isa < PF_ISA_AUTO || a->isa > PF_ISA_AVX512)
-        return "pf_bsmm: isa must be PF_ISA_AUTO, PF_ISA_PORTABLE, PF_ISA_AVX2 or PF_ISA_AVX512";
-    if (a->isa == PF_ISA_AVX2 && !pf_cpu_has_avx2_fma())
-        return "pf_bsmm: isa PF_ISA_AVX2 requested but this CPU lacks AVX2/FMA";
-    if (a->isa == PF_ISA_AVX512 && !pf_cpu_has_avx512())
-        return "pf_bsmm: isa PF_ISA_AVX512 requested but this CPU lacks AVX-512 F/BW/VL";
-    if (a->T < 0) return "pf_bsmm: T (rows) must be >= 0";
-    const pf_bsr_index *ix = a->ix;
-    if (!ix) return "pf_bsmm: index ix is NULL";
-    if (ix->b1 < 1 || ix->b2 < 1) return "pf_bsmm: block sizes b1 and b2 must be >= 1";
-    if (ix->b1 > LIM_BLOCK || ix->b2 > LIM_BLOCK) return "pf_bsmm: block size too large";
-    if (ix->R < 0 || ix->C < 0) return "pf_bsmm: block grid R and C must be >= 0";
-    if (ix->R > PF_MAX_GRID || ix->C > PF_MAX_GRID) return "pf_bsmm: block grid R or C too large";
-    if (ix->nnz < 0 || ix->nnz > ix->R * ix->C) return "pf_bsmm: nnz must be in [0, R*C]";
-    if (!mul_ok(ix->nnz, ix->b1 * ix->b2, LIM_ELEMS / 8)) return "pf_bsmm: nnz*b1*b2 too large";
-    const int64_t R = ix->R, C = ix->C, nnz = ix->nnz;
-    const int64_t in = C * ix->b2, out = R * ix->b1, T = a->T;
-    if (!mul_ok(T, in > out ? in : out, LIM_ELEMS / 8)) return "pf_bsmm: T * features too large";
-
-    /* CSR */
-    if (!ix->row_ptr) return "pf_bsmm: row_ptr is NULL";
-    if (ix->row_ptr[0] != 0) return "pf_bsmm: row_ptr[0] must be 0";
-    for (int64_t r = 0; r < R; ++r)
-        if (ix->row_ptr[r + 1] < ix->row_ptr[r] || ix->row_ptr[r + 1] > nnz)
-            return "pf_bsmm: row_ptr must be non-decreasing and <= nnz";
-    if (ix->row_ptr[R] != nnz) return "pf_bsmm: row_ptr[R] must equal nnz";
-    if (nnz > 0 && !ix->col_idx) return "pf_bsmm: col_idx is NULL";
-    for (int64_t r = 0; r < R; ++r)
-        for (int64_t j = ix->row_ptr[r]; j < ix->row_ptr[r + 1]; ++j) {
-            if (ix->col_idx[j] < 0 || ix->col_idx[j] >= C) return "pf_bsmm: col_idx out of range [0, C)";
-            if (j > ix->row_ptr[r] && ix->col_idx[j] <= ix->col_idx[j - 1])
-                return "pf_bsmm: col_idx must be strictly increasing within a block-row";
-        }
-    /* CSC */
-    if (!ix->col_ptr) return "pf_bsmm: col_ptr is NULL";
-    if (ix->col_ptr[0] != 0) return "pf_bsmm: col_ptr[0] must be 0";
-    for (int64_t c = 0; c < C; ++c)
-        if (ix->col_ptr[c + 1] < ix->col_ptr[c] || ix->col_ptr[c + 1] > nnz)
-            return "pf_bsmm: col_ptr must be non-decreasing and <= nnz";
-    if (ix->col_ptr[C] != nnz) return "pf_bsmm: col_ptr[C] must equal nnz";
-    if (nnz > 0 && !ix->row_idx) return "pf_bsmm: row_idx is NULL";
-    if (nnz > 0 && !ix->csc_blk) return "pf_bsmm: csc_blk is NULL";
-    for (int64_t c = 0; c < C; ++c)
-        for (int64_t q = ix->col_ptr[c]; q < ix->col_ptr[c + 1]; ++q) {
-            const int64_t r = ix->row_idx[q], j = ix->csc_blk[q];
-            if (r < 0 || r >= R) return "pf_bsmm: row_idx out of range [0, R)";
-            if (q > ix->col_ptr[c] && r <= ix->row_idx[q - 1])
-                return "pf_bsmm: row_idx must be strictly increasing within a block-column";
-            if (j < ix->row_ptr[r] || j >= ix->row_ptr[r + 1] || ix->col_idx[j] != c)
-                return "pf_bsmm: csc_blk does not match the CSR index (transpose inconsistent)";
-        }
-
-    /* operands */
-    const int bf = a->dtype == PF_BFLOAT16;
-    const uintptr_t al = bf ? 2 : (a->dtype == PF_FLOAT64 ? 8 : 4);
-    const int need_x = op != PF_OP_BWD_X, need_dy = op != PF_OP_FWD, need_w = op != PF_OP_BWD_W;
-    if (need_x) {
-        if (a->ldx < in) return "pf_bsmm: ldx must be >= in = C*b2";
-        if (!mul_ok(T, a->ldx, LIM_ELEMS / 8)) return "pf_bsmm: T * ldx too large";
-        if (T > 0 && in > 0 && !a->x) return "pf_bsmm: x is NULL";
-        if ((uintptr_t)a->x % al) return "pf_bsmm: x is not aligned to its element size";
-    }
-    if (need_dy) {
-        if (a->ldy < out) return "pf_bsmm: ldy must be >= out = R*b1";
-        if (!mul_ok(T, a->ldy, LIM_ELEMS / 8)) return "pf_bsmm: T * ldy too large";
-        if (T > 0 && out > 0 && !a->dy) return "pf_bsmm: dy is NULL";
-        if ((uintptr_t)a->dy % al) return "pf_bsmm: dy is not aligned to its element size";
-    }
-    if (need_w) {
-        if (nnz > 0 && !a->w) return "pf_bsmm: w (blocks) is NULL";
-        if ((uintptr_t)a->w % al) return "pf_bsmm: w is not aligned to its element size";
-    }
-    if (op == PF_OP_FWD) {
-        if (a->ldo < out) return "pf_bsmm: ldo must be >= out = R*b1 (y row stride)";
-        if (!mul_ok(T, a->ldo, LIM_ELEMS / 8)) return "pf_bsmm: T * ldo too large";
-        if (T > 0 && out > 0 && !a->out) return "pf_bsmm: out (y) is NULL";
-    } else if (op == PF_OP_BWD_X) {
-        if (a->ldo < in) return "pf_bsmm: ldo must be >= in = C*b2 (dx row stride)";
-        if (!mul_ok(T, a->ldo, LIM_ELEMS / 8)) return "pf_bsmm: T * ldo too large";
-        if (T > 0 && in > 0 && !a->out) return "pf_bsmm: out (dx) is NULL";
-    } else {
-        if (nnz > 0 && !a->out) return "pf_bsmm: out (dw) is NULL";
-    }
-    if ((uintptr_t)a->out % al) return "pf_bsmm: out is not aligned to its element size";
-    return NULL;
-}
-
 /* ------------------------------------------------------------------ API */
 
 int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a) {
@@ -341,49 +180,52 @@ int64_t pf_bsmm_num_tasks(int op, int phase, const pf_bsmm_args *a) {
     return 0;
 }
 
+/* rows [r0, r1) of a bf16 [T, width] matrix (row stride ld) into fp32 dst [T][width] */
 static void convert_rows(const uint16_t *src, int64_t ld, float *dst, int64_t width,
                          int64_t r0, int64_t r1) {
-    for (int64_t t = r0; t < r1; ++t) {
-        const uint16_t *s = src + t * ld;
-        float *d = dst + t * width;
-        for (int64_t k = 0; k < width; ++k) d[k] = pf_bf16_to_f32(s[k]);
-    }
+    for (int64_t t = r0; t < r1; ++t) pf_bf16_to_f32_n(dst + t * width, src + t * ld, width);
 }
 
 static float load_elem(const void *base, int bf16, int64_t i) {
     return bf16 ? pf_bf16_to_f32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
 }
 
-static void run_phase0(const pf_plan *p, const pf_bsmm_args *a, int64_t task) {
-    char *ws = (char *)a->work;
-    const pf_bsr_index *ix = a->ix;
+/* Phase 0 packing task: blocks [j0, j1) into fp32 panels of Np (zero-padded) columns. FWD
+ * packs in CSR order, transposed: dst[k][i] = w[j][i][k]; BWD_X in CSC order: CSC position
+ * j holds dst[i][k] = w[csc_blk[j]][i][k]. */
+static void pack_blocks(const pf_plan *p, const pf_bsmm_args *a, int64_t j0, int64_t j1) {
+    float *pack = (float *)((char *)a->work + p->ws_pack);
     const int64_t b1 = p->b1, b2 = p->b2, Np = p->Np;
-    if (task < p->n_pack) {
-        float *pack = (float *)(ws + p->ws_pack);
-        const int64_t j0 = task * PF_PACK_BLOCKS;
-        const int64_t j1 = j0 + PF_PACK_BLOCKS < p->nnz ? j0 + PF_PACK_BLOCKS : p->nnz;
-        for (int64_t j = j0; j < j1; ++j) {
-            if (p->op == PF_OP_FWD) { /* dst[k][i] = w[j][i][k] */
-                float *dst = pack + j * b2 * Np;
-                const int64_t src = j * b1 * b2;
-                for (int64_t k = 0; k < b2; ++k) {
-                    float *d = dst + k * Np;
-                    for (int64_t i = 0; i < b1; ++i) d[i] = load_elem(a->w, p->bf16, src + i * b2 + k);
-                    for (int64_t i = b1; i < Np; ++i) d[i] = 0.0f;
-                }
-            } else { /* CSC position j: dst[i][k] = w[csc_blk[j]][i][k] */
-                float *dst = pack + j * b1 * Np;
-                const int64_t src = ix->csc_blk[j] * b1 * b2;
-                for (int64_t i = 0; i < b1; ++i) {
-                    float *d = dst + i * Np;
-                    if (!p->bf16)
-                        memcpy(d, (const float *)a->w + src + i * b2, (size_t)b2 * sizeof(float));
-                    else
-                        for (int64_t k = 0; k < b2; ++k) d[k] = load_elem(a->w, 1, src + i * b2 + k);
-                    for (int64_t k = b2; k < Np; ++k) d[k] = 0.0f;
-                }
+    for (int64_t j = j0; j < j1; ++j) {
+        if (p->op == PF_OP_FWD) {
+            float *dst = pack + j * b2 * Np;
+            const int64_t src = j * b1 * b2;
+            for (int64_t k = 0; k < b2; ++k) {
+                float *d = dst + k * Np;
+                for (int64_t i = 0; i < b1; ++i) d[i] = load_elem(a->w, p->bf16, src + i * b2 + k);
+                for (int64_t i = b1; i < Np; ++i) d[i] = 0.0f;
+            }
+        } else {
+            float *dst = pack + j * b1 * Np;
+            const int64_t src = a->ix->csc_blk[j] * b1 * b2;
+            for (int64_t i = 0; i < b1; ++i) {
+                float *d = dst + i * Np;
+                if (!p->bf16)
+                    memcpy(d, (const float *)a->w + src + i * b2, (size_t)b2 * sizeof(float));
+                else
+                    pf_bf16_to_f32_n(d, (const uint16_t *)a->w + src + i * b2, b2);
+                for (int64_t k = b2; k < Np; ++k) d[k] = 0.0f;
             }
         }
+    }
+}
+
+/* Phase 0 task: packing tasks first, then bf16 -> fp32 conversion of x, then of dy. */
+static void run_phase0(const pf_plan *p, const pf_bsmm_args *a, int64_t task) {
+    char *ws = (char *)a->work;
+    if (task < p->n_pack) {
+        const int64_t j0 = task * PF_PACK_BLOCKS;
+        pack_blocks(p, a, j0, j0 + PF_PACK_BLOCKS < p->nnz ? j0 + PF_PACK_BLOCKS : p->nnz);
         return;
     }
     task -= p->n_pack;
@@ -455,96 +297,119 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int
     }
 }
 
+/* BWD_W: the fp32 operands, where the partial sums go, and the packed panels. */
+typedef struct {
+    const float *X, *DY;  /* x and dy in fp32: the operands, or their copies (bf16) */
+    int64_t ldx, ldy;
+    float *acc;           /* fp32 partial sums: dw itself (fp32), the workspace (bf16) */
+    int pack;             /* blocks up to PF_PKB x PF_PKB: panels packed into pa, pb */
+    float *pa, *pb;       /* dy panel [rows][b1] of block-row packed_r, x panel [rows][b2] */
+    int64_t packed_r;
+    pf_tile t;            /* the fields every call shares */
+} bwd_w_state;
+
+/* First block of BWD_W task w: task w owns [w*q + min(w, rem), (w+1)*q + min(w+1, rem)). */
+static int64_t task_first_block(const pf_plan *p, int64_t w) {
+    const int64_t q = p->nnz / p->n1, rem = p->nnz % p->n1;
+    return w * q + (w < rem ? w : rem);
+}
+
+static void bwd_w_init(const pf_plan *p, const pf_bsmm_args *a, bwd_w_state *st) {
+    if (p->bf16) {
+        st->X = (const float *)((const char *)a->work + p->ws_x);
+        st->DY = (const float *)((const char *)a->work + p->ws_dy);
+        st->ldx = p->in;
+        st->ldy = p->out;
+        st->acc = (float *)((char *)a->work + p->ws_acc);
+    } else {
+        st->X = (const float *)a->x;
+        st->DY = (const float *)a->dy;
+        st->ldx = a->ldx;
+        st->ldy = a->ldy;
+        st->acc = (float *)a->out;
+    }
+    /* Packed blocks: per chunk of PF_PKW rows, the dy panel of the block-row (kept while
+     * consecutive blocks share it) and the x panel of the block are copied into contiguous
+     * stack buffers, so the kernel reads dense 128-byte rows from L1 instead of rows ldx /
+     * ldy apart (which alias in L1 sets and the TLB when the feature sizes are powers of
+     * two). Larger blocks are read in place. */
+    st->pack = p->b1 <= PF_PKB && p->b2 <= PF_PKB;
+    st->packed_r = -1;
+    memset(&st->t, 0, sizeof st->t);
+    st->t.ams = 1;
+    st->t.ass = st->pack ? p->b1 : st->ldy;
+    st->t.bss = st->pack ? p->b2 : st->ldx;
+    st->t.nseg = 1;
+    st->t.M = p->b1;
+    st->t.N = p->b2;
+    st->t.ldcin = p->b2;
+    st->t.ldc = p->b2;
+}
+
+/* rows [s0, s1) of the w columns from col0 of src (row stride ld) into dst [s1 - s0][w] */
+static void pack_panel(float *dst, const float *src, int64_t ld, int64_t col0, int64_t w,
+                       int64_t s0, int64_t s1) {
+    for (int64_t k = s0; k < s1; ++k)
+        memcpy(dst + (k - s0) * w, src + k * ld + col0, (size_t)w * sizeof(float));
+}
+
+/* One kernel call: block j (block-row r, block-col c) reduced over rows [s0, s1) of T, on
+ * top of the partial sums of the rows before s0; the last rows write dw itself. */
+static void bwd_w_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, bwd_w_state *st,
+                       int64_t j, int64_t r, int64_t s0, int64_t s1) {
+    const int64_t b1 = p->b1, b2 = p->b2, c = a->ix->col_idx[j];
+    pf_tile *t = &st->t;
+    if (st->pack && s1 > s0) {
+        if (r != st->packed_r) {
+            pack_panel(st->pa, st->DY, st->ldy, r * b1, b1, s0, s1);
+            st->packed_r = r;
+        }
+        pack_panel(st->pb, st->X, st->ldx, c * b2, b2, s0, s1);
+        t->A = st->pa;
+        t->B = st->pb;
+    } else {
+        /* T == 0: K = 0, A and B are never read (and may be NULL) */
+        t->A = p->T > 0 ? st->DY + s0 * st->ldy + r * b1 : st->DY;
+        t->B = p->T > 0 ? st->X + s0 * st->ldx + c * b2 : st->X;
+    }
+    t->K = s1 - s0;
+    t->Cin = s0 == 0 ? NULL : st->acc + j * b1 * b2;
+    if (s1 == p->T) {
+        t->C = (char *)a->out + j * b1 * b2 * (p->bf16 ? 2 : 4);
+        t->c_bf16 = p->bf16;
+    } else {
+        t->C = st->acc + j * b1 * b2;
+        t->c_bf16 = 0;
+    }
+    fn(t);
+}
+
+/* BWD_W tasks [b, e): T in chunks (outermost), then their blocks in CSR order. */
 static void run_bwd_w(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int64_t b, int64_t e) {
     const pf_bsr_index *ix = a->ix;
-    const int64_t nnz = p->nnz, b1 = p->b1, b2 = p->b2, T = p->T;
-    /* task w owns blocks [w*q + min(w, rem), (w+1)*q + min(w+1, rem)) */
-    const int64_t lo = b * (nnz / p->n1) + (b < nnz % p->n1 ? b : nnz % p->n1);
-    const int64_t hi = e * (nnz / p->n1) + (e < nnz % p->n1 ? e : nnz % p->n1);
+    const int64_t lo = task_first_block(p, b), hi = task_first_block(p, e), T = p->T;
     if (lo >= hi) return;
-    const float *X, *DY;
-    int64_t ldx, ldy;
-    if (p->bf16) {
-        X = (const float *)((const char *)a->work + p->ws_x);
-        DY = (const float *)((const char *)a->work + p->ws_dy);
-        ldx = p->in;
-        ldy = p->out;
-    } else {
-        X = (const float *)a->x;
-        DY = (const float *)a->dy;
-        ldx = a->ldx;
-        ldy = a->ldy;
-    }
-    /* fp32: partial sums live in dw itself; bf16: in the workspace (if T needs > 1 chunk) */
-    float *acc = p->bf16 ? (float *)((char *)a->work + p->ws_acc) : (float *)a->out;
-    const int64_t es = p->bf16 ? 2 : 4;
-    /* Blocks of at most PF_PKB x PF_PKB are packed: per chunk of PF_PKW rows, the dy panel
-     * [rows][b1] of the block-row (kept while consecutive blocks share it) and the x panel
-     * [rows][b2] of the block are copied into contiguous stack buffers, so the kernel reads
-     * dense 128-byte rows from L1 instead of rows ldx / ldy apart (which alias in L1 sets
-     * and the TLB when the feature sizes are powers of two). Larger blocks read in place. */
-    const int pack = b1 <= PF_PKB && b2 <= PF_PKB;
-    const int64_t rows = pack ? PF_PKW : PF_TCW;
     float pa[PF_PKW * PF_PKB] __attribute__((aligned(64)));
     float pb[PF_PKW * PF_PKB] __attribute__((aligned(64)));
+    bwd_w_state st;
+    bwd_w_init(p, a, &st);
+    st.pa = pa;
+    st.pb = pb;
+    const int64_t rows = st.pack ? PF_PKW : PF_TCW;
     const int64_t nchunks = T > 0 ? ceil_div(T, rows) : 1;
-    /* first block-row: last r with row_ptr[r] <= lo */
-    int64_t r_first = 0;
-    {
-        int64_t l = 0, h = p->R - 1;
-        while (l < h) {
-            const int64_t mid = l + (h - l + 1) / 2;
-            if (ix->row_ptr[mid] <= lo) l = mid; else h = mid - 1;
-        }
-        r_first = l;
-    }
-    pf_tile t;
-    memset(&t, 0, sizeof t);
-    t.ams = 1;
-    t.ass = pack ? b1 : ldy;
-    t.bss = pack ? b2 : ldx;
-    t.nseg = 1;
-    t.M = b1;
-    t.N = b2;
-    t.ldcin = b2;
-    t.ldc = b2;
+    const int64_t r_first = pf_block_row(ix->row_ptr, p->R, lo);
     for (int64_t ch = 0; ch < nchunks; ++ch) {
         const int64_t t0 = ch * rows, t1 = t0 + rows < T ? t0 + rows : T;
-        int64_t r = r_first, packed_r = -1;
+        int64_t r = r_first;
+        st.packed_r = -1;
         for (int64_t j = lo; j < hi; ++j) {
             while (ix->row_ptr[r + 1] <= j) ++r;
-            const int64_t c = ix->col_idx[j];
             /* sub-chunks of PF_TCW_IN rows (unpacked path): the x / dy rows they touch
              * stay in L1 while every row tile of the block reduces over them; the partial
              * dw block round-trips through L1 */
             for (int64_t s0 = t0; s0 < t1 || s0 == t0; s0 += PF_TCW_IN) {
                 const int64_t s1 = s0 + PF_TCW_IN < t1 ? s0 + PF_TCW_IN : t1;
-                const int first = s0 == 0, last = s1 == T;
-                if (pack && s1 > s0) {
-                    if (r != packed_r) {
-                        for (int64_t k = s0; k < s1; ++k)
-                            memcpy(pa + (k - s0) * b1, DY + k * ldy + r * b1, (size_t)b1 * sizeof(float));
-                        packed_r = r;
-                    }
-                    for (int64_t k = s0; k < s1; ++k)
-                        memcpy(pb + (k - s0) * b2, X + k * ldx + c * b2, (size_t)b2 * sizeof(float));
-                    t.A = pa;
-                    t.B = pb;
-                } else {
-                    /* T == 0: K = 0, A and B are never read (and may be NULL) */
-                    t.A = T > 0 ? DY + s0 * ldy + r * b1 : DY;
-                    t.B = T > 0 ? X + s0 * ldx + c * b2 : X;
-                }
-                t.K = s1 - s0;
-                t.Cin = first ? NULL : acc + j * b1 * b2;
-                if (last) {
-                    t.C = (char *)a->out + j * b1 * b2 * es;
-                    t.c_bf16 = p->bf16;
-                } else {
-                    t.C = acc + j * b1 * b2;
-                    t.c_bf16 = 0;
-                }
-                fn(&t);
+                bwd_w_rows(p, a, fn, &st, j, r, s0, s1);
                 if (s1 >= t1) break;
             }
         }
@@ -570,7 +435,7 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
     if (phase != 1) return;
     if (end > p.n1) end = p.n1;
     if (begin >= end) return;
-    const pf_tile_fn fn = pick_isa(a->isa);
+    const pf_tile_fn fn = pf_kernels_pick(a->isa)->tile;
     if (op == PF_OP_BWD_W) {
         run_bwd_w(&p, a, fn, begin, end);
     } else {

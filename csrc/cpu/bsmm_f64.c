@@ -87,14 +87,7 @@ void pf_bsmm_f64_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, in
         } else if (op == PF_OP_BWD_X) {
             bwd_x_col(a, task);
         } else if (op == PF_OP_BWD_W) {
-            int64_t r = 0; /* block-row of stored block `task`: binary search in row_ptr */
-            int64_t lo = 0, hi = ix->R;
-            while (lo < hi) {
-                int64_t mid = lo + (hi - lo) / 2;
-                if (ix->row_ptr[mid + 1] <= task) lo = mid + 1; else hi = mid;
-            }
-            r = lo;
-            bwd_w_block(a, task, r);
+            bwd_w_block(a, task, pf_block_row(ix->row_ptr, ix->R, task));
         }
     }
 }

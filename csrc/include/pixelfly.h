@@ -139,6 +139,22 @@ pf_err pf_layout_to_csr(const uint8_t *layout, int64_t R, int64_t C, int64_t *ro
 pf_err pf_csr_transpose(int64_t R, int64_t C, const int64_t *row_ptr, const int64_t *col_idx,
                         int64_t *col_ptr, int64_t *row_idx, int64_t *csc_blk);
 
+/* The one validator of a block index (used by pf_csr_transpose, pf_bsmm_check and
+ * pf_attn_check). Sizes: 0 <= R, C <= PF_MAX_GRID and 0 <= nnz <= R*C (no cell limit).
+ * pf_csr_check: row_ptr [R+1] with row_ptr[0] = 0, non-decreasing, row_ptr[R] = nnz;
+ * col_idx [nnz] in [0, C), strictly ascending within each row. O(R + nnz).
+ * pf_csc_check: the same for col_ptr [C+1] / row_idx [nnz] (rows ascending within each
+ * column), and that the CSC is exactly the transpose of the CSR, which must have passed
+ * pf_csr_check: with_csc_blk = 1 checks csc_blk [nnz] (csc_blk[k] = CSR position of the
+ * k-th CSC block, O(C + nnz)); 0 ignores csc_blk and looks each block up in the CSR
+ * (O(C + nnz log C)). Messages name the array (row_ptr, col_idx, col_ptr, row_idx,
+ * csc_blk). */
+pf_err pf_csr_check(int64_t R, int64_t C, int64_t nnz, const int64_t *row_ptr,
+                    const int64_t *col_idx);
+pf_err pf_csc_check(int64_t R, int64_t C, int64_t nnz, const int64_t *row_ptr,
+                    const int64_t *col_idx, const int64_t *col_ptr, const int64_t *row_idx,
+                    const int64_t *csc_blk, int with_csc_blk);
+
 /* ------------------------------------------------------------------ budget */
 /* csrc/core/budget.c. Cost model of SPEC section 3, in flop-equivalents.
  *
@@ -297,8 +313,9 @@ typedef struct {
 
 enum { PF_ISA_AUTO = 0, PF_ISA_PORTABLE = 1, PF_ISA_AVX2 = 2, PF_ISA_AVX512 = 3 };
 
+/* The CPU features the kernels use (csrc/cpu/isa.c; the attention kernels use the same). */
 int pf_cpu_has_avx2_fma(void);
-int pf_cpu_has_avx512(void); /* avx512f (+bw/vl) */
+int pf_cpu_has_avx512(void); /* avx512f + avx512bw + avx512vl */
 
 /* Check sizes, strides, pointers (non-NULL wherever the operand has elements, aligned
  * to the element size), the isa (an explicit PF_ISA_AVX2/AVX512 the CPU lacks is an

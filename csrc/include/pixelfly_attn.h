@@ -81,11 +81,12 @@ typedef struct {
                                 * block, parallel over batch*heads only (use it when batch*heads
                                 * keeps every thread busy). Same results up to rounding. */
     void *work;                /* pf_attn_workspace() bytes, 64-byte aligned is best */
-    int isa;                   /* PF_ISA_*: 0 picks the best the CPU has (AVX-512 or portable) */
+    int isa;                   /* PF_ISA_*: 0 picks the best the CPU has (AVX-512, AVX2 or portable) */
 } pf_attn_args;
 
-/* Check sizes, strides, dtypes, pointers and the index (both CSR and CSC for BWD); NULL if
- * the call is well-formed. Never reads a dense operand. */
+/* Check sizes, strides, dtypes, pointers, the isa (one the CPU lacks is an error) and the
+ * index (pf_csr_check, and pf_csc_check for BWD); NULL if the call is well-formed. Never
+ * reads a dense operand. */
 pf_err pf_attn_check(int op, const pf_attn_args *a);
 
 /* Bytes of workspace the op needs (-1 if the arguments fail pf_attn_check). */
@@ -97,7 +98,7 @@ void pf_attn_run(int op, int phase, const pf_attn_args *a, int64_t begin, int64_
 /* Convenience: check, then run every phase serially (a->work must hold the workspace). */
 pf_err pf_attn_serial(int op, const pf_attn_args *a);
 
-/* 1 when the AVX-512 kernels can run on this CPU. */
+/* 1 when the AVX-512 kernels can run on this CPU: pf_cpu_has_avx512() (kept for callers). */
 int pf_attn_has_avx512(void);
 
 #ifdef __cplusplus

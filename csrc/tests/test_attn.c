@@ -1,6 +1,6 @@
 /* test_attn.c - block-sparse attention (csrc/cpu/attn.c) against a naive double reference.
  * Random layouts (incl. empty block-rows), flat butterfly, causal, batch*heads > 1 with
- * interleaved strides, block sizes 8..64 (odd tails too), fp32 / bf16 / fp64, both ISAs,
+ * interleaved strides, block sizes 8..64 (odd tails too), fp32 / bf16 / fp64, every ISA this CPU has,
  * task caps, a gradient of lse, and every argument error. Prints "N passed, M failed". */
 #include <math.h>
 #include <stdio.h>
@@ -9,19 +9,8 @@
 
 #include "pixelfly_attn.h"
 
-static int g_pass = 0, g_fail = 0;
-
-#define EXPECT(cond, ...)                                                                      \
-    do {                                                                                       \
-        if (cond) {                                                                            \
-            ++g_pass;                                                                          \
-        } else {                                                                               \
-            ++g_fail;                                                                          \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                        \
-            printf(__VA_ARGS__);                                                               \
-            printf("\n");                                                                      \
-        }                                                                                      \
-    } while (0)
+#include "../cpu/kernels.h"
+#include "check.h"
 
 static uint64_t g_rng = 88172645463325252ull;
 static uint64_t rnd(void) {
@@ -34,19 +23,6 @@ static double urand(void) { return (double)(rnd() >> 11) / 9007199254740992.0; }
 static double nrand(void) {
     double u = urand() + 1e-12, v = urand();
     return sqrt(-2 * log(u)) * cos(6.283185307179586 * v);
-}
-
-static float bf16f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
 }
 
 typedef struct {
@@ -128,7 +104,7 @@ static void fill_operand(const problem *p, operand *o, pf_dtype dt, double sigma
                     const int64_t s = ((n0 * p->L + i) * p->H + h) * p->d + c; /* [B, L, H, d] */
                     if (dt == PF_FLOAT64) ((double *)o->buf)[s] = x;
                     else if (dt == PF_FLOAT32) { ((float *)o->buf)[s] = (float)x; x = (float)x; }
-                    else { uint16_t hb = f2bf((float)x); ((uint16_t *)o->buf)[s] = hb; x = bf16f(hb); }
+                    else { uint16_t hb = pf_f32_to_bf16((float)x); ((uint16_t *)o->buf)[s] = hb; x = pf_bf16_to_f32(hb); }
                     o->ref[ref_at(p, n0 * p->H + h, i) + c] = x;
                 }
 }
@@ -145,7 +121,7 @@ static pf_attn_tensor view_bhld(const problem *p, void *buf) {
 static double get_elem(const void *buf, pf_dtype dt, int64_t s) {
     if (dt == PF_FLOAT64) return ((const double *)buf)[s];
     if (dt == PF_FLOAT32) return ((const float *)buf)[s];
-    return bf16f(((const uint16_t *)buf)[s]);
+    return pf_bf16_to_f32(((const uint16_t *)buf)[s]);
 }
 
 /* naive reference for problem n: out, lse, and (if dout) dq, dk, dv. */
@@ -265,7 +241,7 @@ static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t 
     int64_t ws = pf_attn_workspace(PF_ATTN_FWD, &a);
     a.work = malloc((size_t)(ws > 0 ? ws : 1));
     pf_err e = pf_attn_serial(PF_ATTN_FWD, &a);
-    EXPECT(e == NULL, "%s: fwd error %s", name, e ? e : "");
+    CHECK(e == NULL, "%s: fwd error %s", name, e ? e : "");
     /* tolerance: bf16 output rounding (2^-8) dominates; fp32 accumulation otherwise */
     const double tol = dt == PF_BFLOAT16 ? 1.6e-2 : dt == PF_FLOAT32 ? 2e-5 : 1e-12;
     const double eo = err_bhld(&p, out, dt, ro);
@@ -276,8 +252,8 @@ static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t 
         const double diff = (isinf(r) && x == r) ? 0 : fabs(x - r);
         if (!(diff <= el)) el = diff;
     }
-    EXPECT(eo <= tol, "%s: out error %.3e > %.1e", name, eo, tol);
-    EXPECT(el <= (dt == PF_FLOAT64 ? 1e-12 : 1e-4), "%s: lse error %.3e", name, el);
+    CHECK(eo <= tol, "%s: out error %.3e > %.1e", name, eo, tol);
+    CHECK(el <= (dt == PF_FLOAT64 ? 1e-12 : 1e-4), "%s: lse error %.3e", name, el);
     free(a.work);
 
     a.dout = view_blhd(&p, dout.buf);
@@ -291,11 +267,11 @@ static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t 
         ws = pf_attn_workspace(PF_ATTN_BWD, &a);
         a.work = malloc((size_t)(ws > 0 ? ws : 1));
         e = pf_attn_serial(PF_ATTN_BWD, &a);
-        EXPECT(e == NULL, "%s: bwd error %s", name, e ? e : "");
+        CHECK(e == NULL, "%s: bwd error %s", name, e ? e : "");
         /* the backward uses the kernel's own (rounded) out and lse, like autograd does */
         const double gtol = dt == PF_BFLOAT16 ? 4e-2 : dt == PF_FLOAT32 ? 1e-4 : 1e-11;
         const double eq = err_bhld(&p, dq, dt, rdq), ek = err_bhld(&p, dk, dt, rdk), ev = err_bhld(&p, dv, dt, rdv);
-        EXPECT(eq <= gtol && ek <= gtol && ev <= gtol, "%s bwd mode %d: grad errors dq %.3e dk %.3e dv %.3e > %.1e",
+        CHECK(eq <= gtol && ek <= gtol && ev <= gtol, "%s bwd mode %d: grad errors dq %.3e dk %.3e dv %.3e > %.1e",
                name, mode, eq, ek, ev, gtol);
         free(a.work);
     }
@@ -319,19 +295,19 @@ static void test_errors(void) {
     pf_attn_tensor t = {buf, 2 * 64 * 16, 64 * 16, 16};
     a.q = a.k = a.v = a.out = a.dout = a.dq = a.dk = a.dv = t;
     a.lse = lse;
-    EXPECT(pf_attn_check(PF_ATTN_FWD, &a) == NULL, "valid fwd rejected");
-    EXPECT(pf_attn_check(PF_ATTN_BWD, &a) == NULL, "valid bwd rejected");
-    EXPECT(pf_attn_check(PF_ATTN_FWD, NULL) != NULL, "NULL args accepted");
-    EXPECT(pf_attn_check(7, &a) != NULL, "bad op accepted");
-    EXPECT(pf_attn_workspace(PF_ATTN_FWD, NULL) == -1, "workspace of NULL args");
-    EXPECT(pf_attn_num_tasks(PF_ATTN_FWD, 5, &a) == 0, "tasks of a bad phase");
+    CHECK(pf_attn_check(PF_ATTN_FWD, &a) == NULL, "valid fwd rejected");
+    CHECK(pf_attn_check(PF_ATTN_BWD, &a) == NULL, "valid bwd rejected");
+    CHECK(pf_attn_check(PF_ATTN_FWD, NULL) != NULL, "NULL args accepted");
+    CHECK(pf_attn_check(7, &a) != NULL, "bad op accepted");
+    CHECK(pf_attn_workspace(PF_ATTN_FWD, NULL) == -1, "workspace of NULL args");
+    CHECK(pf_attn_num_tasks(PF_ATTN_FWD, 5, &a) == 0, "tasks of a bad phase");
     pf_attn_run(PF_ATTN_FWD, 0, NULL, 0, 1); /* must not crash */
 #define BAD(field, val, word)                                                                  \
     do {                                                                                       \
         pf_attn_args b_ = a;                                                                   \
         b_.field = val;                                                                        \
         pf_err e_ = pf_attn_check(PF_ATTN_BWD, &b_);                                           \
-        EXPECT(e_ && strstr(e_, word), "bad " #field ": got %s", e_ ? e_ : "NULL");            \
+        CHECK(e_ && strstr(e_, word), "bad " #field ": got %s", e_ ? e_ : "NULL");            \
     } while (0)
     BAD(dtype, PF_FLOAT16, "dtype");
     BAD(L, 60, "L");
@@ -366,7 +342,7 @@ static void test_errors(void) {
         char work[64];
         b2.work = work;
         for (int ph = 0; ph < PF_ATTN_PHASES; ++ph) pf_attn_run(PF_ATTN_BWD, ph, &b2, 0, 100);
-        EXPECT(1, "unreachable");
+        CHECK(1, "unreachable");
         bad_ci[1] = p.col_idx[1];
     }
     bad_rp[1] = p.nnz + 5;
@@ -383,8 +359,8 @@ static void test_errors(void) {
     pf_attn_args z = a;
     z.batch = 0;
     z.q.p = NULL;
-    EXPECT(pf_attn_check(PF_ATTN_FWD, &z) == NULL, "empty batch rejected");
-    EXPECT(pf_attn_num_tasks(PF_ATTN_FWD, 1, &z) == 0, "empty batch has tasks");
+    CHECK(pf_attn_check(PF_ATTN_FWD, &z) == NULL, "empty batch rejected");
+    CHECK(pf_attn_num_tasks(PF_ATTN_FWD, 1, &z) == 0, "empty batch has tasks");
     free_problem(&p);
 }
 
@@ -414,7 +390,7 @@ static void test_nonfinite(int isa) {
         const int64_t ws = pf_attn_workspace(PF_ATTN_FWD, &a);
         a.work = malloc((size_t)ws);
         pf_err e = pf_attn_serial(PF_ATTN_FWD, &a);
-        EXPECT(e == NULL, "nonfinite run: %s", e ? e : "");
+        CHECK(e == NULL, "nonfinite run: %s", e ? e : "");
         int bad = 0;
         for (int i = 0; i < L; ++i) {
             const int sees_v = !causal || i >= 15, sees_k = !causal || i >= 40;
@@ -425,12 +401,12 @@ static void test_nonfinite(int isa) {
             }
             bad += sees_k ? !isnan(lse[i]) : !isfinite(lse[i]);
         }
-        EXPECT(bad == 0, "isa %d causal %d: %d outputs with the wrong NaN/inf pattern", isa, causal, bad);
+        CHECK(bad == 0, "isa %d causal %d: %d outputs with the wrong NaN/inf pattern", isa, causal, bad);
         /* every score of row 0 (non-causal: key 5 component 0 = +inf, q[0][0] > 0) is +inf */
         k[40 * D + 1] = 0.5f; v[15 * D + 3] = 0.5f;
         q[0] = 1.0f; k[5 * D] = INFINITY;
         pf_attn_serial(PF_ATTN_FWD, &a);
-        EXPECT(causal || (isnan(out[0]) && isinf(lse[0]) && lse[0] > 0),
+        CHECK(causal || (isnan(out[0]) && isinf(lse[0]) && lse[0] > 0),
                "isa %d: a +inf score gave out %g lse %g", isa, out[0], lse[0]);
         free(a.work);
     }
@@ -438,11 +414,15 @@ static void test_nonfinite(int isa) {
 }
 
 int main(void) {
-    const int has512 = pf_attn_has_avx512();
-    const int isas[2] = {PF_ISA_PORTABLE, PF_ISA_AVX512};
+    const int isas[3] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512};
+    const int have[3] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512()};
+    printf("test_attn: ISAs tested: portable%s%s\n", have[1] ? ", avx2" : " (no avx2+fma on this CPU)",
+           have[2] ? ", avx512" : " (no avx512 f/bw/vl on this CPU)");
     test_errors();
-    for (int ii = 0; ii < 1 + has512; ++ii) test_nonfinite(isas[ii]);
-    for (int ii = 0; ii < 1 + has512; ++ii) {
+    for (int ii = 0; ii < 3; ++ii)
+        if (have[ii]) test_nonfinite(isas[ii]);
+    for (int ii = 0; ii < 3; ++ii) {
+        if (!have[ii]) continue;
         const int isa = isas[ii];
         char name[160];
 #define CASE(B, H, L, d, b, lay, dens, causal, dt, mt, dl)                                     \
@@ -464,6 +444,6 @@ int main(void) {
             CASE(1, 1, 80, 8, 16, LAY_EMPTY_ROWS, 0.6, causal, PF_FLOAT64, 1, 0);
         }
     }
-    printf("test_attn: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    printf("test_attn: %d passed, %d failed\n", n_pass, n_fail);
+    return n_fail != 0;
 }

@@ -12,30 +12,12 @@
 #include <string.h>
 
 #include "pixelfly.h"
-#include "../cpu/bsmm_internal.h"
+#include "../cpu/kernels.h"
 
-static int n_pass = 0, n_fail = 0;
-
-#define EXPECT(cond, ...)                                                    \
-    do {                                                                     \
-        if (cond) {                                                          \
-            ++n_pass;                                                        \
-        } else {                                                             \
-            ++n_fail;                                                        \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                      \
-            printf(__VA_ARGS__);                                             \
-            printf("\n");                                                    \
-        }                                                                    \
-    } while (0)
+#include "check.h"
+#include "test_rng.h"
 
 /* ------------------------------------------------------------------ rng */
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd(void) {
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 static int64_t rndi(int64_t n) { return n > 0 ? (int64_t)(rnd() % (uint64_t)n) : 0; }
 static float rndf(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
 
@@ -184,7 +166,7 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
             a.out = res[k];
             a.ldo = ld;
             pf_err e = pf_bsmm_check(op, &a);
-            EXPECT(e == NULL, "%s: check failed: %s", what, e ? e : "");
+            CHECK(e == NULL, "%s: check failed: %s", what, e ? e : "");
             if (e) continue;
             run_op(op, &a, (int)rndi(2));
         }
@@ -229,10 +211,10 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
                     printf("  %s: (%lld,%lld) got %.9g want %.9g\n", what, (long long)t, (long long)o, got, ref);
                 }
             }
-        EXPECT(!bad, "%s: portable vs double reference", what);
+        CHECK(!bad, "%s: portable vs double reference", what);
         for (int k = 1; k < 3; ++k) {
             if (!res[k]) continue;
-            EXPECT(memcmp(res[0], res[k], (size_t)(total * es)) == 0, "%s: isa %d not bitwise equal to portable", what, isas[k]);
+            CHECK(memcmp(res[0], res[k], (size_t)(total * es)) == 0, "%s: isa %d not bitwise equal to portable", what, isas[k]);
         }
         for (int k = 0; k < 3; ++k) free(res[k]);
     }
@@ -243,7 +225,7 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
 /* ------------------------------------------------------------------ checks */
 static void expect_err(int op, const pf_bsmm_args *a, const char *needle, const char *what) {
     pf_err e = pf_bsmm_check(op, a);
-    EXPECT(e != NULL && strstr(e, needle) != NULL, "check(%s): expected error with '%s', got '%s'", what, needle, e ? e : "NULL");
+    CHECK(e != NULL && strstr(e, needle) != NULL, "check(%s): expected error with '%s', got '%s'", what, needle, e ? e : "NULL");
 }
 
 static void test_checks(void) {
@@ -255,12 +237,12 @@ static void test_checks(void) {
     memset(&a, 0, sizeof a);
     a.dtype = PF_FLOAT32; a.T = 2; a.ix = &I.ix;
     a.x = x; a.ldx = 24; a.dy = dy; a.ldy = 8; a.w = w; a.out = out; a.ldo = 8;
-    EXPECT(pf_bsmm_check(PF_OP_FWD, &a) == NULL, "valid FWD rejected: %s", pf_bsmm_check(PF_OP_FWD, &a));
-    EXPECT(pf_bsmm_check(PF_OP_BWD_W, &a) == NULL, "valid BWD_W rejected");
+    CHECK(pf_bsmm_check(PF_OP_FWD, &a) == NULL, "valid FWD rejected: %s", pf_bsmm_check(PF_OP_FWD, &a));
+    CHECK(pf_bsmm_check(PF_OP_BWD_W, &a) == NULL, "valid BWD_W rejected");
     a.ldo = 24;
-    EXPECT(pf_bsmm_check(PF_OP_BWD_X, &a) == NULL, "valid BWD_X rejected");
+    CHECK(pf_bsmm_check(PF_OP_BWD_X, &a) == NULL, "valid BWD_X rejected");
     a.ldo = 8;
-    EXPECT(pf_bsmm_check(PF_OP_FWD, NULL) != NULL, "NULL args accepted");
+    CHECK(pf_bsmm_check(PF_OP_FWD, NULL) != NULL, "NULL args accepted");
     expect_err(7, &a, "op", "bad op");
     pf_bsmm_args b = a; b.dtype = PF_FLOAT16; expect_err(PF_OP_FWD, &b, "dtype", "fp16");
     b = a; b.T = -1; expect_err(PF_OP_FWD, &b, "T", "T<0");
@@ -294,9 +276,9 @@ static void test_checks(void) {
     bad = I.ix; bad.row_idx = ri; ri[0] = 5; expect_err(PF_OP_BWD_X, &b, "row_idx", "row_idx out of range");
     bad = I.ix; bad.col_ptr = NULL; expect_err(PF_OP_FWD, &b, "col_ptr", "NULL col_ptr");
     /* serial needs the workspace it announces */
-    EXPECT(pf_bsmm_workspace(PF_OP_FWD, &a) > 0, "FWD needs a packing workspace");
+    CHECK(pf_bsmm_workspace(PF_OP_FWD, &a) > 0, "FWD needs a packing workspace");
     pf_err e = pf_bsmm_serial(PF_OP_FWD, &a);
-    EXPECT(e != NULL && strstr(e, "work"), "serial without workspace: %s", e ? e : "NULL");
+    CHECK(e != NULL && strstr(e, "work"), "serial without workspace: %s", e ? e : "NULL");
     /* requesting an ISA the CPU lacks is an error, not a crash */
     if (!pf_cpu_has_avx512()) { b = a; b.isa = PF_ISA_AVX512; expect_err(PF_OP_FWD, &b, "AVX-512", "no avx512"); }
     free_index(&I);
@@ -312,11 +294,11 @@ static void test_serial_edges(void) {
     pf_bsmm_args a;
     memset(&a, 0, sizeof a);
     a.dtype = PF_FLOAT32; a.T = 0; a.ix = &I.ix; a.ldx = 32; a.ldy = 32; a.out = dw;
-    EXPECT(pf_bsmm_serial(PF_OP_BWD_W, &a) == NULL, "serial bwd_w T=0");
+    CHECK(pf_bsmm_serial(PF_OP_BWD_W, &a) == NULL, "serial bwd_w T=0");
     int zero = 1;
     for (int i = 0; i < 3 * 256; ++i) zero &= dw[i] == 0.0f;
-    EXPECT(zero, "BWD_W with T = 0 must write dw = 0");
-    EXPECT(pf_bsmm_num_tasks(PF_OP_FWD, 1, &a) == 0, "FWD with T = 0 has no tasks");
+    CHECK(zero, "BWD_W with T = 0 must write dw = 0");
+    CHECK(pf_bsmm_num_tasks(PF_OP_FWD, 1, &a) == 0, "FWD with T = 0 has no tasks");
     /* a large T run through serial with the workspace, fp32, vs a simple check */
     const int64_t T = 300;
     float *x = malloc(T * 32 * 4), *y = malloc(T * 32 * 4), w[3 * 256];
@@ -325,7 +307,7 @@ static void test_serial_edges(void) {
     a.T = T; a.x = x; a.w = w; a.out = y; a.ldo = 32;
     const int64_t ws = pf_bsmm_workspace(PF_OP_FWD, &a);
     a.work = malloc((size_t)ws);
-    EXPECT(pf_bsmm_serial(PF_OP_FWD, &a) == NULL, "serial fwd");
+    CHECK(pf_bsmm_serial(PF_OP_FWD, &a) == NULL, "serial fwd");
     int ok = 1; /* small integers: exact */
     for (int64_t t = 0; t < T; ++t)
         for (int64_t o = 0; o < 32; ++o) {
@@ -335,7 +317,7 @@ static void test_serial_edges(void) {
                 for (int64_t k = 0; k < 16; ++k) ref += (double)x[t * 32 + I.col_idx[j] * 16 + k] * w[(j * 16 + i) * 16 + k];
             ok &= (double)y[t * 32 + o] == ref;
         }
-    EXPECT(ok, "serial FWD exact on small integers");
+    CHECK(ok, "serial FWD exact on small integers");
     free(a.work); free(x); free(y);
     free_index(&I);
 }
@@ -349,7 +331,7 @@ static void test_bf16_rounding(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
         float f;
         memcpy(&f, &cases[i].in, 4);
-        EXPECT(pf_f32_to_bf16(f) == cases[i].out, "bf16(0x%08x) = 0x%04x, want 0x%04x", cases[i].in, pf_f32_to_bf16(f), cases[i].out);
+        CHECK(pf_f32_to_bf16(f) == cases[i].out, "bf16(0x%08x) = 0x%04x, want 0x%04x", cases[i].in, pf_f32_to_bf16(f), cases[i].out);
     }
 }
 

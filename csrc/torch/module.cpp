@@ -59,10 +59,10 @@ PyObject *py_set_cpu_isa(PyObject *, PyObject *arg) {
 
 PyObject *py_set_attention_isa(PyObject *, PyObject *arg) {
   return call_with_int(arg, [](long long isa) -> long long {
-    TORCH_CHECK_VALUE(isa == PF_ISA_AUTO || isa == PF_ISA_PORTABLE || isa == PF_ISA_AVX512,
-                      "isa must be 0 (auto), 1 (portable) or 3 (AVX-512), got ", isa);
-    TORCH_CHECK_VALUE(isa != PF_ISA_AVX512 || pf_attn_has_avx512(),
-                      "isa 3 (AVX-512) is not supported by this CPU");
+    TORCH_CHECK_VALUE(isa >= PF_ISA_AUTO && isa <= PF_ISA_AVX512, "isa must be 0 (auto), 1 "
+                      "(portable), 2 (AVX2+FMA) or 3 (AVX-512), got ", isa);
+    TORCH_CHECK_VALUE(isa <= best_cpu_isa(), "isa ", isa, " is not supported by this CPU (best: ",
+                      best_cpu_isa(), ")");
     return g_attn_isa.exchange(static_cast<int>(isa));
   });
 }
@@ -87,7 +87,7 @@ PyMethodDef methods[] = {
     {"set_cpu_isa", py_set_cpu_isa, METH_O,
      "Force the bsmm kernels' ISA (0 auto); returns the previous setting."},
     {"set_attention_isa", py_set_attention_isa, METH_O,
-     "Force the attention kernels' ISA (0 auto, 1 portable, 3 AVX-512); returns the previous."},
+     "Force the attention kernels' ISA (0 auto, 1 portable, 2 AVX2+FMA, 3 AVX-512); returns the previous."},
     {"set_attention_bwd_mode", py_set_attention_bwd_mode, METH_O,
      "Attention backward schedule (0 auto, 1 per problem, 2 rows/columns); returns the previous."},
     {"cache_clear", py_cache_clear, METH_NOARGS,

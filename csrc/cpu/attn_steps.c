@@ -1,0 +1,382 @@
+/*
+ * attn_steps.c - the work items of block-sparse attention (see attn.c for the design):
+ * phase 0 packs one block of every operand (pf_attn_pack_block); phase 1 runs the
+ * forward of one query block-row with an online softmax (pf_attn_fwd_row), or a piece of
+ * the backward: dq of a query block-row (pf_attn_bwd_dq), dk and dv of a key block-column
+ * (pf_attn_bwd_dkdv), or all of one problem (pf_attn_bwd_problem). NaN and inf follow the
+ * dense masked softmax (softmax_tile, gemm_lower).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "attn_internal.h"
+#include "kernels.h"
+
+static size_t dtype_size(pf_dtype t) { return t == PF_FLOAT64 ? 8 : t == PF_FLOAT32 ? 4 : 2; }
+
+/* -------------------------------------------------------- loads and stores */
+
+static inline const char *elem(const pf_attn_tensor *t, pf_dtype dt, int64_t n0, int64_t h, int64_t i) {
+    return (const char *)t->p + (size_t)(n0 * t->sb + h * t->sh + i * t->sl) * dtype_size(dt);
+}
+
+/* dst (accumulator type) = src (storage dtype), n elements */
+static void load_row(void *dst, const void *src, pf_dtype dt, int64_t n) {
+    if (dt == PF_FLOAT64) {
+        memcpy(dst, src, (size_t)n * 8);
+    } else if (dt == PF_FLOAT32) {
+        memcpy(dst, src, (size_t)n * 4);
+    } else {
+        pf_bf16_to_f32_n((float *)dst, (const uint16_t *)src, n);
+    }
+}
+
+/* dst (storage dtype) = factor * src (accumulator type) */
+static void store_row(void *dst, pf_dtype dt, const void *src, int64_t n, double factor) {
+    if (dt == PF_FLOAT64) {
+        double *o = (double *)dst;
+        const double *s = (const double *)src;
+        for (int64_t j = 0; j < n; ++j) o[j] = s[j] * factor;
+    } else {
+        const float *s = (const float *)src;
+        const float f = (float)factor;
+        if (dt == PF_FLOAT32) {
+            float *o = (float *)dst;
+            for (int64_t j = 0; j < n; ++j) o[j] = s[j] * f;
+        } else {
+            uint16_t *o = (uint16_t *)dst;
+            for (int64_t j = 0; j < n; ++j) o[j] = pf_f32_to_bf16(s[j] * f);
+        }
+    }
+}
+
+static void zero_store_row(void *dst, pf_dtype dt, int64_t n) { memset(dst, 0, (size_t)n * dtype_size(dt)); }
+
+/* transposed tile: T[c * b + i] = row[c] */
+static void scatter_col(void *tile, const void *row, int64_t d, int64_t b, int64_t i, size_t es) {
+    if (es == 8) {
+        double *t = (double *)tile;
+        const double *r = (const double *)row;
+        for (int64_t c = 0; c < d; ++c) t[c * b + i] = r[c];
+    } else {
+        float *t = (float *)tile;
+        const float *r = (const float *)row;
+        for (int64_t c = 0; c < d; ++c) t[c * b + i] = r[c];
+    }
+}
+
+static void scale_row(void *row, int64_t n, double s, size_t es) {
+    if (es == 8) {
+        double *r = (double *)row;
+        for (int64_t j = 0; j < n; ++j) r[j] *= s;
+    } else {
+        float *r = (float *)row;
+        const float f = (float)s;
+        for (int64_t j = 0; j < n; ++j) r[j] *= f;
+    }
+}
+
+static double dot_row(const void *acc_row, const void *src, pf_dtype dt, int64_t n) {
+    double s = 0;
+    if (dt == PF_FLOAT64) {
+        const double *a = (const double *)acc_row, *b = (const double *)src;
+        for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+    } else if (dt == PF_FLOAT32) {
+        const float *a = (const float *)acc_row, *b = (const float *)src;
+        float f = 0;
+        for (int64_t j = 0; j < n; ++j) f += a[j] * b[j];
+        s = f;
+    } else {
+        const float *a = (const float *)acc_row;
+        const uint16_t *b = (const uint16_t *)src;
+        float f = 0;
+        for (int64_t j = 0; j < n; ++j) f += a[j] * pf_bf16_to_f32(b[j]);
+        s = f;
+    }
+    return s;
+}
+
+static inline void set_val(void *p, int64_t i, double v, size_t es) {
+    if (es == 8) ((double *)p)[i] = v; else ((float *)p)[i] = (float)v;
+}
+static inline double get_val(const void *p, int64_t i, size_t es) {
+    return es == 8 ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+
+/* Causal mask of a diagonal tile: above = 1 masks columns > row (S), 0 masks columns < row
+ * (S^T, rows are keys). */
+static void mask_diag(void *S, int64_t b, int above, size_t es) {
+    for (int64_t r = 0; r < b; ++r) {
+        const int64_t lo = above ? r + 1 : 0, hi = above ? b : r;
+        for (int64_t c = lo; c < hi; ++c) set_val(S, r * b + c, -INFINITY, es);
+    }
+}
+
+/* Online-softmax step on a rows x n score tile (row stride n), rows ascending. Per row, with
+ * m' = max(m, rowmax) (NaN ignored): alpha = exp(m - m'), S = exp(S - m'),
+ * l = l * alpha + rowsum(S), m = m'. NaN and inf follow the dense formula: a NaN score makes
+ * l NaN (for good); while every score seen is -inf or NaN the weights are 0 (NaN stays NaN);
+ * a +inf score makes the row's softmax NaN (m = +inf, alpha = NaN, S = NaN; l keeps only the
+ * NaN flag), so that the caller gives out = NaN and lse = +inf (NaN if a score was NaN). */
+static void softmax_tile(const pf_attn_ops *ops, void *S, int64_t rows, int64_t n, double *m, double *l,
+                         double *alpha) {
+    const size_t es = ops->es;
+    for (int64_t r = 0; r < rows; ++r) {
+        void *Sr = (char *)S + (size_t)(r * n) * es;
+        const double mx = ops->rowmax(Sr, n);
+        const double mn = mx > m[r] ? mx : m[r];
+        alpha[r] = 1.0;
+        if (mn == -INFINITY || mn == INFINITY) {
+            int any_nan = 0;
+            for (int64_t j = 0; j < n; ++j) {
+                const double x = get_val(Sr, j, es);
+                any_nan |= x != x;
+                set_val(Sr, j, mn == INFINITY || x != x ? NAN : 0.0, es);
+            }
+            if (any_nan) l[r] = NAN;
+            if (mn == INFINITY && m[r] != INFINITY) alpha[r] = NAN;
+            m[r] = mn;
+            continue;
+        }
+        alpha[r] = exp(m[r] - mn);
+        l[r] = l[r] * alpha[r] + ops->exp_sub_sum(Sr, n, mn);
+        m[r] = mn;
+    }
+}
+
+/* 1 if every one of the n values is finite */
+static int all_finite(const void *x, int64_t n, size_t es) {
+    if (es == 8) {
+        const double *d = (const double *)x;
+        double acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc += d[j] * 0.0; /* NaN iff some entry is NaN or inf */
+        return acc == 0;
+    }
+    const float *f = (const float *)x;
+    float acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += f[j] * 0.0f;
+    return acc == 0;
+}
+
+/* acc[b][d] += P V on a causal diagonal tile: row i uses keys 0..i only, so a NaN or inf
+ * value of a later key is never multiplied by the zero weight of a masked position. */
+static void gemm_lower(const pf_attn_ops *ops, int64_t b, int64_t d, const void *P, const void *V, void *acc) {
+    const size_t es = ops->es;
+    for (int64_t i = 0; i < b; ++i)
+        ops->gemm(1, d, i + 1, (const char *)P + (size_t)(i * b) * es, b, V, d,
+                  (char *)acc + (size_t)(i * d) * es, d, 1);
+}
+
+#define PTR(base, off_bytes) ((void *)((char *)(base) + (off_bytes)))
+
+/* ------------------------------------------------------------------ phases */
+
+void pf_attn_pack_block(int op, const pf_attn_args *a, const plan_t *P, int64_t item) {
+    const int64_t n = item / P->R, I = item % P->R, b = P->b, d = P->d, es = (int64_t)P->es;
+    const int64_t n0 = n / a->heads, h = n % a->heads;
+    const pf_dtype dt = a->dtype;
+    char *w = (char *)a->work;
+    const int64_t tile = (n * P->R + I) * b * d * es; /* byte offset of block (n, I) in NLd arrays */
+    for (int64_t i = 0; i < b; ++i) {
+        const int64_t row = I * b + i;
+        const int64_t roff = tile + i * d * es;
+        /* q: scaled rows (+ unscaled transposed tile for BWD) */
+        void *qs = PTR(w, P->off[P_QS] + roff);
+        load_row(qs, elem(&a->q, dt, n0, h, row), dt, d);
+        if (op == PF_ATTN_BWD) scatter_col(PTR(w, P->off[P_QT] + tile), qs, d, b, i, P->es);
+        scale_row(qs, d, a->scale, P->es);
+        /* k: transposed tile (unscaled) (+ scaled rows for BWD) */
+        void *ks = op == PF_ATTN_BWD ? PTR(w, P->off[P_KS] + roff) : NULL;
+        if (ks) {
+            load_row(ks, elem(&a->k, dt, n0, h, row), dt, d);
+            if (P->off[P_KT] >= 0) scatter_col(PTR(w, P->off[P_KT] + tile), ks, d, b, i, P->es);
+            scale_row(ks, d, a->scale, P->es);
+        } else {
+            /* FWD has no row copy of k: stage it in the V slot's row, overwritten below */
+            void *tmp = PTR(w, P->off[P_V] + roff);
+            load_row(tmp, elem(&a->k, dt, n0, h, row), dt, d);
+            scatter_col(PTR(w, P->off[P_KT] + tile), tmp, d, b, i, P->es);
+        }
+        void *vr = PTR(w, P->off[P_V] + roff);
+        load_row(vr, elem(&a->v, dt, n0, h, row), dt, d);
+        if (op == PF_ATTN_BWD) {
+            if (P->off[P_VT] >= 0) scatter_col(PTR(w, P->off[P_VT] + tile), vr, d, b, i, P->es);
+            void *dor = PTR(w, P->off[P_DO] + roff);
+            load_row(dor, elem(&a->dout, dt, n0, h, row), dt, d);
+            scatter_col(PTR(w, P->off[P_DOT] + tile), dor, d, b, i, P->es);
+            const int64_t r = n * P->L + row; /* [batch, heads, L] index */
+            double D = dot_row(dor, elem(&a->out, dt, n0, h, row), dt, d);
+            if (a->dlse) D -= get_val(a->dlse, r, P->es);
+            set_val(PTR(w, P->off[P_D]), r, D, P->es);
+            const double lse = get_val(a->lse, r, P->es);
+            set_val(PTR(w, P->off[P_LSE]), r, lse == -INFINITY ? INFINITY : lse, P->es);
+        }
+    }
+}
+
+void pf_attn_fwd_row(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr) {
+    const int64_t n = item / P->R, I = item % P->R, b = P->b, d = P->d, R = P->R;
+    const int64_t es = (int64_t)P->es;
+    const int64_t n0 = n / a->heads, h = n % a->heads;
+    char *w = (char *)a->work;
+    void *S = scr;
+    void *acc = PTR(scr, ALIGN64(b * b * es));
+    double *m = (double *)PTR(acc, ALIGN64(b * d * es));
+    double *l = m + b, *alpha = l + b;
+    memset(acc, 0, (size_t)(b * d * es));
+    for (int64_t i = 0; i < b; ++i) { m[i] = -INFINITY; l[i] = 0; }
+    const void *Qs = PTR(w, P->off[P_QS] + (n * P->L + I * b) * d * es);
+    int has_keys = 0; /* every row of a visited block-row has at least one allowed key */
+    for (int64_t p = a->row_ptr[I]; p < a->row_ptr[I + 1]; ++p) {
+        const int64_t J = a->col_idx[p];
+        if (a->causal && J > I) break; /* ascending columns */
+        const void *Kt = PTR(w, P->off[P_KT] + (n * R + J) * b * d * es);
+        const void *V = PTR(w, P->off[P_V] + (n * P->L + J * b) * d * es);
+        has_keys = 1;
+        ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
+        const int diag = a->causal && J == I;
+        if (diag) mask_diag(S, b, 1, P->es);
+        softmax_tile(ops, S, b, b, m, l, alpha);
+        for (int64_t i = 0; i < b; ++i)
+            if (alpha[i] != 1.0) ops->scale(PTR(acc, i * d * es), d, alpha[i]);
+        if (diag && !all_finite(V, b * d, P->es)) gemm_lower(ops, b, d, S, V, acc);
+        else ops->gemm(b, d, b, S, b, V, d, acc, d, 1);
+    }
+    for (int64_t i = 0; i < b; ++i) {
+        const int64_t row = I * b + i;
+        void *dst = (void *)elem(&a->out, a->dtype, n0, h, row);
+        if (has_keys) { /* l = 0 (all scores -inf) gives 0/0 = NaN, as the dense softmax */
+            store_row(dst, a->dtype, PTR(acc, i * d * es), d, 1.0 / l[i]);
+            const double lse = m[i] == INFINITY ? (l[i] != l[i] ? NAN : INFINITY) : m[i] + log(l[i]);
+            set_val(a->lse, n * P->L + row, lse, P->es);
+        } else {
+            zero_store_row(dst, a->dtype, d);
+            set_val(a->lse, n * P->L + row, -INFINITY, P->es);
+        }
+    }
+}
+
+void pf_attn_bwd_dq(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr) {
+    const int64_t n = item / P->R, I = item % P->R, b = P->b, d = P->d, R = P->R;
+    const int64_t es = (int64_t)P->es;
+    const int64_t n0 = n / a->heads, h = n % a->heads;
+    char *w = (char *)a->work;
+    void *S = scr, *dP = PTR(scr, ALIGN64(b * b * es));
+    void *acc = PTR(dP, ALIGN64(b * b * es));
+    memset(acc, 0, (size_t)(b * d * es));
+    const int64_t rows = (n * P->L + I * b);
+    const void *Qs = PTR(w, P->off[P_QS] + rows * d * es);
+    const void *dO = PTR(w, P->off[P_DO] + rows * d * es);
+    const char *lse = (const char *)PTR(w, P->off[P_LSE] + rows * es);
+    const char *D = (const char *)PTR(w, P->off[P_D] + rows * es);
+    for (int64_t p = a->row_ptr[I]; p < a->row_ptr[I + 1]; ++p) {
+        const int64_t J = a->col_idx[p];
+        if (a->causal && J > I) break;
+        const void *Kt = PTR(w, P->off[P_KT] + (n * R + J) * b * d * es);
+        const void *Vt = PTR(w, P->off[P_VT] + (n * R + J) * b * d * es);
+        const void *Ks = PTR(w, P->off[P_KS] + (n * P->L + J * b) * d * es);
+        ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
+        if (a->causal && J == I) mask_diag(S, b, 1, P->es);
+        ops->gemm(b, b, d, dO, d, Vt, b, dP, b, 0);
+        ops->p_ds(S, dP, b, b, lse, D, 1);
+        ops->gemm(b, d, b, dP, b, Ks, d, acc, d, 1);
+    }
+    for (int64_t i = 0; i < b; ++i)
+        store_row((void *)elem(&a->dq, a->dtype, n0, h, I * b + i), a->dtype, PTR(acc, i * d * es), d, 1.0);
+}
+
+/* Key block J against query block I of problem n: scores S^T = Ks Qt (recomputed, masked on
+ * the causal diagonal), P^T and dS^T = P^T * (dP^T - D) into St and dPt, then
+ * accV += P^T dO and accK += dS^T Qs. */
+static void dkdv_block(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n,
+                       int64_t I, int64_t J, const void *Ks, const void *V, void *St, void *dPt,
+                       void *accK, void *accV) {
+    const int64_t b = P->b, d = P->d, R = P->R, es = (int64_t)P->es;
+    const char *w = (const char *)a->work;
+    const int64_t qrows = n * P->L + I * b;
+    const void *Qt = PTR(w, P->off[P_QT] + (n * R + I) * b * d * es);
+    const void *dOt = PTR(w, P->off[P_DOT] + (n * R + I) * b * d * es);
+    const void *Qs = PTR(w, P->off[P_QS] + qrows * d * es);
+    const void *dO = PTR(w, P->off[P_DO] + qrows * d * es);
+    const void *lse = PTR(w, P->off[P_LSE] + qrows * es);
+    const void *D = PTR(w, P->off[P_D] + qrows * es);
+    ops->gemm(b, b, d, Ks, d, Qt, b, St, b, 0);
+    if (a->causal && J == I) mask_diag(St, b, 0, P->es);
+    ops->gemm(b, b, d, V, d, dOt, b, dPt, b, 0);
+    ops->p_ds(St, dPt, b, b, lse, D, 0);
+    ops->gemm(b, d, b, St, b, dO, d, accV, d, 1);
+    ops->gemm(b, d, b, dPt, b, Qs, d, accK, d, 1);
+}
+
+/* dk, dv rows of key block J of problem n from the accumulators */
+static void store_dkdv(const pf_attn_args *a, const plan_t *P, int64_t n, int64_t J,
+                       const void *accK, const void *accV) {
+    const int64_t b = P->b, d = P->d, es = (int64_t)P->es;
+    const int64_t n0 = n / a->heads, h = n % a->heads;
+    for (int64_t j = 0; j < b; ++j) {
+        const int64_t row = J * b + j;
+        store_row((void *)elem(&a->dk, a->dtype, n0, h, row), a->dtype, PTR(accK, j * d * es), d, 1.0);
+        store_row((void *)elem(&a->dv, a->dtype, n0, h, row), a->dtype, PTR(accV, j * d * es), d, 1.0);
+    }
+}
+
+/* transpose a b x b tile: dst[i][j] = src[j][i] */
+static void transpose_tile(void *dst, const void *src, int64_t b, size_t es) {
+    if (es == 8) {
+        double *o = (double *)dst;
+        const double *s = (const double *)src;
+        for (int64_t i = 0; i < b; ++i)
+            for (int64_t j = 0; j < b; ++j) o[i * b + j] = s[j * b + i];
+    } else {
+        float *o = (float *)dst;
+        const float *s = (const float *)src;
+        for (int64_t i = 0; i < b; ++i)
+            for (int64_t j = 0; j < b; ++j) o[i * b + j] = s[j * b + i];
+    }
+}
+
+/* dk, dv of key block-column J of problem n over its query blocks (CSC order); with dQ (the
+ * per-problem schedule) also dQ[rows of I] += dS Ks for each query block I. Scratch: the
+ * St, dPt tiles, the accK, accV accumulators, and (with dQ) the dS tile. */
+static void key_column(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n,
+                       int64_t J, void *scr, void *dQ) {
+    const int64_t b = P->b, d = P->d, es = (int64_t)P->es;
+    const char *w = (const char *)a->work;
+    void *St = scr, *dPt = PTR(scr, ALIGN64(b * b * es));
+    void *accK = PTR(dPt, ALIGN64(b * b * es));
+    void *accV = PTR(accK, ALIGN64(b * d * es));
+    void *dS = PTR(accV, ALIGN64(b * d * es));
+    memset(accK, 0, (size_t)(b * d * es));
+    memset(accV, 0, (size_t)(b * d * es));
+    const int64_t krows = n * P->L + J * b;
+    const void *Ks = PTR(w, P->off[P_KS] + krows * d * es);
+    const void *V = PTR(w, P->off[P_V] + krows * d * es);
+    for (int64_t p = a->col_ptr[J]; p < a->col_ptr[J + 1]; ++p) {
+        const int64_t I = a->row_idx[p];
+        if (a->causal && I < J) continue;
+        dkdv_block(a, P, ops, n, I, J, Ks, V, St, dPt, accK, accV);
+        if (dQ) {
+            transpose_tile(dS, dPt, b, P->es);
+            ops->gemm(b, d, b, dS, b, Ks, d, PTR(dQ, I * b * d * es), d, 1);
+        }
+    }
+    store_dkdv(a, P, n, J, accK, accV);
+}
+
+void pf_attn_bwd_dkdv(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr) {
+    key_column(a, P, ops, item / P->R, item % P->R, scr, NULL);
+}
+
+/* Fused backward of one problem n: key block-columns in order, each visiting its query
+ * blocks (CSC); dk, dv accumulate per column, dq in the problem's own fp32/fp64 buffer
+ * (owned by this task alone). */
+void pf_attn_bwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n, void *scr) {
+    const int64_t d = P->d, es = (int64_t)P->es;
+    const int64_t n0 = n / a->heads, h = n % a->heads;
+    void *dQ = PTR(a->work, P->off[P_DQ] + n * P->L * d * es);
+    memset(dQ, 0, (size_t)(P->L * d * es));
+    for (int64_t J = 0; J < P->R; ++J) key_column(a, P, ops, n, J, scr, dQ);
+    for (int64_t i = 0; i < P->L; ++i)
+        store_row((void *)elem(&a->dq, a->dtype, n0, h, i), a->dtype, PTR(dQ, i * d * es), d, 1.0);
+}

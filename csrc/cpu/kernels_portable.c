@@ -1,0 +1,110 @@
+/*
+ * kernels_portable.c - the portable C kernels: pf_tile_portable (the reference order of
+ * the tile contract in kernels.h, which the SIMD kernels reproduce bitwise), and
+ * attention's portable ops, fp32 (pf_attn_ops_portable, GEMM through pf_tile_portable)
+ * and float64 (pf_attn_ops_f64, double accumulation: the exact path used by gradcheck).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ------------------------------------------------------------------ tile */
+
+void pf_tile_portable(const pf_tile *t) {
+    enum { NC = 64 };
+    float acc[NC];
+    for (int64_t n0 = 0; n0 < t->N; n0 += NC) {
+        const int64_t nc = t->N - n0 < NC ? t->N - n0 : NC;
+        for (int64_t m = 0; m < t->M; ++m) {
+            if (t->Cin)
+                memcpy(acc, t->Cin + m * t->ldcin + n0, (size_t)nc * sizeof(float));
+            else
+                for (int64_t n = 0; n < nc; ++n) acc[n] = 0.0f;
+            for (int64_t seg = 0; seg < t->nseg; ++seg) {
+                const float *a = t->A + m * t->ams + (t->aidx ? t->aidx[seg] * t->ascale : 0);
+                const float *b = t->B + seg * t->bseg + n0;
+                for (int64_t s = 0; s < t->K; ++s) {
+                    const float av = a[s * t->ass];
+                    const float *bs = b + s * t->bss;
+                    for (int64_t n = 0; n < nc; ++n) acc[n] = fmaf(av, bs[n], acc[n]);
+                }
+            }
+            if (t->c_bf16) {
+                uint16_t *c = (uint16_t *)t->C + m * t->ldc + n0;
+                for (int64_t n = 0; n < nc; ++n) c[n] = pf_f32_to_bf16(acc[n]);
+            } else {
+                memcpy((float *)t->C + m * t->ldc + n0, acc, (size_t)nc * sizeof(float));
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static void gemm_f32(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda, const void *B,
+                     int64_t ldb, void *C, int64_t ldc, int acc) {
+    pf_tile_gemm(pf_tile_portable, m, n, k, (const float *)A, lda, (const float *)B, ldb,
+                 (float *)C, ldc, acc);
+}
+
+static void gemm_f64(int64_t m, int64_t n, int64_t k, const void *A_, int64_t lda,
+                     const void *B_, int64_t ldb, void *C_, int64_t ldc, int acc) {
+    const double *A = (const double *)A_, *B = (const double *)B_;
+    double *C = (double *)C_;
+    for (int64_t i = 0; i < m; ++i) {
+        double *c = C + i * ldc;
+        if (!acc)
+            for (int64_t j = 0; j < n; ++j) c[j] = 0;
+        for (int64_t p = 0; p < k; ++p) {
+            const double a = A[i * lda + p];
+            const double *b = B + p * ldb;
+            for (int64_t j = 0; j < n; ++j) c[j] += a * b[j];
+        }
+    }
+}
+
+/* The row ops of pf_attn_ops, generic over the accumulator type T. */
+#define ROW_OPS(T, SFX, EXP)                                                                   \
+    static double rowmax_##SFX(const void *s_, int64_t n) {                                   \
+        const T *s = (const T *)s_;                                                            \
+        T mx = -INFINITY;                                                                      \
+        for (int64_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;                            \
+        return (double)mx;                                                                     \
+    }                                                                                          \
+    static double exp_sub_sum_##SFX(void *s_, int64_t n, double c) {                          \
+        T *s = (T *)s_;                                                                        \
+        const T cc = (T)c;                                                                     \
+        double sum = 0;                                                                        \
+        for (int64_t j = 0; j < n; ++j) {                                                      \
+            s[j] = EXP(s[j] - cc);                                                             \
+            sum += s[j];                                                                       \
+        }                                                                                      \
+        return sum;                                                                            \
+    }                                                                                          \
+    static void scale_##SFX(void *x_, int64_t n, double a) {                                  \
+        T *x = (T *)x_;                                                                        \
+        const T aa = (T)a;                                                                     \
+        for (int64_t j = 0; j < n; ++j) x[j] *= aa;                                            \
+    }                                                                                          \
+    static void p_ds_##SFX(void *S_, void *dP_, int64_t rows, int64_t n, const void *c_,       \
+                           const void *D_, int per_row) {                                      \
+        const T *c = (const T *)c_, *D = (const T *)D_;                                        \
+        for (int64_t r = 0; r < rows; ++r) {                                                   \
+            T *Sr = (T *)S_ + r * n, *dPr = (T *)dP_ + r * n;                                  \
+            const int64_t cs = per_row ? 0 : 1;                                                \
+            const T *cr = per_row ? c + r : c, *Dr = per_row ? D + r : D;                      \
+            for (int64_t j = 0; j < n; ++j) {                                                  \
+                const T p = EXP(Sr[j] - cr[j * cs]);                                           \
+                Sr[j] = p;                                                                     \
+                dPr[j] = p * (dPr[j] - Dr[j * cs]);                                            \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+ROW_OPS(float, f32, expf)
+ROW_OPS(double, f64, exp)
+
+const pf_attn_ops pf_attn_ops_portable = {4, gemm_f32, rowmax_f32, exp_sub_sum_f32, scale_f32, p_ds_f32};
+const pf_attn_ops pf_attn_ops_f64 = {8, gemm_f64, rowmax_f64, exp_sub_sum_f64, scale_f64, p_ds_f64};

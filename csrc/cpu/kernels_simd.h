@@ -1,0 +1,275 @@
+/*
+ * kernels_simd.h - the SIMD kernels, written once over a vector layer and compiled once
+ * per ISA: kernels_avx2.c and kernels_avx512.c define PF_TARGET (the gcc/clang target),
+ * PF_VEC_HEADER (vec_avx2.h / vec_avx512.h) and PF_SIMD(x) (naming the results x_avx2,
+ * x_avx512), then include this file. The code is built without -march: the target applies
+ * to these functions only, and isa.c calls them only on a CPU that has the ISA.
+ *
+ * The vector layer gives PF_VL fp32 lanes (pf_vf), lane masks (pf_vmask, v_mask(n) = lanes
+ * below n; masked loads read 0 and masked stores leave memory untouched in the other
+ * lanes), arithmetic, reductions, bf16 rounding stores, and the register-tile heights
+ * PF_MR2 (2 vectors wide) and PF_MR1 (1 vector wide).
+ *
+ * Defines:
+ *   pf_tile_<isa>      the tile kernel of kernels.h. Register tiles of PF_MR2 x 2 vectors
+ *                      and PF_MR1 x 1 vector live in registers across every segment (block)
+ *                      and step of the tile, so each output element is written exactly
+ *                      once; per element the fmaf order of the contract (bitwise equal to
+ *                      pf_tile_portable).
+ *   pf_attn_ops_<isa>  attention's fp32 ops: the GEMM through pf_tile_<isa>, and the
+ *                      softmax row ops with a Cephes expf polynomial (x < -87.34, -inf
+ *                      included, gives exactly 0; NaN stays NaN).
+ */
+#include "kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#include <math.h>
+
+#define PF_STR(x) #x
+#define PF_PRAGMA(x) _Pragma(PF_STR(x))
+#ifdef __clang__
+PF_PRAGMA(clang attribute push(__attribute__((target(PF_TARGET))), apply_to = function))
+#else
+PF_PRAGMA(GCC push_options)
+PF_PRAGMA(GCC target(PF_TARGET))
+#endif
+
+#include PF_VEC_HEADER
+
+#ifndef PF_PFD
+#define PF_PFD 2 /* prefetch distance in segments (blocks) */
+#endif
+#ifndef PF_PFW
+#define PF_PFW 32 /* BWD_W prefetch distance in steps (rows of T) */
+#endif
+
+/* ------------------------------------------------------------------ tile kernel */
+
+VI void store_vec(const pf_tile *t, int64_t m, int64_t n, pf_vf v, pf_vmask k, int64_t cnt,
+                  int full) {
+    if (t->c_bf16) {
+        uint16_t *c = (uint16_t *)t->C + m * t->ldc + n;
+        if (full && t->c_stream && ((uintptr_t)c & (2 * PF_VL - 1)) == 0) v_stream_bf16(c, v);
+        else if (full) v_store_bf16(c, v);
+        else if (cnt > 0) v_store_bf16_m(c, k, cnt, v);
+    } else {
+        float *c = (float *)t->C + m * t->ldc + n;
+        if (full && t->c_stream && ((uintptr_t)c & (4 * PF_VL - 1)) == 0) v_stream(c, v);
+        else if (full) v_store(c, v);
+        else if (cnt > 0) v_store_m(c, k, v);
+    }
+}
+
+/* One register tile: rows [m0, m0 + MR), columns [n0, n0 + nr), nr <= PF_VL * NV.
+ * AROWS: A(m, s) = a[m * ams + s] (x / dy rows), else a[m + s * ass].
+ * FULL: nr == PF_VL * NV (no masks). */
+VI void mk(const int NV, const int MR, const int AROWS, const int FULL, const pf_tile *t,
+           int64_t m0, int64_t n0, int64_t nr) {
+    int64_t cnt[2];
+    pf_vmask km[2];
+    cnt[0] = FULL ? PF_VL : (nr < PF_VL ? nr : PF_VL);
+    cnt[1] = FULL ? PF_VL : (nr - PF_VL < 0 ? 0 : (nr - PF_VL < PF_VL ? nr - PF_VL : PF_VL));
+    km[0] = v_mask(cnt[0]);
+    km[1] = v_mask(cnt[1]);
+    const int bfull = FULL || t->b_padded;
+    pf_vf c[PF_MRMAX][2]; /* fixed size (MR, NV are not constant expressions in C): no VLA */
+    if (t->Cin) {
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m) {
+            const float *ci = t->Cin + (m0 + m) * t->ldcin + n0;
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v)
+                c[m][v] = FULL ? v_load(ci + PF_VL * v) : v_load_m(ci + PF_VL * v, km[v]);
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) c[m][v] = v_zero();
+    }
+    const int64_t ams = AROWS ? t->ams : 1, ass = AROWS ? 1 : t->ass;
+    const int64_t K = t->K, bss = t->bss;
+    for (int64_t seg = 0; seg < t->nseg; ++seg) {
+        const float *a = t->A + m0 * ams + (t->aidx ? t->aidx[seg] * t->ascale : 0);
+        const float *b = t->B + seg * t->bseg + n0;
+        if (AROWS && t->aidx) {
+            /* prefetch the rows of A that the block PF_PFD segments ahead will read (the
+             * next row tile's first blocks when this tile is about to end): A rows of
+             * different blocks are not contiguous, so hardware prefetchers miss them */
+            int64_t v = seg + PF_PFD, mm = m0;
+            if (v >= t->nseg) { v -= t->nseg; mm += MR; }
+            if (v < t->nseg) {
+                const float *an = t->A + mm * ams + t->aidx[v] * t->ascale;
+#pragma GCC unroll 16
+                for (int m = 0; m < MR; ++m) {
+                    if (mm + m >= t->M) break;
+                    v_prefetch(an + m * ams);
+                    if (K > 16) v_prefetch(an + m * ams + 16);
+                }
+            }
+        }
+        for (int64_t s = 0; s < K; ++s) {
+            if (!AROWS && s + PF_PFW < K) {
+                /* BWD_W: steps are rows of x / dy, far apart in memory: prefetch ahead */
+                v_prefetch(b + PF_PFW * bss);
+                if (NV * PF_VL > 16) v_prefetch(b + PF_PFW * bss + 16);
+                v_prefetch(a + PF_PFW * ass);
+            }
+            pf_vf bv[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) {
+                /* padded B may be read up to round_up(N, 16): a vector with no valid lane
+                 * (only possible for v = 1 of a partial piece) is still in bounds */
+                bv[v] = bfull ? v_load(b + PF_VL * v) : v_load_m(b + PF_VL * v, km[v]);
+            }
+#pragma GCC unroll 16
+            for (int m = 0; m < MR; ++m) {
+                const pf_vf av = v_bcast(AROWS ? a + m * ams : a + m);
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; ++v) c[m][v] = v_fmadd(av, bv[v], c[m][v]);
+            }
+            a += ass;
+            b += bss;
+        }
+    }
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v)
+            store_vec(t, m0 + m, n0 + PF_VL * v, c[m][v], km[v], cnt[v], FULL);
+}
+
+/* All row tiles of one column piece: full MRX tiles, then 8/4/2/1-row remainders. */
+#define DEF_ROWS(NAME, NV, MRX, AROWS, FULL)                                              \
+    static void NAME(const pf_tile *t, int64_t n0, int64_t nr) {                          \
+        int64_t m0 = 0;                                                                   \
+        for (; m0 + (MRX) <= t->M; m0 += (MRX)) mk(NV, MRX, AROWS, FULL, t, m0, n0, nr); \
+        if ((MRX) > 8 && m0 + 8 <= t->M) { mk(NV, 8, AROWS, FULL, t, m0, n0, nr); m0 += 8; } \
+        if (m0 + 4 <= t->M) { mk(NV, 4, AROWS, FULL, t, m0, n0, nr); m0 += 4; }           \
+        if (m0 + 2 <= t->M) { mk(NV, 2, AROWS, FULL, t, m0, n0, nr); m0 += 2; }           \
+        if (m0 + 1 <= t->M) { mk(NV, 1, AROWS, FULL, t, m0, n0, nr); m0 += 1; }           \
+    }
+
+DEF_ROWS(rows2_r_f, 2, PF_MR2, 1, 1)
+DEF_ROWS(rows2_r_p, 2, PF_MR2, 1, 0)
+DEF_ROWS(rows2_c_f, 2, PF_MR2, 0, 1)
+DEF_ROWS(rows2_c_p, 2, PF_MR2, 0, 0)
+DEF_ROWS(rows1_r_f, 1, PF_MR1, 1, 1)
+DEF_ROWS(rows1_r_p, 1, PF_MR1, 1, 0)
+DEF_ROWS(rows1_c_f, 1, PF_MR1, 0, 1)
+DEF_ROWS(rows1_c_p, 1, PF_MR1, 0, 0)
+
+/* Column pieces of 2 vectors, then one (full or partial) piece of at most 2 vectors. */
+void PF_SIMD(pf_tile)(const pf_tile *t) {
+    if (t->M <= 0 || t->N <= 0) return;
+    const int arows = t->ass == 1;
+    for (int64_t n0 = 0; n0 < t->N;) {
+        const int64_t rem = t->N - n0;
+        if (rem >= 2 * PF_VL) {
+            if (arows) rows2_r_f(t, n0, 2 * PF_VL); else rows2_c_f(t, n0, 2 * PF_VL);
+            n0 += 2 * PF_VL;
+        } else if (rem > PF_VL) {
+            if (arows) rows2_r_p(t, n0, rem); else rows2_c_p(t, n0, rem);
+            n0 += rem;
+        } else if (rem == PF_VL) {
+            if (arows) rows1_r_f(t, n0, PF_VL); else rows1_c_f(t, n0, PF_VL);
+            n0 += PF_VL;
+        } else {
+            if (arows) rows1_r_p(t, n0, rem); else rows1_c_p(t, n0, rem);
+            n0 += rem;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ attention ops */
+
+/* the r lanes left of a row (all PF_VL when r >= PF_VL) */
+VI pf_vf load_n(const float *p, int64_t r) { return r >= PF_VL ? v_load(p) : v_load_m(p, v_mask(r)); }
+VI void store_n(float *p, int64_t r, pf_vf v) {
+    if (r >= PF_VL) v_store(p, v); else v_store_m(p, v_mask(r), v);
+}
+
+/* exp(x) for x <= 88.7; x < -87.3365 (incl. -inf) gives exactly 0, NaN gives NaN. Cephes
+ * expf polynomial. */
+VI pf_vf v_exp(pf_vf x) {
+    const pf_vf x0 = x;
+    const pf_vmask nan = v_isnan(x);
+    const pf_vmask tiny = v_lt(x, v_set1(-87.3365f));
+    x = v_min(x, v_set1(88.72283f));
+    x = v_max(x, v_set1(-87.3365f));
+    const pf_vf n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
+    pf_vf f = v_fnmadd(n, v_set1(0.693359375f), x);
+    f = v_fnmadd(n, v_set1(-2.12194440e-4f), f);
+    pf_vf p = v_set1(1.9875691500E-4f);
+    p = v_fmadd(p, f, v_set1(1.3981999507E-3f));
+    p = v_fmadd(p, f, v_set1(8.3334519073E-3f));
+    p = v_fmadd(p, f, v_set1(4.1665795894E-2f));
+    p = v_fmadd(p, f, v_set1(1.6666665459E-1f));
+    p = v_fmadd(p, f, v_set1(5.0000001201E-1f));
+    p = v_fmadd(p, v_mul(f, f), v_add(f, v_set1(1.0f)));
+    return v_select(nan, x0, v_select(tiny, v_zero(), v_scale2(p, n)));
+}
+
+static void gemm(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda, const void *B,
+                 int64_t ldb, void *C, int64_t ldc, int acc) {
+    pf_tile_gemm(PF_SIMD(pf_tile), m, n, k, (const float *)A, lda, (const float *)B, ldb,
+                 (float *)C, ldc, acc);
+}
+
+static double rowmax(const void *s_, int64_t n) {
+    const float *s = (const float *)s_;
+    const pf_vf ninf = v_set1(-INFINITY);
+    pf_vf mx = ninf;
+    for (int64_t j = 0; j < n; j += PF_VL) {
+        const int64_t r = n - j;
+        const pf_vf x = load_n(s + j, r);
+        mx = v_max(r >= PF_VL ? x : v_select(v_mask(r), x, ninf), mx); /* NaN lanes keep mx */
+    }
+    return (double)v_reduce_max(mx);
+}
+
+static double exp_sub_sum(void *s_, int64_t n, double c) {
+    float *s = (float *)s_;
+    const pf_vf cc = v_set1((float)c);
+    pf_vf sum = v_zero();
+    for (int64_t j = 0; j < n; j += PF_VL) {
+        const int64_t r = n - j;
+        const pf_vf e = v_exp(v_sub(load_n(s + j, r), cc));
+        store_n(s + j, r, e);
+        sum = v_add(sum, r >= PF_VL ? e : v_select(v_mask(r), e, v_zero()));
+    }
+    return (double)v_reduce_add(sum);
+}
+
+static void scale(void *x_, int64_t n, double a) {
+    float *x = (float *)x_;
+    const pf_vf av = v_set1((float)a);
+    for (int64_t j = 0; j < n; j += PF_VL) store_n(x + j, n - j, v_mul(load_n(x + j, n - j), av));
+}
+
+static void p_ds(void *S_, void *dP_, int64_t rows, int64_t n, const void *c_, const void *D_,
+                 int per_row) {
+    const float *c = (const float *)c_, *D = (const float *)D_;
+    for (int64_t r = 0; r < rows; ++r) {
+        float *Sr = (float *)S_ + r * n, *dPr = (float *)dP_ + r * n;
+        const pf_vf cr = v_set1(per_row ? c[r] : 0.f), Dr = v_set1(per_row ? D[r] : 0.f);
+        for (int64_t j = 0; j < n; j += PF_VL) {
+            const int64_t w = n - j;
+            const pf_vf cv = per_row ? cr : load_n(c + j, w);
+            const pf_vf Dv = per_row ? Dr : load_n(D + j, w);
+            const pf_vf p = v_exp(v_sub(load_n(Sr + j, w), cv));
+            store_n(Sr + j, w, p);
+            store_n(dPr + j, w, v_mul(p, v_sub(load_n(dPr + j, w), Dv)));
+        }
+    }
+}
+
+const pf_attn_ops PF_SIMD(pf_attn_ops) = {4, gemm, rowmax, exp_sub_sum, scale, p_ds};
+
+#ifdef __clang__
+PF_PRAGMA(clang attribute pop)
+#else
+PF_PRAGMA(GCC pop_options)
+#endif
+#endif /* x86 */
