@@ -36,7 +36,7 @@ METHODS = ("dense", "bigbird", "pixelfly")
 
 def load_splits(cfg):
     """``(train, tune, heldout)`` byte tensors of the KJV text (FileNotFoundError if absent)."""
-    from ..data import bytes_to_tensor, load_text_corpus
+    from .data import bytes_to_tensor, load_text_corpus
     text = load_text_corpus()
     if cfg["text_bytes"]:
         text = text[:cfg["text_bytes"]]
@@ -52,7 +52,7 @@ def loss_fn(model, xb, yb):
 
 @torch.no_grad()
 def mean_loss(model, data, seq_len, batch, n_batches):
-    from ..data import get_batches
+    from .data import get_batches
     model.eval()
     losses = [loss_fn(model, x, y).item() for x, y in get_batches(data, seq_len, batch, n_batches, seed=4321)]
     model.train()
@@ -72,7 +72,7 @@ def build_variants(overrides, seed, example, block):
 def run(size="default", seeds=None, out_dir="results", data_dir=None):
     from tqdm import tqdm
 
-    from ..data import get_batches
+    from .data import get_batches
     from . import plots, results
     cfg = SIZES[size]
     n_seeds = seeds or cfg["seeds"]
@@ -123,7 +123,7 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None):
 
 def estimate(size="default", seeds=None, data_dir=None) -> float:
     """Projected seconds of ``run(size)`` on this machine now (training steps only)."""
-    from ..data import get_batches
+    from .data import get_batches
     cfg = SIZES[size]
     n_seeds = seeds or cfg["seeds"]
     train, _, _ = load_splits(cfg)

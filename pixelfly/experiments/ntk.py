@@ -171,7 +171,7 @@ def load_data(cfg, data_dir=None):
 
 
 def _batches(x, y, batch, seed):
-    from ..data import iterate_batches
+    from .data import iterate_batches
     epoch = 0
     while True:
         yield from iterate_batches(x, y, batch_size=batch, seed=seed * 1000 + epoch, drop_last=True)
