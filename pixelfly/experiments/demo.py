@@ -1,9 +1,15 @@
-"""The main job: train a dense model and its Pixelfly version side by side.
+"""The main job (``python -m pixelfly``): train a dense model and its Pixelfly version side by side.
 
 Both models start from the same seed, see the same batches for the same number of steps,
 and are timed in the same run; the table reports parameters, linear-layer FLOPs per step,
 the median training step time, the speedup (dense time / Pixelfly time) and the final
 loss / accuracy. A loss-vs-wall-clock plot is saved.
+
+Learning rates follow the tables' rule (:mod:`pixelfly.experiments.tune`): each method gets
+the same sweep (``tune.LEARNING_RATES``, a short run of ``tune_steps`` steps from the same
+initial weights per rate), scored by the loss on a validation split carved out of the
+training data (digits: 20% of the training images; ``gpt2``: the 5% of the text before the
+held-out 5%), and then trains at its best rate. ``lr=`` skips the sweep.
 
 Data needs no download: scikit-learn's digits for the image models (``mixer``, ``vit``),
 Debian's King James Bible text (``bible-kjv-text``) for the byte-level ``gpt2`` (with a
@@ -13,18 +19,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
-import time
+import itertools
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
 
 from . import data as pf_data
-from .models import build_model
-from .convert import plan as make_plan
-from .convert import sparsify
+from . import tune
+from .training import fit, median_step_time
 
 # Default demo sizes: wide enough that the linear layers dominate a step (as in the paper's
 # models), small enough to train in a few minutes on 2 CPU cores.
@@ -33,6 +35,10 @@ DEMO_OVERRIDES = {
     "vit": dict(dim=256, depth=4, n_heads=8, mlp_dim=1024),
     "gpt2": dict(dim=256, n_layer=4, n_heads=8, mlp_dim=1024, seq_len=128),
 }
+#: ``--tiny`` sizes (smoke tests)
+TINY_OVERRIDES = {"mixer": dict(dim=64, channel_mlp_dim=128, token_mlp_dim=64, depth=1),
+                  "vit": dict(dim=64, depth=1, n_heads=2, mlp_dim=128),
+                  "gpt2": dict(dim=64, n_layer=1, n_heads=2, mlp_dim=128, seq_len=32)}
 
 
 @dataclasses.dataclass
@@ -44,6 +50,7 @@ class RunResult:
     final_loss: float
     metric_name: str
     metric: float
+    lr: float
     curve: list  # (seconds, loss)
 
 
@@ -60,11 +67,16 @@ def linear_flops(plan, sparse: bool) -> float:
     return 3.0 * total
 
 
-class Task:
-    """Data, loss and evaluation for one model family."""
+def loss_fn(model, xb, yb):
+    out = model(xb)
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1))
 
-    def __init__(self, model_name: str, batch: int, seed: int, corpus=None):
-        self.model_name, self.batch, self.seed = model_name, batch, seed
+
+class Task:
+    """Data (train / validation / test splits), batches and evaluation for one model family."""
+
+    def __init__(self, model_name: str, batch: int, seed: int, seq_len: int | None, corpus=None):
+        self.model_name, self.batch, self.seed, self.seq_len = model_name, batch, seed, seq_len
         if model_name == "gpt2":
             try:
                 text = pf_data.load_text_corpus(corpus)
@@ -73,86 +85,109 @@ class Task:
                 print(f"note: {e}\n      training on a synthetic corpus instead")
                 text = pf_data.synthetic_text(400_000, seed=seed)
                 self.source = "synthetic text"
-            self.train_text, self.val_text = pf_data.split_text(text, 0.05)
+            t = pf_data.bytes_to_tensor(text)
+            n = len(t)
+            self.train, self.val, self.test = t[:int(0.90 * n)], t[int(0.90 * n):int(0.95 * n)], t[int(0.95 * n):]
         else:
-            self.digits = pf_data.load_digits_dataset(seed=seed)
+            d = pf_data.load_digits_dataset(seed=seed)
+            order = torch.randperm(len(d.x_train), generator=torch.Generator().manual_seed(seed))
+            n_val = len(order) // 5
+            val, train = order[:n_val], order[n_val:]
+            self.train = (d.x_train[train], d.y_train[train])
+            self.val = (d.x_train[val], d.y_train[val])
+            self.test = (d.x_test, d.y_test)
             self.source = "scikit-learn digits"
 
-    def batches(self, steps: int, seq_len: int | None = None):
+    def batches(self):
+        """Endless training batches, the same order for every model."""
         if self.model_name == "gpt2":
-            yield from pf_data.get_batches(self.train_text, seq_len, self.batch, n_batches=steps, seed=self.seed)
+            yield from pf_data.get_batches(self.train, self.seq_len, self.batch, seed=self.seed)
             return
-        d, k, epoch = self.digits, 0, 0
-        while k < steps:
-            for xb, yb in pf_data.iterate_batches(d.x_train, d.y_train, batch_size=self.batch,
-                                                  seed=self.seed + epoch, drop_last=True):
-                if k == steps:
-                    return
-                yield xb, yb
-                k += 1
-            epoch += 1
-
-    def loss(self, model, xb, yb):
-        out = model(xb)
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1))
+        for epoch in itertools.count():
+            yield from pf_data.iterate_batches(*self.train, batch_size=self.batch,
+                                               seed=self.seed + epoch, drop_last=True)
 
     @torch.no_grad()
-    def evaluate(self, model, seq_len=None):
+    def mean_loss(self, model, split) -> float:
+        """Mean loss on the validation (``"val"``) or test split."""
         model.eval()
         try:
             if self.model_name == "gpt2":
-                losses = [self.loss(model, x, y).item() for x, y in
-                          pf_data.get_batches(self.val_text, seq_len, self.batch, n_batches=8, seed=1234)]
-                return "val loss", sum(losses) / len(losses)
-            d = self.digits
-            pred = model(d.x_test).argmax(-1)
-            return "test acc", (pred == d.y_test).float().mean().item()
+                losses = [loss_fn(model, x, y).item() for x, y in
+                          pf_data.get_batches(getattr(self, split), self.seq_len, self.batch, n_batches=8,
+                                              seed=1234)]
+                return sum(losses) / len(losses)
+            return loss_fn(model, *getattr(self, split)).item()
+        finally:
+            model.train()
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        """``(name, value)`` of the final metric on the test split."""
+        if self.model_name == "gpt2":
+            return "test loss", self.mean_loss(model, "test")
+        model.eval()
+        try:
+            x, y = self.test
+            return "test acc", (model(x).argmax(-1) == y).float().mean().item()
         finally:
             model.train()
 
 
-def train(name, model, task, steps, lr, seq_len, flops, bar):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    times, curve, elapsed, losses = [], [], 0.0, []
-    model.train()
-    for xb, yb in task.batches(steps, seq_len):
-        t0 = time.perf_counter()
-        loss = task.loss(model, xb, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        dt = time.perf_counter() - t0
-        times.append(dt)
+def choose_lr(name, model, task, tune_steps, bar):
+    """The tables' sweep for one method: ``(best lr, {lr: validation loss})``."""
+    def score(lr):
+        m = copy.deepcopy(model)
+        torch.manual_seed(task.seed + 1)
+        fit(m, task.batches(), loss_fn, lr, tune_steps, bar=bar, label=f"{name} lr={lr:g}")
+        return task.mean_loss(m, "val")
+    return tune.choose_lr(score)
+
+
+def train(name, model, task, steps, lr, flops, bar) -> RunResult:
+    torch.manual_seed(task.seed + 1)
+    log = fit(model, task.batches(), loss_fn, lr, steps, bar=bar, label=name)
+    losses, curve, elapsed = log["losses"], [], 0.0
+    for dt, loss in zip(log["step_times"], losses):
         elapsed += dt
-        losses.append(loss.item())
-        curve.append((elapsed, losses[-1]))
-        bar.set_postfix_str(f"{name} loss {losses[-1]:.3f}")
-        bar.update()
-    metric_name, metric = task.evaluate(model, seq_len)
+        curve.append((elapsed, loss))
+    metric_name, metric = task.evaluate(model)
     tail = losses[-10:]
     return RunResult(name=name, params=sum(p.numel() for p in model.parameters()), flops_per_step=flops,
-                     step_time=statistics.median(times[1:] or times), final_loss=sum(tail) / len(tail),
-                     metric_name=metric_name, metric=metric, curve=curve)
+                     step_time=median_step_time(log["step_times"]), final_loss=sum(tail) / len(tail),
+                     metric_name=metric_name, metric=metric, lr=lr, curve=curve)
 
 
 def format_table(results) -> str:
     dense = results[0]
-    head = f"{'model':<10} {'params':>10} {'GFLOP/step':>11} {'step (ms)':>10} {'speedup':>8} {'final loss':>11} {results[0].metric_name:>9}"
+    head = (f"{'model':<10} {'params':>10} {'GFLOP/step':>11} {'step (ms)':>10} {'speedup':>8} "
+            f"{'lr':>7} {'final loss':>11} {results[0].metric_name:>9}")
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(f"{r.name:<10} {r.params:>10,} {r.flops_per_step / 1e9:>11.2f} {r.step_time * 1e3:>10.1f} "
-                     f"{dense.step_time / r.step_time:>7.2f}x {r.final_loss:>11.4f} {r.metric:>9.4f}")
+                     f"{dense.step_time / r.step_time:>7.2f}x {r.lr:>7.0e} {r.final_loss:>11.4f} {r.metric:>9.4f}")
+    return "\n".join(lines)
+
+
+def format_sweeps(sweeps, tune_steps) -> str:
+    """How the learning rates were chosen, one line per method."""
+    if not sweeps:
+        return "learning rate: given (--lr), no sweep"
+    lines = [f"learning rates: each method's best of {tune.LEARNING_RATES} after {tune_steps} steps "
+             "(AdamW, warmup + cosine), by the loss on a validation split of the training data:"]
+    for name, (best, scores) in sweeps.items():
+        tried = ", ".join(f"{lr:g}: {s:.4f}" for lr, s in scores.items())
+        lines.append(f"  {name:<9} {tried}  -> {best:g}")
     return "\n".join(lines)
 
 
 def plot_curves(results, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import _plt
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         t, loss = zip(*r.curve)
-        ax.plot(t, loss, label=f"{r.name} ({r.step_time * 1e3:.0f} ms/step)")
+        ax.plot(t, loss, label=f"{r.name} ({r.step_time * 1e3:.0f} ms/step, lr {r.lr:g})")
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("training loss")
     ax.set_title(title)
@@ -163,30 +198,40 @@ def plot_curves(results, path, title):
 
 
 def run_demo(model_name: str = "mixer", budget: float = 0.25, steps: int = 120, batch: int = 64,
-             lr: float = 2e-3, seed: int = 0, block_size: int = 32, plot: str | None = "pixelfly-demo.png",
-             corpus=None, threads: int | None = None, **overrides):
-    """Train dense and Pixelfly versions of ``model_name``; returns ``(results, plan)``."""
+             lr: float | None = None, seed: int = 0, block_size: int = 32,
+             plot: str | None = "pixelfly-demo.png", corpus=None, threads: int | None = None,
+             tune_steps: int = 20, **overrides):
+    """Train dense and Pixelfly versions of ``model_name``, each at the learning rate its own
+    sweep chose (``lr=None``) or at ``lr``; returns ``(results, plan, sweeps)``."""
+    from tqdm import tqdm
+
+    from ..convert import plan as make_plan
+    from ..convert import sparsify
+    from ..models import build_model
     if threads:
         torch.set_num_threads(threads)
     cfg = {**DEMO_OVERRIDES[model_name], **overrides}
-    task = Task(model_name, batch, seed, corpus)
     torch.manual_seed(seed)
     dense = build_model(model_name, **cfg)
-    seq_len = dense.config.seq_len if model_name == "gpt2" else None
-    example = next(iter(task.batches(1, seq_len)))[0]
+    task = Task(model_name, batch, seed, dense.config.seq_len if model_name == "gpt2" else None, corpus)
+    example = next(task.batches())[0]
     plan = make_plan(dense, example, budget=budget, block_size=block_size)
     sparse = sparsify(copy.deepcopy(dense), plan, init="random")
+    models = {"dense": dense, "pixelfly": sparse}
     flops = {"dense": linear_flops(plan, False), "pixelfly": linear_flops(plan, True)}
     print(f"pixelfly demo: {model_name} on {task.source}, budget {budget}, {steps} steps of batch {batch}, "
           f"{torch.get_num_threads()} threads")
-    results = []
-    with tqdm(total=2 * steps, desc="training") as bar:
-        for name, model in (("dense", dense), ("pixelfly", sparse)):
-            torch.manual_seed(seed + 1)
-            results.append(train(name, model, task, steps, lr, seq_len, flops[name], bar))
+    sweep_steps = 0 if lr is not None else len(tune.LEARNING_RATES) * tune_steps
+    results, sweeps = [], {}
+    with tqdm(total=2 * (steps + sweep_steps), desc="training", disable=None) as bar:
+        for name, model in models.items():
+            if lr is None:
+                sweeps[name] = choose_lr(name, model, task, tune_steps, bar)
+            results.append(train(name, model, task, steps, sweeps[name][0] if lr is None else lr,
+                                 flops[name], bar))
     if plot:
         plot_curves(results, plot, f"{model_name}: dense vs Pixelfly (budget {budget})")
-    return results, plan
+    return results, plan, sweeps
 
 
 def add_arguments(ap):
@@ -194,7 +239,9 @@ def add_arguments(ap):
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="learning rate of both models (default: each method's best of a sweep)")
+    ap.add_argument("--tune-steps", type=int, default=20, help="steps of each sweep run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--plot", default="pixelfly-demo.png", help="loss-vs-time plot ('' to skip)")
@@ -204,15 +251,18 @@ def add_arguments(ap):
 
 
 def main_demo(args) -> None:
-    overrides = {}
-    if args.tiny:
-        overrides = {"mixer": dict(dim=64, channel_mlp_dim=128, token_mlp_dim=64, depth=1),
-                     "vit": dict(dim=64, depth=1, n_heads=2, mlp_dim=128),
-                     "gpt2": dict(dim=64, n_layer=1, n_heads=2, mlp_dim=128, seq_len=32)}[args.model]
-    results, plan = run_demo(args.model, args.budget, args.steps, args.batch, args.lr, args.seed,
-                             args.block, args.plot or None, args.corpus, **overrides)
+    for name in ("steps", "batch", "tune_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    overrides = TINY_OVERRIDES[args.model] if args.tiny else {}
+    results, plan, sweeps = run_demo(args.model, args.budget, args.steps, args.batch, args.lr, args.seed,
+                                     args.block, args.plot or None, args.corpus,
+                                     tune_steps=args.tune_steps, **overrides)
     if args.show_plan:
         print(plan)
     print(format_table(results))
+    print(format_sweeps(sweeps, args.tune_steps))
     if args.plot:
         print(f"loss-vs-time plot written to {args.plot}")
