@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixelfly import reference
 from pixelfly.experiments import data
 from pixelfly.models import (MODELS, GPT2Config, MixerConfig, MultiHeadSelfAttention, ViTConfig,
                              build_model, example_input, get_config)
@@ -184,10 +185,7 @@ def _reference_attention(mod: MultiHeadSelfAttention, x):
     H, hd = mod.n_heads, mod.head_dim
     q, k, v = mod.qkv(x).split(D, dim=-1)
     q, k, v = (t.view(B, L, H, hd).transpose(1, 2) for t in (q, k, v))
-    s = q @ k.transpose(-1, -2) / math.sqrt(hd)
-    if mod.causal:
-        s = s.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
-    y = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, L, D)
+    y = reference.dense_attention(q, k, v, mod.causal).transpose(1, 2).reshape(B, L, D)
     return mod.proj(y)
 
 
