@@ -19,7 +19,7 @@ from pixelfly import _C
 from . import defaults
 from .args import block_pair, check_budget, check_int, check_low_rank_fraction
 from .costs import CostModel, flat_butterfly_nnz, layer_cost, pick_butterfly
-from .plan_table import format_plan
+from .plan_table import format_plan, totals
 
 __all__ = ["CostModel", "layer_cost", "LayerPlan", "BudgetPlan", "allocate_budget", "flat_butterfly_nnz"]
 
@@ -125,17 +125,17 @@ class BudgetPlan:
     @property
     def sparse_total(self) -> float:
         """Planned cost of the sparsified layers."""
-        return math.fsum(p.cost for p in self.layers if p.sparsified)
+        return totals(self.layers)[0]
 
     @property
     def sparse_dense_total(self) -> float:
         """Dense cost of the sparsified layers (the base the budget ``rho`` applies to)."""
-        return math.fsum(p.dense_cost for p in self.layers if p.sparsified)
+        return totals(self.layers)[1]
 
     @property
     def dense_kept_cost(self) -> float:
         """Cost of the layers left dense (reported apart from the budget)."""
-        return math.fsum(p.dense_cost for p in self.layers if not p.sparsified)
+        return totals(self.layers)[2]
 
     @property
     def ratio(self) -> float:

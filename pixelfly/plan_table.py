@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["format_plan"]
+__all__ = ["format_plan", "totals"]
 
 _HEAD = ("layer", "out x in", "T", "status", "grid", "n", "m", "density", "rank", "cost/dense",
          "budget/dense")
@@ -29,6 +29,14 @@ def _row(p, block) -> tuple:
             _ratio(p.cost, p.dense_cost), _ratio(p.budget, p.dense_cost))
 
 
+def totals(layers) -> tuple[float, float, float]:
+    """``(cost of the sparsified layers, their dense cost, dense cost of the layers left
+    dense)`` of a plan's layers (``status == "sparse"`` is sparsified)."""
+    cost = math.fsum(p.cost for p in layers if p.status == "sparse")
+    base = math.fsum(p.dense_cost for p in layers if p.status == "sparse")
+    return cost, base, math.fsum(p.dense_cost for p in layers if p.status != "sparse")
+
+
 def format_plan(title: str, layers, block) -> str:
     """A plan as a table: ``title``, one row per layer (fields ``name, out_features,
     in_features, tokens, status, reason, butterfly_size, n_factors, density, rank, cost,
@@ -41,9 +49,7 @@ def format_plan(title: str, layers, block) -> str:
 
     sparse = [p for p in layers if p.status == "sparse"]
     dense = [p for p in layers if p.status != "sparse"]
-    cost = math.fsum(p.cost for p in sparse)
-    base = math.fsum(p.dense_cost for p in sparse)
-    kept = math.fsum(p.dense_cost for p in dense)
+    cost, base, kept = totals(layers)
     total = base + kept
     lines = [title, fmt(_HEAD), "  ".join("-" * w for w in widths), *map(fmt, rows), "",
              f"sparsified layers: {len(sparse)}/{len(rows)}; cost {cost:.4g} of dense {base:.4g} "

@@ -13,7 +13,7 @@ import math
 
 from .args import is_int as _is_int
 from .args import is_real as _is_real
-from .plan_table import format_plan
+from .plan_table import format_plan, totals
 
 __all__ = ["Plan", "PlannedLayer", "PlanError", "STATUSES", "KINDS", "GATES"]
 
@@ -165,16 +165,17 @@ class Plan:
     @property
     def dense_total(self) -> float:
         """Dense cost of the sparsified layers."""
-        return math.fsum(lay.dense_cost for lay in self.layers if lay.sparse)
+        return totals(self.layers)[1]
 
     @property
     def sparse_total(self) -> float:
-        return math.fsum(lay.cost for lay in self.layers if lay.sparse)
+        """Planned cost of the sparsified layers."""
+        return totals(self.layers)[0]
 
     @property
     def kept_dense_cost(self) -> float:
         """Cost of the layers left dense (that run on the example input), reported apart."""
-        return math.fsum(lay.dense_cost for lay in self.layers if not lay.sparse)
+        return totals(self.layers)[2]
 
     def __str__(self) -> str:
         cm = self.cost_model

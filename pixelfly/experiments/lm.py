@@ -73,7 +73,7 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None):
     from tqdm import tqdm
 
     from .data import get_batches
-    from . import plots, results
+    from . import results
     cfg = SIZES[size]
     n_seeds = seeds or cfg["seeds"]
     train, tune_split, heldout = load_splits(cfg)
@@ -108,17 +108,12 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None):
                                      lr=lrs[(label, method)], step_time=times[method]))
                 for r in runs[-len(METHODS):]:
                     r["speedup"] = times["dense"] / r["step_time"]
-    rows = results.aggregate(runs)
-    step_ms = {f"{r['model']}/{r['method']}": round(1e3 * statistics.median(
-        x["step_time"] for x in runs if (x["model"], x["method"]) == (r["model"], r["method"])), 2) for r in rows}
-    extra = dict(size=size, steps=cfg["steps"], batch=cfg["batch"], budget=0.25, block_size=cfg["block"],
-                 tokenizer="bytes (vocabulary 256)", lr_sweep=sweeps, step_time_ms=step_ms, curves=curves,
-                 notes="FLOPs: forward pass of one sequence in the linear/attention layers; speedup: "
-                       "median training-step time of dense / method, same process and threads")
-    results.write_table("lm", rows, out_dir, **extra)
-    plots.plot_metric_vs_speedup(rows, f"{out_dir}/lm.png", "KJV Bible: perplexity vs speedup")
-    plots.plot_curves(curves, f"{out_dir}/lm_curves.png", "KJV Bible training loss (seed 0)")
-    return rows, extra
+    return results.finish("lm", runs, out_dir, curves,
+                          ("KJV Bible: perplexity vs speedup", "KJV Bible training loss (seed 0)"),
+                          size=size, steps=cfg["steps"], batch=cfg["batch"], budget=0.25, block_size=cfg["block"],
+                          tokenizer="bytes (vocabulary 256)", lr_sweep=sweeps,
+                          notes="FLOPs: forward pass of one sequence in the linear/attention layers; speedup: "
+                                "median training-step time of dense / method, same process and threads")
 
 
 def estimate(size="default", seeds=None, data_dir=None) -> float:

@@ -20,7 +20,6 @@ these masked-dense layers are not the fast kernels (see the cv and lm tables).
 """
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 
