@@ -18,6 +18,13 @@ __all__ = [
 ]
 
 
+def _bool_layout(layout):
+    """A layout as a bool tensor (a copy of a NumPy array, read-only ones included)."""
+    if isinstance(layout, torch.Tensor):
+        return layout.to(torch.bool)
+    return torch.tensor(layout, dtype=torch.bool)
+
+
 def _cell(i: int, grid: int, n: int) -> int:
     return (i * n) // grid
 
@@ -62,19 +69,19 @@ def butterfly_product_layout(rows: int, cols: int, n_factors: int, butterfly_siz
 
 def layout_to_mask(layout, b1: int, b2: int):
     """Element mask ``(R*b1) x (C*b2)``: every kept block becomes a ``b1 x b2`` block of True."""
-    layout = torch.as_tensor(layout, dtype=torch.bool)
+    layout = _bool_layout(layout)
     return layout.repeat_interleave(b1, 0).repeat_interleave(b2, 1)
 
 
 def _positions(layout):
-    layout = torch.as_tensor(layout, dtype=torch.bool)
+    layout = _bool_layout(layout)
     return [(i, j) for i in range(layout.shape[0]) for j in range(layout.shape[1]) if layout[i, j]]
 
 
 def blocks_to_dense(blocks, layout):
     """Dense ``out x in`` matrix holding ``blocks[k]`` at the k-th kept block (row-major order)."""
     nnz, b1, b2 = blocks.shape
-    layout = torch.as_tensor(layout, dtype=torch.bool)
+    layout = _bool_layout(layout)
     R, C = layout.shape
     pos = _positions(layout)
     if len(pos) != nnz:
