@@ -134,7 +134,7 @@ def runtime_requirements():
     """The extension links against this torch's C++ ABI, so the installed package asks for
     exactly the torch release it was built with (local labels such as ``+cu130`` match)."""
     release = torch.__version__.split("+")[0]
-    return ["numpy>=1.24", f"torch=={release}", "tqdm", "matplotlib"]
+    return ["numpy>=1.24", f"torch=={release}"]  # matplotlib, tqdm: the "experiments" extra
 
 
 setup(

@@ -7,9 +7,9 @@ Methods (q, k, v: [1, 8, L, 64] float32, all cores):
   * ``pixelfly+lr``: the same plus the low-rank part (64 random features, one normaliser),
     i.e. ``PixelflyAttention``'s whole attention core.
 
-Correctness is checked first (each method against a float64 masked-dense reference, on
-the first query rows of one head; pixelfly+lr against its own formula in float64, whose
-exactness tests/test_attention.py checks against an explicit L x L computation). Then forward+backward time (median of --reps; methods
+Correctness is checked first: each method against the float64 oracle of
+``pixelfly.reference`` (dense, masked and sparse + low-rank attention, written with L x L
+matrices), on the first query rows of one head. Then forward+backward time (median of --reps; methods
 interleaved within each rep so load from other processes hits them alike; inputs reused,
 gradients reset) and peak memory. Memory method: peak resident-set growth of one
 forward+backward, each (method, L) in a fresh subprocess: the child warms the method up on a
@@ -36,11 +36,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pixelfly import reference
 from pixelfly.attention import build_attention_layout, gaussian_features, sparse_lowrank_attention
 from pixelfly.attention_ops import AttentionIndex
 
@@ -55,12 +55,17 @@ def make_index(L):
                                                  butterfly_size=min(BUTTERFLY, L // BLOCK)))
 
 
+def features(dtype=torch.float32):
+    """The low-rank part's random feature projection (the same draw for the method and the
+    oracle)."""
+    return gaussian_features(FEATURES, HEAD_DIM, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+
 def method_fn(name, L):
     if name == "dense":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
     idx = make_index(L)
-    feats = gaussian_features(FEATURES, HEAD_DIM, generator=torch.Generator().manual_seed(0)) \
-        if name == "pixelfly+lr" else None
+    feats = features() if name == "pixelfly+lr" else None
     return lambda q, k, v: sparse_lowrank_attention(q, k, v, idx, BLOCK, features=feats)
 
 
@@ -71,24 +76,25 @@ def inputs(L, seed=0, dtype=torch.float32):
 
 
 def check(name, L, rows=256):
-    """Max error of the method's output and input gradients against float64 (head 0, first
-    ``rows`` query rows for the output; full gradients at small L)."""
+    """Max error of the method's output and query gradient against the float64 oracle
+    (``pixelfly.reference``: dense, masked or sparse + low-rank attention written with
+    ``L x L`` matrices, independently of the code under test), on head 0's first ``rows``
+    query rows (the oracle is given those queries and every key)."""
     q, k, v, g = inputs(L)
     out = method_fn(name, L)(q, k, v)
-    q64, k64, v64 = (t.detach()[:, :1].double().requires_grad_() for t in (q, k, v))
-    s = (q64 @ k64.transpose(-1, -2)) * HEAD_DIM ** -0.5
-    if name == "pixelfly":
-        mask = torch.from_numpy(np.kron(make_index(L).layout, np.ones((BLOCK, BLOCK), bool)))
-        s = s.masked_fill(~mask, float("-inf"))
-    ref = torch.softmax(s, -1) @ v64
-    if name == "pixelfly+lr":  # exact formula needs features: compare with the float64 path
-        feats = gaussian_features(FEATURES, HEAD_DIM, generator=torch.Generator().manual_seed(0))
-        ref = sparse_lowrank_attention(q64, k64, v64, make_index(L), BLOCK,
-                                       features=feats.double())
-    err = (out[:, :1, :rows].double() - ref[:, :, :rows]).abs().max().item()
+    q64 = q.detach()[:, :1, :rows].double().requires_grad_()
+    k64, v64 = (t.detach()[:, :1].double() for t in (k, v))
+    if name == "dense":
+        ref = reference.dense_attention(q64, k64, v64)
+    elif name == "pixelfly":
+        ref, _ = reference.masked_attention(q64, k64, v64, make_index(L).layout, BLOCK)
+    else:  # pixelfly+lr: SPEC 4's sparse + random-feature formula with the same features
+        ref = reference.pixelfly_attention(q64, k64, v64, make_index(L).layout, BLOCK,
+                                           features(torch.float64))
+    err = (out[:, :1, :rows].double() - ref).abs().max().item()
     gq, = torch.autograd.grad(out[:, :1, :rows], q, g[:, :1, :rows])
-    gq64, = torch.autograd.grad(ref[:, :, :rows], q64, g[:, :1, :rows].double())
-    gerr = (gq[:, :1].double() - gq64).abs().max().item() / max(1.0, gq64.abs().max().item())
+    gq64, = torch.autograd.grad(ref, q64, g[:, :1, :rows].double())
+    gerr = (gq[:, :1, :rows].double() - gq64).abs().max().item() / max(1.0, gq64.abs().max().item())
     return err, gerr
 
 

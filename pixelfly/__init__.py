@@ -6,6 +6,7 @@
 Main entry points:
     flat_butterfly_layout, butterfly_factor_layout, ... : block layouts (NumPy bool arrays)
     allocate_budget, layer_cost, CostModel              : the budget model of SPEC section 3
+    choose_config                                       : the planner's butterfly rule on a density
     PixelflyLinear                                      : drop-in for nn.Linear
     plan, sparsify, densify, Plan                       : whole models under a budget
     from_pretrained                                     : reload a sparsified HF model
@@ -13,10 +14,13 @@ Main entry points:
 
 ``import pixelfly`` loads only the layout/budget API (NumPy and the C core): whatever needs
 torch loads on first use, and ``pixelfly.plan`` etc. are the functions however reached.
+Data loading, the demo and plotting live in :mod:`pixelfly.experiments` (optional
+dependencies: ``pip install pixelfly[experiments]``).
 """
 import sys as _sys
 
 from .budget import BudgetPlan, CostModel, LayerPlan, allocate_budget, layer_cost
+from .costs import choose_config
 from .fly_layouts import fly_config_layout
 from .layouts import (BlockIndex, bigbird_layout, butterfly_factor_layout,
                       butterfly_product_layout, csr_transpose, default_butterfly_size,
@@ -36,11 +40,11 @@ __all__ = [
 ]
 
 
-_LAZY = {"PixelflyLinear": "linear", "choose_config": "linear", "ops": None,
+_LAZY = {"PixelflyLinear": "linear", "ops": None,
          "ButterflyLinear": "butterfly", "PixelflyAttention": "attention",
          "plan": "convert", "sparsify": "convert", "densify": "convert", "Plan": "planfile",
          "PlanError": "planfile", "from_pretrained": "hf", "reference": None,
-         "models": None, "data": None, "fly_config": "authors", "apply_fly_configs": "authors"}
+         "models": None, "fly_config": "authors", "apply_fly_configs": "authors"}
 
 
 def __getattr__(name):

@@ -1,5 +1,9 @@
 """``python -m pixelfly``: the library's main job from the command line.
 
+The ``demo`` command (the default) runs :mod:`pixelfly.experiments.demo`, which needs the
+``experiments`` extra (``pip install pixelfly[experiments]``: matplotlib, tqdm,
+scikit-learn); ``plan`` and ``layout`` need only the library.
+
     python -m pixelfly                      # demo: train dense vs Pixelfly MLP-Mixer on digits
     python -m pixelfly demo --model gpt2 --budget 0.25 --steps 300
     python -m pixelfly plan --model gpt2-small --budget 0.25
@@ -11,6 +15,8 @@ import argparse
 import sys
 
 import numpy as np
+
+from . import defaults
 
 
 def render(layout: np.ndarray) -> str:
@@ -43,7 +49,7 @@ def cmd_plan(args):
               f"block {args.block}")
         print(plan)
         return
-    from .demo import DEMO_OVERRIDES
+    from .experiments.demo import DEMO_OVERRIDES
     from .models import build_model, example_input
     from .convert import plan as make_plan
     model = build_model(args.model, **DEMO_OVERRIDES[args.model])
@@ -53,7 +59,13 @@ def cmd_plan(args):
 
 
 def cmd_demo(args):
-    from .demo import main_demo
+    try:
+        from tqdm import tqdm  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"the demo needs the experiments extra ({e.name} is missing): "
+                          "pip install 'pixelfly[experiments]'") from None
+    from .experiments.demo import main_demo
     main_demo(args)
 
 
@@ -62,16 +74,16 @@ def build_parser():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
     demo = sub.add_parser("demo", help="train dense vs Pixelfly (the default command)")
-    from .demo import add_arguments
+    from .experiments.demo import add_arguments
     add_arguments(demo)
     demo.set_defaults(func=cmd_demo)
     plan = sub.add_parser("plan", help="print the budget plan for a named model")
     plan.add_argument("--model", choices=["mixer", "vit", "gpt2", "gpt2-small"], default="gpt2-small")
-    plan.add_argument("--budget", type=float, default=0.25)
-    plan.add_argument("--low-rank-fraction", type=float, default=0.25)
+    plan.add_argument("--budget", type=float, default=defaults.BUDGET)
+    plan.add_argument("--low-rank-fraction", type=float, default=defaults.LOW_RANK_FRACTION)
     plan.add_argument("--tokens", type=int, default=1024, help="tokens per step (gpt2-small)")
     plan.add_argument("--batch", type=int, default=64, help="batch for tracing named models")
-    plan.add_argument("--block", type=int, default=32)
+    plan.add_argument("--block", type=int, default=defaults.BLOCK_SIZE)
     plan.set_defaults(func=cmd_plan)
     lay = sub.add_parser("layout", help="draw a flat block butterfly layout")
     lay.add_argument("--rows", type=int, default=16)
@@ -90,7 +102,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import attention_ops
+from . import attention_ops, defaults
 from . import layouts as L_
 from ._memory import physical_memory
 from .attention_lowrank import SparseLowRankAttention
@@ -233,7 +233,7 @@ class PixelflyAttention(nn.Module):
     """
 
     def __init__(self, dim: int, n_heads: int, seq_len: int | None = None, *,
-                 block_size: int = 32, n_factors: int = 2, butterfly_size: int | None = None,
+                 block_size: int = defaults.BLOCK_SIZE, n_factors: int = 2, butterfly_size: int | None = None,
                  layout: LayoutSpec = "pixelfly", causal: bool = False,
                  n_random_features: int = 0, proj: Callable[..., nn.Module] = nn.Linear,
                  dropout: float = 0.0, bias: bool = True, layout_kwargs: dict | None = None,

@@ -20,6 +20,7 @@ import torch
 
 from . import _ops  # registers the schemas and the CPU kernels; holds their settings
 from . import backends  # noqa: F401  (the composite ops for every other device)
+from .layouts import BlockIndex
 from .op_checks import attention_args, attention_bwd_args, int_arg
 
 __all__ = ["bsattn", "bsattn_fwd", "bsattn_bwd", "AttentionIndex", "set_cpu_isa", "set_bwd_mode"]
@@ -29,25 +30,17 @@ _ns = torch.ops.pixelfly
 
 class AttentionIndex:
     """Block-CSR (``row_ptr``, ``col_idx``) and block-CSC (``col_ptr``, ``row_idx``) of a
-    square boolean block layout, as int64 tensors (what the ops take)."""
+    square boolean block layout, as int64 tensors (what the ops take), built by the one
+    index builder, :meth:`pixelfly.layouts.BlockIndex.from_layout`."""
 
     def __init__(self, layout):
         lay = np.asarray(layout.cpu() if isinstance(layout, torch.Tensor) else layout).astype(bool)
         if lay.ndim != 2 or lay.shape[0] != lay.shape[1]:
             raise ValueError(f"an attention layout must be a square 2-D block grid, got shape {lay.shape}")
-        self.layout = lay
-        R = lay.shape[0]
-        rows, cols = np.nonzero(lay)                      # row-major: CSR order
-        self.nnz = int(rows.size)
-        row_ptr = np.zeros(R + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=R), out=row_ptr[1:])
-        tcols, trows = np.nonzero(lay.T)                  # column-major: CSC order
-        col_ptr = np.zeros(R + 1, np.int64)
-        np.cumsum(np.bincount(tcols, minlength=R), out=col_ptr[1:])
-        self.row_ptr = torch.from_numpy(row_ptr)
-        self.col_idx = torch.from_numpy(cols.astype(np.int64))
-        self.col_ptr = torch.from_numpy(col_ptr)
-        self.row_idx = torch.from_numpy(trows.astype(np.int64))
+        index = BlockIndex.from_layout(lay)
+        self.layout, self.nnz = index.layout, index.nnz
+        self.row_ptr, self.col_idx, self.col_ptr, self.row_idx = (
+            torch.tensor(a, dtype=torch.int64) for a in (index.row_ptr, index.col_idx, index.col_ptr, index.row_idx))
 
     def tensors(self):
         return self.row_ptr, self.col_idx, self.col_ptr, self.row_idx

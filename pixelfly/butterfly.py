@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import ops
+from . import defaults, ops
 from .layer_state import refuse_load, shape_errors
 from .layouts import BlockIndex, butterfly_factor_layout
 from .ops_func import kernel_rows
@@ -30,8 +30,8 @@ class ButterflyLinear(nn.Module):
     ``bias [features]``. ``dense_factors()`` returns each factor as a dense matrix.
     """
 
-    def __init__(self, features: int, bias: bool = True, *, block_size: int = 32, device=None,
-                 dtype=None):
+    def __init__(self, features: int, bias: bool = True, *, block_size: int = defaults.BLOCK_SIZE,
+                 device=None, dtype=None):
         super().__init__()
         if isinstance(features, bool) or not isinstance(features, int) or features <= 0:
             raise ValueError(f"features must be a positive int, got {features!r}")

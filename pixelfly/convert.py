@@ -25,6 +25,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from . import defaults
+from .args import block_pair, check_budget, check_low_rank_fraction
 from .budget import CostModel, allocate_budget, layer_cost
 from .custom_layout import layout_from_spec
 from .linear import PixelflyLinear
@@ -160,8 +162,8 @@ def _first_last(model, layers, order) -> dict:
     return {order[0]: "first layer", order[-1]: "last layer"}
 
 
-def plan(model: nn.Module, example_input, budget: float = 0.25, low_rank_fraction: float = 0.25,
-         block_size=32, cost_model: CostModel | None = None, redistribute: bool = True,
+def plan(model: nn.Module, example_input, budget: float = defaults.BUDGET,
+         low_rank_fraction: float = defaults.LOW_RANK_FRACTION, block_size=defaults.BLOCK_SIZE, cost_model: CostModel | None = None, redistribute: bool = True,
          exclude=(), dense_first_last: bool = True) -> Plan:
     """Trace which linear layers run on ``example_input`` (and on how many rows), cost them
     with the SPEC budget model and allocate ``budget`` (a fraction of the dense cost).
@@ -184,6 +186,8 @@ def plan(model: nn.Module, example_input, budget: float = 0.25, low_rank_fractio
     Layers left dense keep their reason in the plan and their dense cost (when called)
     in ``kept_dense_cost``.
     """
+    budget, low_rank_fraction = check_budget(budget), check_low_rank_fraction(low_rank_fraction)
+    b = block_pair(block_size)
     if isinstance(exclude, str):
         exclude = (exclude,)
     layers = linear_layers(model)
@@ -194,7 +198,6 @@ def plan(model: nn.Module, example_input, budget: float = 0.25, low_rank_fractio
     tokens, order, readers = _trace(model, example_input, layers)
     tied = _tied(model, layers)
     ends = _first_last(model, layers, order) if dense_first_last else {}
-    b = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
     cm = cost_model if cost_model is not None else CostModel(block=b)
     out, shapes = [], []
     for name, mod in layers.items():

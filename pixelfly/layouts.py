@@ -9,12 +9,14 @@ value, the message naming the argument) and documents the formulas.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from pixelfly import _C
+
+from .args import check_int as _int
+from .args import is_real
 
 __all__ = [
     "default_butterfly_size", "flat_butterfly_layout", "butterfly_factor_layout",
@@ -26,23 +28,7 @@ __all__ = [
 
 MAX_GRID = int(_C.MAX_GRID)     # 2**20: the longest side of a block grid
 MAX_CELLS = int(_C.MAX_CELLS)   # 2**30: the most cells of a layout or mask
-_HI = {MAX_GRID: "2**20, the longest side of a block grid", MAX_CELLS: "2**30"}
-
-
-def _int(name, value, lo=None, hi=2 ** 63 - 1):
-    """``value`` as a Python int; TypeError for non-integers (bool too), ValueError outside
-    ``[lo, hi]`` (``hi`` defaults to the int64 range the C core takes)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if lo is not None and value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    if value < -2 ** 63:
-        raise ValueError(f"{name} must be >= -2**63, got {value}")
-    if value > hi:
-        why = f" ({_HI[hi]})" if hi in _HI else ""
-        raise ValueError(f"{name} must be <= {hi}{why}, got {value}")
-    return value
+assert MAX_GRID == 2 ** 20 and MAX_CELLS == 2 ** 30  # the bounds pixelfly.args names
 
 
 def _grid(rows, cols, lo=1):
@@ -234,7 +220,7 @@ def random_layout(rows, cols, density, seed=0):
     numpy.ndarray of bool, shape ``(rows, cols)``
     """
     rows, cols = _grid(rows, cols)
-    if isinstance(density, (bool, np.bool_)) or not isinstance(density, numbers.Real):
+    if not is_real(density):
         raise TypeError(f"density must be a real number, got {type(density).__name__}")
     density = float(density)
     if not 0.0 <= density <= 1.0:

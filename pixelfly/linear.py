@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import ops
+from . import defaults, ops
+from .args import block_pair
+from .costs import butterfly_candidates, choose_config
 from .custom_layout import as_block_layout
 from .gate import check_gate, new_token_gate, reset_token_gate, token_gated_linear
 from .layer_state import refuse_load, shape_errors
@@ -32,57 +34,6 @@ __all__ = ["PixelflyLinear", "choose_config"]
 _unsafe_view = torch.ops.aten._unsafe_view.default  # reshape that autograd sees as no view
 
 
-def _pair(block):
-    if isinstance(block, bool) or not isinstance(block, (int, tuple, list)):
-        raise TypeError(f"block_size must be an int or a pair of ints, got {block!r}")
-    b1, b2 = (block, block) if isinstance(block, int) else tuple(block)
-    if not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in (b1, b2)):
-        raise ValueError(f"block_size must be positive integers, got {block!r}")
-    return b1, b2
-
-
-def _butterfly_configs(R: int, C: int):
-    """Every (butterfly_size n, n_factors m) valid on an R x C grid, with its block count."""
-    n = 2
-    while n <= min(R, C):
-        for m in range(1, int(math.log2(n)) + 1):
-            yield n, m, int(flat_butterfly_layout(R, C, m, n).sum())
-        n *= 2
-
-
-def choose_config(out_features: int, in_features: int, density: float, block_size=32,
-                  low_rank_fraction: float = 0.25):
-    """Split a parameter density into a flat-butterfly layout and a rank.
-
-    A fraction ``low_rank_fraction`` of the ``density * out * in`` parameters goes to the
-    low-rank factors (``rank = floor(share / (out + in))``), the rest to the butterfly part,
-    whose ``(butterfly_size, n_factors)`` keeps the most blocks that fit (ties: more
-    factors). When not even the sparsest butterfly fits, the sparsest is used and the rank
-    shrinks to what is left (possibly 0); only then can the density exceed the request.
-
-    Returns ``(butterfly_size, n_factors, rank)``.
-    """
-    if not (0.0 < float(density) <= 1.0):
-        raise ValueError(f"density must be in (0, 1], got {density}")
-    b1, b2 = _pair(block_size)
-    R, C = out_features // b1, in_features // b2
-    params = density * out_features * in_features
-    rank = int(low_rank_fraction * params // (out_features + in_features))
-    rank = max(0, min(rank, min(out_features, in_features)))
-    left = params - rank * (out_features + in_features)
-    configs = list(_butterfly_configs(R, C))
-    if not configs:
-        raise ValueError(f"a {out_features}x{in_features} weight with blocks {b1}x{b2} has a "
-                         f"{R}x{C} block grid; a butterfly needs at least 2x2 blocks")
-    fitting = [c for c in configs if c[2] * b1 * b2 <= left]
-    if fitting:
-        pick = max(fitting, key=lambda c: (c[2], c[1]))
-    else:  # sparsest butterfly; the low-rank part gets what is left of the density
-        pick = min(configs, key=lambda c: (c[2], -c[1]))
-        rank = max(0, min(rank, int((params - pick[2] * b1 * b2) // (out_features + in_features))))
-    return pick[0], pick[1], rank
-
-
 class PixelflyLinear(nn.Module):
     r"""Pixelfly linear layer, a drop-in for ``nn.Linear``: ``y = x W^T + bias`` with
     ``W = gamma * B + (1 - gamma) * U V^T`` and ``x`` of shape ``[*, in_features]``.
@@ -94,8 +45,9 @@ class PixelflyLinear(nn.Module):
         butterfly_size: butterfly size ``n`` (default: largest power of two <= block grid).
         rank: rank ``r`` of the low-rank part (0 = sparse only).
         density: total parameter density (sparse + low rank, vs ``nn.Linear``); picks
-            ``n_factors``, ``butterfly_size`` and ``rank`` with :func:`choose_config`. Used
-            when ``n_factors`` is not given (default ``0.25``).
+            ``n_factors``, ``butterfly_size`` and ``rank`` with :func:`~pixelfly.costs.choose_config`
+            (the planner's butterfly rule). Used when ``n_factors`` is not given (default
+            ``pixelfly.defaults.DENSITY``, 0.25).
         low_rank_fraction: share of the density spent on the low-rank part (default 1/4).
         layout: any boolean block layout ``[out/b1, in/b2]`` (NumPy or torch), e.g. from
             :func:`~pixelfly.fly_config_layout` (the authors' rule), ``bigbird_layout``,
@@ -121,9 +73,9 @@ class PixelflyLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 block_size=32, n_factors: int | None = None, butterfly_size: int | None = None,
+                 block_size=defaults.BLOCK_SIZE, n_factors: int | None = None, butterfly_size: int | None = None,
                  rank: int | None = None, density: float | None = None,
-                 low_rank_fraction: float = 0.25, layout=None, gate: str = "scalar",
+                 low_rank_fraction: float = defaults.LOW_RANK_FRACTION, layout=None, gate: str = "scalar",
                  device=None, dtype=None):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
@@ -131,7 +83,7 @@ class PixelflyLinear(nn.Module):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
             if v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
-        b1, b2 = _pair(block_size)
+        b1, b2 = block_pair(block_size)
         if out_features % b1 or in_features % b2:
             raise ValueError(
                 f"block_size {b1}x{b2} must divide the weight shape {out_features}x{in_features} "
@@ -150,7 +102,7 @@ class PixelflyLinear(nn.Module):
                                  "give rank= (and the layout) only")
             layout = as_block_layout(layout, out_features // b1, in_features // b2)
         elif n_factors is None:
-            density = 0.25 if density is None else density
+            density = defaults.DENSITY if density is None else density
             n, m, r = choose_config(out_features, in_features, density, (b1, b2),
                                     low_rank_fraction)
             butterfly_size = butterfly_size if butterfly_size is not None else n
@@ -440,7 +392,7 @@ def _butterfly_config_of(layout):
     """``(butterfly_size, n_factors)`` of a flat butterfly layout, ``(None, None)`` for
     another layout."""
     R, C = layout.shape
-    for n, m, nnz in _butterfly_configs(R, C):
+    for n, m, nnz in butterfly_candidates(R, C, min_n=2):
         if nnz == layout.sum() and np.array_equal(flat_butterfly_layout(R, C, m, n), layout):
             return n, m
     return None, None

@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
+
+from .args import is_int as _is_int
+from .args import is_real as _is_real
+from .plan_table import format_plan, totals
 
 __all__ = ["Plan", "PlannedLayer", "PlanError", "STATUSES", "KINDS", "GATES"]
 
@@ -24,14 +27,6 @@ GATES = ("scalar", "token")
 
 class PlanError(ValueError):
     """A plan (or plan file) that is malformed or does not fit the model it is applied to."""
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @dataclasses.dataclass
@@ -170,36 +165,23 @@ class Plan:
     @property
     def dense_total(self) -> float:
         """Dense cost of the sparsified layers."""
-        return math.fsum(lay.dense_cost for lay in self.layers if lay.sparse)
+        return totals(self.layers)[1]
 
     @property
     def sparse_total(self) -> float:
-        return math.fsum(lay.cost for lay in self.layers if lay.sparse)
+        """Planned cost of the sparsified layers."""
+        return totals(self.layers)[0]
 
     @property
     def kept_dense_cost(self) -> float:
         """Cost of the layers left dense (that run on the example input), reported apart."""
-        return math.fsum(lay.dense_cost for lay in self.layers if not lay.sparse)
+        return totals(self.layers)[2]
 
     def __str__(self) -> str:
-        b1, b2 = self.block_size
-        head = (f"{'layer':<28} {'shape':>11} {'tokens':>7} {'n':>4} {'m':>2} {'rank':>5} "
-                f"{'density':>8} {'share':>7}  status")
-        lines = [f"Pixelfly plan: budget {self.budget}, low-rank fraction {self.low_rank_fraction}, "
-                 f"blocks {b1}x{b2}", head, "-" * len(head)]
-        for lay in self.layers:
-            share = lay.cost / lay.dense_cost if lay.sparse and lay.dense_cost else 1.0
-            status = "sparse" if lay.sparse else f"dense ({lay.reason})"
-            lines.append(f"{lay.name[-28:]:<28} {lay.out_features:>5}x{lay.in_features:<5} {lay.tokens:>7} "
-                         f"{lay.butterfly_size or '-':>4} {lay.n_factors or '-':>2} {lay.rank:>5} "
-                         f"{lay.density:>8.4f} {share:>7.3f}  {status}")
-        ratio = self.sparse_total / self.dense_total if self.dense_total else 0.0
-        n_sp = sum(lay.sparse for lay in self.layers)
-        lines.append("-" * len(head))
-        lines.append(f"sparsified layers: {n_sp}/{len(self.layers)}, cost {self.sparse_total:.4g} / dense "
-                     f"{self.dense_total:.4g} = {ratio:.4f} (budget {self.budget}); layers left dense cost "
-                     f"{self.kept_dense_cost:.4g}")
-        return "\n".join(lines)
+        cm = self.cost_model
+        prices = "".join(f", {k}={cm[k]:g}" for k in ("cost_mem", "cost_flop") if isinstance(cm.get(k), (int, float)))
+        return format_plan(f"pixelfly plan: rho={self.budget:g}, phi={self.low_rank_fraction:g}, "
+                           f"block={self.block_size[0]}x{self.block_size[1]}{prices}", self.layers, self.block_size)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data (``Plan.from_dict(p.to_dict()) == p``)."""

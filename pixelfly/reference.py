@@ -14,8 +14,15 @@ __all__ = [
     "flat_butterfly_layout", "butterfly_factor_layout", "butterfly_product_layout",
     "layout_to_mask", "blocks_to_dense", "dense_to_blocks", "bsmm_fwd", "bsmm_bwd_x",
     "bsmm_bwd_w", "pixelfly_weight", "pixelfly_linear", "token_gated_linear", "attention_mask",
-    "masked_attention", "pixelfly_attention",
+    "masked_attention", "dense_attention", "pixelfly_attention",
 ]
+
+
+def _bool_layout(layout):
+    """A layout as a bool tensor (a copy of a NumPy array, read-only ones included)."""
+    if isinstance(layout, torch.Tensor):
+        return layout.to(torch.bool)
+    return torch.tensor(layout, dtype=torch.bool)
 
 
 def _cell(i: int, grid: int, n: int) -> int:
@@ -62,19 +69,19 @@ def butterfly_product_layout(rows: int, cols: int, n_factors: int, butterfly_siz
 
 def layout_to_mask(layout, b1: int, b2: int):
     """Element mask ``(R*b1) x (C*b2)``: every kept block becomes a ``b1 x b2`` block of True."""
-    layout = torch.as_tensor(layout, dtype=torch.bool)
+    layout = _bool_layout(layout)
     return layout.repeat_interleave(b1, 0).repeat_interleave(b2, 1)
 
 
 def _positions(layout):
-    layout = torch.as_tensor(layout, dtype=torch.bool)
+    layout = _bool_layout(layout)
     return [(i, j) for i in range(layout.shape[0]) for j in range(layout.shape[1]) if layout[i, j]]
 
 
 def blocks_to_dense(blocks, layout):
     """Dense ``out x in`` matrix holding ``blocks[k]`` at the k-th kept block (row-major order)."""
     nnz, b1, b2 = blocks.shape
-    layout = torch.as_tensor(layout, dtype=torch.bool)
+    layout = _bool_layout(layout)
     R, C = layout.shape
     pos = _positions(layout)
     if len(pos) != nnz:
@@ -148,9 +155,16 @@ def attention_mask(layout, block: int, causal: bool = False):
 def _select_sum(weights, allowed, v):
     """``sum_j weights[.., i, j] v[.., j, :]`` over the allowed ``j`` only: a key outside
     ``allowed`` adds exactly nothing (selected away, never multiplied by zero), so a NaN or
-    inf there cannot leak; an allowed key adds ``weight * v`` even when the weight is 0."""
-    terms = weights.unsqueeze(-1) * v.unsqueeze(-3)                    # [..., L, L, d]
-    return torch.where(allowed.unsqueeze(-1), terms, torch.zeros_like(terms)).sum(-2)
+    inf there cannot leak; an allowed key adds ``weight * v`` even when the weight is 0.
+    Query rows go in chunks of at most ~2**24 products (memory stays O(L d) per row)."""
+    per_row = max(1, weights[..., :1, :].numel() * v.shape[-1])
+    step = max(1, (1 << 24) // per_row)
+    out = []
+    for i in range(0, weights.shape[-2], step):
+        terms = weights[..., i:i + step, :].unsqueeze(-1) * v.unsqueeze(-3)      # [..., rows, L, d]
+        keep = allowed[..., i:i + step, :].unsqueeze(-1)
+        out.append(torch.where(keep, terms, torch.zeros_like(terms)).sum(-2))
+    return torch.cat(out, -2) if out else weights.new_zeros(*weights.shape[:-1], v.shape[-1])
 
 
 def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=None):
@@ -161,10 +175,11 @@ def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=No
     no allowed key gives ``out = 0`` and ``lse = -inf``. NaN and inf behave as in the dense
     formula restricted to the allowed keys: a NaN score makes its row NaN, a ``+inf`` score
     makes ``out`` NaN and ``lse`` ``+inf``, a NaN or inf value reaches every row that
-    attends to it; disallowed keys contribute nothing at all. ``q, k, v: [..., L, d]``.
+    attends to it; disallowed keys contribute nothing at all. ``q, k, v: [..., L, d]``; ``q``
+    may also hold only the first ``Lq <= L`` query positions (the output's first rows).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    allowed = attention_mask(layout, block, causal)
+    allowed = attention_mask(layout, block, causal)[:q.shape[-2]]
     s = (q @ k.transpose(-1, -2)) * scale
     s = s.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(s.float() if s.dtype in (torch.bfloat16, torch.float16) else s, -1)
@@ -174,20 +189,29 @@ def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=No
     return _select_sum(p, allowed, v), lse
 
 
+def dense_attention(q, k, v, causal: bool = False, scale=None):
+    """Dense softmax attention (every key, or ``j <= i`` when ``causal``): ``softmax(s) v``,
+    i.e. :func:`masked_attention` with every block kept. ``q, k, v: [..., L, d]``."""
+    L = k.shape[-2]
+    return masked_attention(q, k, v, torch.ones(1, 1, dtype=torch.bool), L, causal, scale)[0]
+
+
 def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = False, scale=None):
     """Sparse + low-rank attention (SPEC section 4) written out with ``L x L`` matrices:
     weights ``exp(s_ij)`` on the layout's support, the positive random-feature kernel
     ``phi(q_i) . phi(k_j)`` (``phi(x) = exp(x w^T - |x|^2 / 2) / sqrt(r)`` on
     ``x * sqrt(scale)``, ``w = features [r, d]``) on every other allowed pair (all pairs, or
     ``j <= i`` when ``causal``); ``out_i = sum_j A_ij v_j / sum_j A_ij`` over allowed ``j``
-    only (NaN and inf as in :func:`masked_attention`)."""
-    L, d = q.shape[-2], q.shape[-1]
+    only (NaN and inf as in :func:`masked_attention`; ``q`` may hold only the first query
+    positions, as there)."""
+    Lq, L, d = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = d ** -0.5 if scale is None else scale
     s = (q @ k.transpose(-1, -2)) * scale
-    sup = attention_mask(layout, block, causal)
+    sup = attention_mask(layout, block, causal)[:Lq]
     allowed = torch.ones(L, L, dtype=torch.bool)
     if causal:
         allowed = allowed.tril()
+    allowed = allowed[:Lq]
 
     def phi(x):
         x = x * scale ** 0.5

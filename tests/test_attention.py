@@ -19,14 +19,6 @@ from pixelfly.models.attention import MultiHeadSelfAttention
 ref_attention = reference.masked_attention   # (q, k, v, layout, block, causal, scale) -> (out, lse)
 
 
-def dense_attention(q, k, v, causal):
-    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
-    if causal:
-        L = s.shape[-1]
-        s = s.masked_fill(~torch.ones(L, L, dtype=torch.bool).tril(), float("-inf"))
-    return torch.softmax(s, -1) @ v
-
-
 def random_layout(R, density, rng, keep_diag=False):
     lay = rng.random((R, R)) < density
     if keep_diag:
@@ -256,7 +248,7 @@ def test_combined_matches_formula(causal, layout):
 
 
 def _errors(q, k, v, idx, b, causal, r, seeds):
-    exact = dense_attention(q, k, v, causal)
+    exact = reference.dense_attention(q, k, v, causal)
     errs_comb, errs_sparse = [], []
     for s in seeds:
         w = gaussian_features(r, q.shape[-1], dtype=torch.float64,
@@ -380,3 +372,21 @@ def test_backward_schedules_agree(causal):
             assert (a - r).abs().max() < 1e-12
     with pytest.raises(ValueError, match="mode must be"):
         attention_ops.set_bwd_mode(5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_takes_a_prefix_of_the_queries(causal):
+    """The oracle given the first query rows (as the benchmark calls it) gives the first rows
+    of the full result (up to matmul rounding)."""
+    L, d, b = 64, 8, 16
+    lay = build_attention_layout(L // b, "pixelfly", causal=causal)
+    q, k, v = (torch.randn(1, 2, L, d, dtype=torch.float64) for _ in range(3))
+    w = gaussian_features(6, d, dtype=torch.float64)
+    same = lambda a, b: torch.testing.assert_close(a, b, rtol=0, atol=1e-13)  # noqa: E731
+    same(reference.pixelfly_attention(q[:, :, :20], k, v, lay, b, w, causal=causal),
+         reference.pixelfly_attention(q, k, v, lay, b, w, causal=causal)[:, :, :20])
+    o, lse = reference.masked_attention(q, k, v, lay, b, causal)
+    o20, lse20 = reference.masked_attention(q[:, :, :20], k, v, lay, b, causal)
+    same(o20, o[:, :, :20])
+    same(lse20, lse[:, :, :20])
+    same(reference.dense_attention(q[:, :, :5], k, v, causal), reference.dense_attention(q, k, v, causal)[:, :, :5])

@@ -18,6 +18,9 @@ def test_demo_runs_end_to_end(tmp_path):
     p = run("demo", "--tiny", "--steps", "4", "--batch", "16", "--budget", "0.5", "--plot", str(png))
     assert p.returncode == 0, p.stderr
     assert "speedup" in p.stdout and "pixelfly" in p.stdout and "dense" in p.stdout
+    # each method chose its learning rate by the same sweep on a validation split
+    assert "learning rates: each method's best of" in p.stdout and "validation split" in p.stdout
+    assert p.stdout.count(" -> ") == 2
     assert png.stat().st_size > 1000
 
 
@@ -25,7 +28,15 @@ def test_demo_gpt2_tiny(tmp_path):
     p = run("--model", "gpt2", "--tiny", "--steps", "3", "--batch", "4", "--budget", "0.5",
             "--plot", str(tmp_path / "g.png"))
     assert p.returncode == 0, p.stderr
-    assert "val loss" in p.stdout
+    assert "test loss" in p.stdout
+
+
+def test_demo_with_a_given_lr_skips_the_sweep(tmp_path):
+    p = run("--tiny", "--steps", "2", "--batch", "8", "--lr", "1e-3", "--plot", "")
+    assert p.returncode == 0, p.stderr
+    assert "learning rate: given (--lr), no sweep" in p.stdout
+    p = run("--tiny", "--tune-steps", "0")
+    assert p.returncode == 2 and "--tune-steps must be >= 1" in p.stderr
 
 
 def test_plan_and_layout_commands():

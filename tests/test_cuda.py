@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import pixelfly  # noqa: F401  (loads the ops; pixelfly._ops_cuda when built)
+from pixelfly import reference as oracle
 
 try:
     import pixelfly.ops  # noqa: F401  (registers _ops / _ops_cuda if __init__ did not)
@@ -84,12 +85,7 @@ def random_layout(R, C, density, rng, empty_row=False, empty_col=False):
 
 
 def dense_weight(blocks64, layout):
-    R, C = layout.shape
-    nnz, b1, b2 = blocks64.shape
-    W = torch.zeros(R * b1, C * b2, dtype=torch.float64)
-    for k, (r, c) in enumerate(zip(*np.nonzero(layout))):
-        W[r * b1:(r + 1) * b1, c * b2:(c + 1) * b2] = blocks64[k]
-    return W
+    return oracle.blocks_to_dense(blocks64, torch.from_numpy(np.asarray(layout)))
 
 
 def make_case(R, C, b1, b2, T, dt, seed, density=0.45, empty_row=True, empty_col=True,
@@ -319,13 +315,8 @@ def test_attention_on_cuda(path, dtype, causal):
     idx = AttentionIndex(lay)
     g = torch.Generator().manual_seed(5)
     q, k, v, go = (torch.randn(B, H, L, d, generator=g) for _ in range(4))
-    mask = torch.from_numpy(np.kron(lay, np.ones((b, b), bool)))
-    if causal:
-        mask &= torch.ones(L, L, dtype=torch.bool).tril()
     q64, k64, v64 = (t.to(dtype).double().requires_grad_() for t in (q, k, v))
-    s = (q64 @ k64.transpose(-1, -2)) * d ** -0.5
-    s = s.masked_fill(~mask, float("-inf"))
-    o64 = torch.softmax(s, -1) @ v64
+    o64, _ = oracle.masked_attention(q64, k64, v64, lay, b, causal)
     ref = (o64,) + torch.autograd.grad(o64, (q64, k64, v64), go.to(dtype).double())
     qc, kc, vc = (t.to("cuda", dtype).requires_grad_() for t in (q, k, v))
     out, lse = bsattn(qc, kc, vc, idx, b, causal=causal)   # index on the CPU, as the module's

@@ -6,18 +6,18 @@ import random
 import pytest
 import torch
 
-from pixelfly import data
+from pixelfly.experiments import data
 from test_models import _KJV_LZW_PREFIX, _ec02_file
 
 
 def test_random_lzw_streams_decode_or_say_corrupt():
-    """Each of 300 random byte streams decodes to something or raises ValueError('corrupt
-    ...'); before, 129 of them raised IndexError from inside the decoder."""
-    for seed in range(300):
+    """Each of 100 random byte streams in a bible data file decodes to something or raises
+    ValueError('corrupt ...'), never another exception."""
+    for seed in range(100):
         rng = random.Random(seed)
         stream = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))
         try:
-            out = data.lzw_decompress(stream)
+            out = data.decode_bible_data(_ec02_file([stream]))
         except ValueError as e:
             assert "corrupt" in str(e), (seed, e)
         else:
@@ -25,8 +25,16 @@ def test_random_lzw_streams_decode_or_say_corrupt():
 
 
 def test_first_code_must_be_a_byte():
-    with pytest.raises(ValueError, match="corrupt LZW stream: the first code 300"):
-        data.lzw_decompress((300).to_bytes(2, "little") + b"\0" * 7)
+    with pytest.raises(ValueError, match="corrupt bible data file .window 0.: gzip -dc failed"):
+        data.decode_bible_data(_ec02_file([(300).to_bytes(2, "little") + b"\0" * 7]))
+
+
+def test_missing_gzip_says_what_to_install(tmp_path, monkeypatch):
+    path = tmp_path / "bible.data"
+    path.write_bytes(_ec02_file([_KJV_LZW_PREFIX]))
+    monkeypatch.setenv("PATH", str(tmp_path))            # no gzip on it
+    with pytest.raises(FileNotFoundError, match="apt-get install gzip"):
+        data.load_text_corpus(path)
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.05, 0.08, 0.2, 0.5, 0.9, 0.999])

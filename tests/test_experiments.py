@@ -74,7 +74,7 @@ def test_load_fashion_mnist_errors(tmp_path):
 
 
 HAVE_FMNIST = os.path.isdir(fashion_mnist.FASHION_MNIST_DIR)
-HAVE_KJV = any(os.path.isfile(p) for p in __import__("pixelfly.data").data.KJV_PATHS)
+HAVE_KJV = any(os.path.isfile(p) for p in __import__("pixelfly.experiments.data").experiments.data.KJV_PATHS)
 need_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed "
                                  "(apt-get install dataset-fashion-mnist)")
 need_kjv = pytest.mark.skipif(not HAVE_KJV, reason="bible-kjv-text not installed (apt-get install bible-kjv-text)")

@@ -11,7 +11,8 @@ import torch
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from pixelfly import data, layouts, ops, reference  # noqa: E402
+from pixelfly import layouts, ops, reference  # noqa: E402
+from pixelfly.experiments import data  # noqa: E402
 from pixelfly.attention import build_attention_layout, gaussian_features, sparse_lowrank_attention  # noqa: E402
 from pixelfly.attention_ops import AttentionIndex  # noqa: E402
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelfly import data
+from pixelfly import reference
+from pixelfly.experiments import data
 from pixelfly.models import (MODELS, GPT2Config, MixerConfig, MultiHeadSelfAttention, ViTConfig,
                              build_model, example_input, get_config)
 
@@ -184,10 +185,7 @@ def _reference_attention(mod: MultiHeadSelfAttention, x):
     H, hd = mod.n_heads, mod.head_dim
     q, k, v = mod.qkv(x).split(D, dim=-1)
     q, k, v = (t.view(B, L, H, hd).transpose(1, 2) for t in (q, k, v))
-    s = q @ k.transpose(-1, -2) / math.sqrt(hd)
-    if mod.causal:
-        s = s.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
-    y = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, L, D)
+    y = reference.dense_attention(q, k, v, mod.causal).transpose(1, 2).reshape(B, L, D)
     return mod.proj(y)
 
 
@@ -415,15 +413,14 @@ def _ec02_file(streams, window=65536):
 
 
 def test_text_corpus_bible_format(tmp_path):
-    text = data.lzw_decompress(_KJV_LZW_PREFIX)
+    path = tmp_path / "bible.data"
+    path.write_bytes(_ec02_file([_KJV_LZW_PREFIX], window=65536))
+    text = data.load_text_corpus(path)                   # one (last) window: any length
     assert text.startswith(b"Holy Bible, Authorized (King James) Version.  Textfile 930105.\n"
                            b"Ge1:1 In the beginning God created the heaven and the earth.\n")
     # this verse is decoded after the code width has grown to 10 bits
     assert (b"\nGe1:10 And God called the dry land Earth; and the gathering together of the "
             b"waters called he Seas: and God saw that it was good.\n") in text
-    path = tmp_path / "bible.data"
-    path.write_bytes(_ec02_file([_KJV_LZW_PREFIX]))
-    assert data.load_text_corpus(path) == text
     # windows are independent streams: non-final windows must be full
     path.write_bytes(_ec02_file([_KJV_LZW_PREFIX, _KJV_LZW_PREFIX], window=len(text)))
     assert data.load_text_corpus(path) == text + text

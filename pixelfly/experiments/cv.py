@@ -11,7 +11,6 @@ same sweep (``tune.LEARNING_RATES``) on a validation split of the training set.
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 
 import torch
@@ -113,7 +112,7 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None, bar_cls=No
     """Run the table; returns ``(rows, extra)`` and writes the files of ``results``."""
     from tqdm import tqdm
 
-    from . import plots, results
+    from . import results
     cfg = SIZES[size]
     n_seeds = seeds or cfg["seeds"]
     data = load_data(cfg, data_dir)
@@ -148,18 +147,12 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None, bar_cls=No
                                      step_time=times[method]))
                 for r in runs[-len(METHODS):]:
                     r["speedup"] = times["dense"] / r["step_time"]
-    rows = results.aggregate(runs)
-    step_ms = {f"{r['model']}/{r['method']}": round(1e3 * statistics.median(
-        x["step_time"] for x in runs if (x["model"], x["method"]) == (r["model"], r["method"])), 2) for r in rows}
-    extra = dict(size=size, steps=cfg["steps"], batch=cfg["batch"], budget=0.25, block_size=cfg["block"],
-                 butterfly_block_size=BUTTERFLY_BLOCK,
-                 lr_sweep=sweeps, step_time_ms=step_ms, curves=curves,
-                 notes="FLOPs: forward pass of one image in the linear/attention layers; speedup: "
-                       "median training-step time of dense / method, same process and threads")
-    results.write_table("cv", rows, out_dir, **extra)
-    plots.plot_metric_vs_speedup(rows, f"{out_dir}/cv.png", "Fashion-MNIST: accuracy vs speedup")
-    plots.plot_curves(curves, f"{out_dir}/cv_curves.png", "Fashion-MNIST training loss (seed 0)")
-    return rows, extra
+    return results.finish("cv", runs, out_dir, curves,
+                          ("Fashion-MNIST: accuracy vs speedup", "Fashion-MNIST training loss (seed 0)"),
+                          size=size, steps=cfg["steps"], batch=cfg["batch"], budget=0.25, block_size=cfg["block"],
+                          butterfly_block_size=BUTTERFLY_BLOCK, lr_sweep=sweeps,
+                          notes="FLOPs: forward pass of one image in the linear/attention layers; speedup: "
+                                "median training-step time of dense / method, same process and threads")
 
 
 def estimate(size="default", seeds=None, data_dir=None) -> float:

@@ -36,7 +36,7 @@ METHODS = ("dense", "bigbird", "pixelfly")
 
 def load_splits(cfg):
     """``(train, tune, heldout)`` byte tensors of the KJV text (FileNotFoundError if absent)."""
-    from ..data import bytes_to_tensor, load_text_corpus
+    from .data import bytes_to_tensor, load_text_corpus
     text = load_text_corpus()
     if cfg["text_bytes"]:
         text = text[:cfg["text_bytes"]]
@@ -52,7 +52,7 @@ def loss_fn(model, xb, yb):
 
 @torch.no_grad()
 def mean_loss(model, data, seq_len, batch, n_batches):
-    from ..data import get_batches
+    from .data import get_batches
     model.eval()
     losses = [loss_fn(model, x, y).item() for x, y in get_batches(data, seq_len, batch, n_batches, seed=4321)]
     model.train()
@@ -72,8 +72,8 @@ def build_variants(overrides, seed, example, block):
 def run(size="default", seeds=None, out_dir="results", data_dir=None):
     from tqdm import tqdm
 
-    from ..data import get_batches
-    from . import plots, results
+    from .data import get_batches
+    from . import results
     cfg = SIZES[size]
     n_seeds = seeds or cfg["seeds"]
     train, tune_split, heldout = load_splits(cfg)
@@ -108,22 +108,17 @@ def run(size="default", seeds=None, out_dir="results", data_dir=None):
                                      lr=lrs[(label, method)], step_time=times[method]))
                 for r in runs[-len(METHODS):]:
                     r["speedup"] = times["dense"] / r["step_time"]
-    rows = results.aggregate(runs)
-    step_ms = {f"{r['model']}/{r['method']}": round(1e3 * statistics.median(
-        x["step_time"] for x in runs if (x["model"], x["method"]) == (r["model"], r["method"])), 2) for r in rows}
-    extra = dict(size=size, steps=cfg["steps"], batch=cfg["batch"], budget=0.25, block_size=cfg["block"],
-                 tokenizer="bytes (vocabulary 256)", lr_sweep=sweeps, step_time_ms=step_ms, curves=curves,
-                 notes="FLOPs: forward pass of one sequence in the linear/attention layers; speedup: "
-                       "median training-step time of dense / method, same process and threads")
-    results.write_table("lm", rows, out_dir, **extra)
-    plots.plot_metric_vs_speedup(rows, f"{out_dir}/lm.png", "KJV Bible: perplexity vs speedup")
-    plots.plot_curves(curves, f"{out_dir}/lm_curves.png", "KJV Bible training loss (seed 0)")
-    return rows, extra
+    return results.finish("lm", runs, out_dir, curves,
+                          ("KJV Bible: perplexity vs speedup", "KJV Bible training loss (seed 0)"),
+                          size=size, steps=cfg["steps"], batch=cfg["batch"], budget=0.25, block_size=cfg["block"],
+                          tokenizer="bytes (vocabulary 256)", lr_sweep=sweeps,
+                          notes="FLOPs: forward pass of one sequence in the linear/attention layers; speedup: "
+                                "median training-step time of dense / method, same process and threads")
 
 
 def estimate(size="default", seeds=None, data_dir=None) -> float:
     """Projected seconds of ``run(size)`` on this machine now (training steps only)."""
-    from ..data import get_batches
+    from .data import get_batches
     cfg = SIZES[size]
     n_seeds = seeds or cfg["seeds"]
     train, _, _ = load_splits(cfg)

@@ -20,7 +20,6 @@ these masked-dense layers are not the fast kernels (see the cv and lm tables).
 """
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 
@@ -171,7 +170,7 @@ def load_data(cfg, data_dir=None):
 
 
 def _batches(x, y, batch, seed):
-    from ..data import iterate_batches
+    from .data import iterate_batches
     epoch = 0
     while True:
         yield from iterate_batches(x, y, batch_size=batch, seed=seed * 1000 + epoch, drop_last=True)

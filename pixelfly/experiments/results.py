@@ -12,7 +12,7 @@ import platform
 import statistics
 import time
 
-__all__ = ["ROW_KEYS", "aggregate", "markdown", "write_table", "machine_info"]
+__all__ = ["ROW_KEYS", "aggregate", "markdown", "write_table", "machine_info", "finish"]
 
 ROW_KEYS = ("task", "model", "method", "metric", "value", "speedup", "params", "flops")
 
@@ -78,3 +78,19 @@ def write_table(table: str, rows, out_dir: str = "results", **extra) -> dict:
                 f.write(f"- {k}: {v}\n")
         f.write(f"- machine: {doc['machine']}\n")
     return paths
+
+
+def finish(table: str, runs, out_dir: str, curves: dict, titles: tuple[str, str], **extra):
+    """The end of every table: aggregate the runs (one per seed), add each (model, method)'s
+    median step time (``step_time_ms``) and the loss ``curves`` to ``extra``, write the
+    table (:func:`write_table`) and its two plots (``titles``: metric vs speedup, curves).
+    Returns ``(rows, extra)``."""
+    from . import plots
+    rows = aggregate(runs)
+    step_ms = {f"{r['model']}/{r['method']}": round(1e3 * statistics.median(
+        x["step_time"] for x in runs if (x["model"], x["method"]) == (r["model"], r["method"])), 2) for r in rows}
+    extra = dict(extra, step_time_ms=step_ms, curves=curves)
+    write_table(table, rows, out_dir, **extra)
+    plots.plot_metric_vs_speedup(rows, f"{out_dir}/{table}.png", titles[0])
+    plots.plot_curves(curves, f"{out_dir}/{table}_curves.png", titles[1])
+    return rows, extra

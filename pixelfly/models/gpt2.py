@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionSpec
+from .config import SizedConfig
 from .vit import TransformerBlock
 
 __all__ = ["GPT2Config", "GPT2"]
 
 
 @dataclass
-class GPT2Config:
+class GPT2Config(SizedConfig):
     """Size of a ``GPT2``. Default ("small", ~0.8M parameters + 0.05M embeddings): a few
     minutes of training on 2 CPU cores. ``GPT2Config.tiny()`` is for tests."""
     vocab_size: int = 256        # bytes
@@ -44,17 +46,7 @@ class GPT2Config:
     dropout: float = 0.0
     tie_weights: bool = True
 
-    @classmethod
-    def tiny(cls, **overrides) -> "GPT2Config":
-        """A model that runs a forward/backward pass in milliseconds (~0.1M parameters)."""
-        base = dict(seq_len=64, dim=64, n_layer=2, n_heads=2, mlp_dim=256)
-        base.update(overrides)
-        return cls(**base)
-
-    @classmethod
-    def small(cls, **overrides) -> "GPT2Config":
-        """The default configuration."""
-        return cls(**overrides)
+    TINY: ClassVar[dict] = dict(seq_len=64, dim=64, n_layer=2, n_heads=2, mlp_dim=256)
 
 
 class GPT2(nn.Module):

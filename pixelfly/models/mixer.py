@@ -17,16 +17,19 @@ The defaults are sized for 8x8 images (scikit-learn digits): patch size 1 gives
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ImageConfig
+
 __all__ = ["MixerConfig", "MLPMixer", "MLP", "PatchEmbed", "patchify"]
 
 
 @dataclass
-class MixerConfig:
+class MixerConfig(ImageConfig):
     """Size of an ``MLPMixer``. Default ("small", ~0.6M parameters): a few minutes of
     training on 2 CPU cores on 8x8 digits. ``MixerConfig.tiny()`` is for tests."""
     image_size: int = 8
@@ -39,23 +42,7 @@ class MixerConfig:
     channel_mlp_dim: int = 512   # hidden width of the channel-mixing MLP
     dropout: float = 0.0
 
-    @property
-    def num_patches(self) -> int:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} not divisible by patch_size={self.patch_size}")
-        return (self.image_size // self.patch_size) ** 2
-
-    @classmethod
-    def tiny(cls, **overrides) -> "MixerConfig":
-        """A model that runs a forward/backward pass in milliseconds (~0.04M parameters)."""
-        base = dict(dim=64, depth=2, token_mlp_dim=64, channel_mlp_dim=128)
-        base.update(overrides)
-        return cls(**base)
-
-    @classmethod
-    def small(cls, **overrides) -> "MixerConfig":
-        """The default configuration."""
-        return cls(**overrides)
+    TINY: ClassVar[dict] = dict(dim=64, depth=2, token_mlp_dim=64, channel_mlp_dim=128)
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:

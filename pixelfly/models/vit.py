@@ -16,18 +16,20 @@ The attention of every block comes from the ``attention`` argument: ``"dense"``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .attention import AttentionSpec, resolve_attention
+from .config import ImageConfig
 from .mixer import MLP, PatchEmbed
 
 __all__ = ["ViTConfig", "ViT", "TransformerBlock"]
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ImageConfig):
     """Size of a ``ViT``. Default ("small", ~0.8M parameters): a few minutes of training
     on 2 CPU cores on 8x8 digits. ``ViTConfig.tiny()`` is for tests."""
     image_size: int = 8
@@ -41,28 +43,15 @@ class ViTConfig:
     pool: str = "mean"          # "mean" or "cls"
     dropout: float = 0.0
 
-    @property
-    def num_patches(self) -> int:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} not divisible by patch_size={self.patch_size}")
-        return (self.image_size // self.patch_size) ** 2
+    TINY: ClassVar[dict] = dict(dim=64, depth=2, n_heads=2, mlp_dim=128)
+
 
     @property
     def seq_len(self) -> int:
         """Number of positions the attention sees."""
         return self.num_patches + (1 if self.pool == "cls" else 0)
 
-    @classmethod
-    def tiny(cls, **overrides) -> "ViTConfig":
-        """A model that runs a forward/backward pass in milliseconds (~0.07M parameters)."""
-        base = dict(dim=64, depth=2, n_heads=2, mlp_dim=128)
-        base.update(overrides)
-        return cls(**base)
 
-    @classmethod
-    def small(cls, **overrides) -> "ViTConfig":
-        """The default configuration."""
-        return cls(**overrides)
 
 
 class TransformerBlock(nn.Module):
