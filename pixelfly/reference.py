@@ -153,18 +153,29 @@ def _select_sum(weights, allowed, v):
     return torch.where(allowed.unsqueeze(-1), terms, torch.zeros_like(terms)).sum(-2)
 
 
-def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=None):
+def _allowed(layout, block: int, causal: bool, L: int, mask):
+    """The layout's element mask cut to ``L`` (a sequence that ends inside a block), and with
+    an extra element ``mask`` (broadcastable to ``[..., L, L]``, e.g. padding) when given."""
+    allowed = attention_mask(layout, block, causal)[:L, :L]
+    if allowed.shape != (L, L):
+        raise ValueError(f"layout covers {allowed.shape[0]} positions, fewer than L = {L}")
+    return allowed if mask is None else allowed & torch.as_tensor(mask, dtype=torch.bool)
+
+
+def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=None, mask=None):
     """Block-sparse softmax attention with the layout as a mask: ``(out, lse)``.
 
     ``s = scale * q k^T`` (default ``scale = d**-0.5``) on the keys the layout (and
-    ``causal``) allows, ``out = softmax(s) v``, ``lse = logsumexp(s)``, per row. A row with
+    ``causal``, and the optional element ``mask``, broadcastable to ``[..., L, L]``) allows,
+    ``out = softmax(s) v``, ``lse = logsumexp(s)``, per row. ``L`` need not fill the last
+    block. A row with
     no allowed key gives ``out = 0`` and ``lse = -inf``. NaN and inf behave as in the dense
     formula restricted to the allowed keys: a NaN score makes its row NaN, a ``+inf`` score
     makes ``out`` NaN and ``lse`` ``+inf``, a NaN or inf value reaches every row that
     attends to it; disallowed keys contribute nothing at all. ``q, k, v: [..., L, d]``.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    allowed = attention_mask(layout, block, causal)
+    allowed = _allowed(layout, block, causal, q.shape[-2], mask)
     s = (q @ k.transpose(-1, -2)) * scale
     s = s.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(s.float() if s.dtype in (torch.bfloat16, torch.float16) else s, -1)
@@ -174,20 +185,24 @@ def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=No
     return _select_sum(p, allowed, v), lse
 
 
-def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = False, scale=None):
+def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = False, scale=None,
+                       mask=None):
     """Sparse + low-rank attention (SPEC section 4) written out with ``L x L`` matrices:
     weights ``exp(s_ij)`` on the layout's support, the positive random-feature kernel
     ``phi(q_i) . phi(k_j)`` (``phi(x) = exp(x w^T - |x|^2 / 2) / sqrt(r)`` on
     ``x * sqrt(scale)``, ``w = features [r, d]``) on every other allowed pair (all pairs, or
-    ``j <= i`` when ``causal``); ``out_i = sum_j A_ij v_j / sum_j A_ij`` over allowed ``j``
-    only (NaN and inf as in :func:`masked_attention`)."""
+    ``j <= i`` when ``causal``; and only where the optional element ``mask`` is True);
+    ``out_i = sum_j A_ij v_j / sum_j A_ij`` over allowed ``j`` only (NaN and inf as in
+    :func:`masked_attention`; a row with no allowed key gives 0)."""
     L, d = q.shape[-2], q.shape[-1]
     scale = d ** -0.5 if scale is None else scale
     s = (q @ k.transpose(-1, -2)) * scale
-    sup = attention_mask(layout, block, causal)
+    sup = _allowed(layout, block, causal, L, mask)
     allowed = torch.ones(L, L, dtype=torch.bool)
     if causal:
         allowed = allowed.tril()
+    if mask is not None:
+        allowed = allowed & torch.as_tensor(mask, dtype=torch.bool)
 
     def phi(x):
         x = x * scale ** 0.5
@@ -196,4 +211,6 @@ def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = Fal
     kap = phi(q) @ phi(k).transpose(-1, -2)
     A = torch.where(sup, torch.exp(s), torch.where(allowed, kap, torch.zeros_like(kap)))
     den = torch.where(allowed, A, torch.zeros_like(A)).sum(-1, keepdim=True)
-    return _select_sum(A, allowed, v) / den
+    has_key = allowed.any(-1, keepdim=True)
+    out = _select_sum(A, allowed, v) / torch.where(has_key, den, torch.ones_like(den))
+    return torch.where(has_key, out, torch.zeros_like(out))
