@@ -283,16 +283,18 @@ def _mask_structure(allowed, causal: bool, Lq: int, Lk: int, name: str):
 
 def register_hf_attention(name: str | None = None, layout="pixelfly", **settings):
     """Register pixelfly attention with transformers under ``name`` (``attn_implementation``),
-    with :class:`PixelflyHFAttention` ``settings``; with no ``name``, the default names
-    (:data:`DEFAULTS`). Returns the registered function (the ``"pixelfly"`` one by default).
-    Registering a name again replaces it."""
+    with :class:`PixelflyHFAttention` ``settings``, and return it. Registering a name again
+    replaces it. With no ``name``: the default names (:data:`DEFAULTS`) that are not
+    registered yet; returns the ``"pixelfly"`` function."""
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     from transformers.modeling_utils import AttentionInterface
     if name is None:
         if settings or layout != "pixelfly":
             raise ValueError("give a name to register non-default settings")
-        fns = {n: register_hf_attention(n, lay) for n, lay in DEFAULTS.items()}
-        return fns["pixelfly"]
+        for n, lay in DEFAULTS.items():
+            if n not in AttentionInterface._global_mapping:
+                register_hf_attention(n, lay)
+        return AttentionInterface._global_mapping["pixelfly"]
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
     if name in ("eager", "sdpa", "flex_attention") or name.startswith(("flash_attention", "paged")):
@@ -301,3 +303,19 @@ def register_hf_attention(name: str | None = None, layout="pixelfly", **settings
     AttentionInterface.register(name, fn)
     AttentionMaskInterface.register(name, sdpa_mask)   # boolean 4-D masks (or None)
     return fn
+
+
+def check_attn_implementation(model, attention) -> None:
+    """Raise unless ``model`` is a transformers model that can switch to ``attention``
+    (registering the default pixelfly names first)."""
+    from transformers import PreTrainedModel
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    if not isinstance(model, PreTrainedModel):
+        raise ValueError(f"attention={attention!r} applies to Hugging Face transformers models; "
+                         f"{type(model).__name__} is not one (pixelfly's own models take "
+                         "build_model(..., attention=...))")
+    register_hf_attention()
+    valid = ["eager"] + ALL_ATTENTION_FUNCTIONS.valid_keys()
+    if not isinstance(attention, str) or attention not in valid:
+        raise ValueError(f"attention={attention!r} is not a registered attn_implementation; "
+                         f"pixelfly's: {sorted(DEFAULTS)} (or register_hf_attention(name, ...))")
