@@ -14,7 +14,7 @@ __all__ = [
     "flat_butterfly_layout", "butterfly_factor_layout", "butterfly_product_layout",
     "layout_to_mask", "blocks_to_dense", "dense_to_blocks", "bsmm_fwd", "bsmm_bwd_x",
     "bsmm_bwd_w", "pixelfly_weight", "pixelfly_linear", "token_gated_linear", "attention_mask",
-    "masked_attention", "pixelfly_attention",
+    "masked_attention", "pixelfly_attention", "lsh_attention",
 ]
 
 
@@ -214,3 +214,41 @@ def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = Fal
     has_key = allowed.any(-1, keepdim=True)
     out = _select_sum(A, allowed, v) / torch.where(has_key, den, torch.ones_like(den))
     return torch.where(has_key, out, torch.zeros_like(out))
+
+
+def lsh_attention(qk, v, buckets, chunk_size: int, causal: bool = False, key_mask=None, scale=None):
+    """Reformer's LSH attention by brute force over ``L x L`` matrices, for given
+    ``buckets [B, H, n_hashes, L]`` (``pixelfly.reformer`` computes it by sorting and
+    chunking). Round ``r``: rank the positions by (bucket, position); query ``i`` sees key
+    ``j`` iff ``j``'s chunk (rank // chunk_size) is ``i``'s or the one before it (cyclic, when
+    there is more than one chunk). Over the keys it sees, scores ``scale * qk_i . qk_j /
+    |qk_j|``, -1e9 for keys excluded by ``causal`` (``j > i``) or ``key_mask`` (False), -1e5
+    for ``j = i``; ``out_r = softmax(scores) v``, ``lse_r = logsumexp(scores)``. The output
+    is ``sum_r softmax_r(lse_r) out_r``. ``qk, v: [B, H, L, d]``."""
+    B, H, L, d = qk.shape
+    scale = d ** -0.5 if scale is None else scale
+    k = qk / qk.norm(dim=-1, keepdim=True)
+    s = (qk @ k.transpose(-1, -2)) * scale                               # [B, H, L, L]
+    pos = torch.arange(L)
+    excluded = torch.zeros(B, 1, L, L, dtype=torch.bool)
+    if causal:
+        excluded = excluded | (pos[None, :] > pos[:, None])
+    if key_mask is not None:
+        excluded = excluded | ~torch.as_tensor(key_mask, dtype=torch.bool)[:, None, None, :]
+    s = torch.where(excluded, torch.full_like(s, -1e9), s)
+    s = torch.where(torch.eye(L, dtype=torch.bool), torch.full_like(s, -1e5), s)
+    n_chunks = L // chunk_size
+    outs, lses = [], []
+    for r in range(buckets.shape[2]):
+        rank = (buckets[:, :, r] * L + pos).argsort(-1).argsort(-1)          # [B, H, L]
+        chunk = rank // chunk_size
+        ci, cj = chunk[..., :, None], chunk[..., None, :]
+        sees = ci == cj
+        if n_chunks > 1:
+            sees = sees | (cj == (ci - 1) % n_chunks)
+        sr = torch.where(sees, s, torch.full_like(s, float("-inf")))
+        lse = torch.logsumexp(sr, -1)
+        outs.append(torch.softmax(sr, -1) @ v)
+        lses.append(lse)
+    w = torch.softmax(torch.stack(lses), 0)[..., None]
+    return (w * torch.stack(outs)).sum(0)
