@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -89,6 +90,7 @@ class PixelflyHFAttention:
         self.layout_kwargs = dict(layout_kwargs or {})
         self._indices: dict = {}
         self._features: dict = {}
+        self._last_mask = None
 
     def __repr__(self):
         lay = self.layout_spec if isinstance(self.layout_spec, str) else "array"
@@ -155,10 +157,9 @@ class PixelflyHFAttention:
             from transformers.integrations.sdpa_attention import sdpa_attention_forward
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, is_causal=False)
-        allowed = _bool_mask(attention_mask, B, Lq, Lk, self.name)
-        if allowed is None and causal and 1 < Lq < Lk:
+        if attention_mask is None and causal and 1 < Lq < Lk:
             key, value, Lk = key[:, :, :Lq], value[:, :, :Lq], Lq   # empty static cache (as SDPA)
-        key_mask, pos, empty = _mask_structure(allowed, causal, Lq, Lk, self.name)
+        key_mask, pos, empty = self._structure(attention_mask, B, causal, Lq, Lk)
         if Hkv != H:
             key = key.repeat_interleave(H // Hkv, 1)
             value = value.repeat_interleave(H // Hkv, 1)
@@ -176,6 +177,17 @@ class PixelflyHFAttention:
         if dropout > 0:
             y = F.dropout(y, dropout, training=True)
         return y.to(query.dtype).transpose(1, 2).contiguous(), None
+
+    def _structure(self, mask, B, causal, Lq, Lk):
+        """:func:`_mask_structure` of the model's mask, remembered for the next layers (the
+        models pass every layer the same mask tensor)."""
+        key = (B, causal, Lq, Lk, None if mask is None else mask._version)
+        last = self._last_mask
+        if mask is not None and last is not None and last[0]() is mask and last[1] == key:
+            return last[2]
+        found = _mask_structure(_bool_mask(mask, B, Lq, Lk, self.name), causal, Lq, Lk, self.name)
+        self._last_mask = None if mask is None else (weakref.ref(mask), key, found)
+        return found
 
     def _whole(self, config, q, k, v, key_mask, causal, scale, w):
         """Query length = key length: the block-sparse kernel, padded to whole blocks."""

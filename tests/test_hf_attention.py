@@ -267,3 +267,42 @@ def test_import_pixelfly_registers_lazily():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "pixelfly"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("r", [0, 6])
+def test_key_mask_gradients(causal, r):
+    """sparse_lowrank_attention(key_mask=): gradcheck in float64, and the float32 gradients
+    against the oracle's (keys excluded element by element, rows left without keys)."""
+    from pixelfly.attention import AttentionIndex, gaussian_features, sparse_lowrank_attention
+    g = torch.Generator().manual_seed(7)
+    B, H, L, d, b = 2, 1, 16, 3, 4
+    lay = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    lay = lay & torch.ones(4, 4, dtype=torch.bool).tril() if causal else lay
+    idx = AttentionIndex(lay.numpy())
+    keep = torch.ones(B, L, dtype=torch.bool)
+    keep[0, :6] = False                         # rows 0..5 of batch 0 (causal) see no key
+    keep[1, 9:11] = False
+    mask = keep[:, None, None, :]
+    w64 = gaussian_features(r, d, generator=g).double() if r else None
+
+    def f(q, k, v):
+        w = None if w64 is None else w64.to(q.dtype)
+        return sparse_lowrank_attention(q, k, v, idx, b, causal=causal, features=w, key_mask=keep)
+
+    def ref(q, k, v):
+        if w64 is None:
+            return reference.masked_attention(q, k, v, lay, b, causal, mask=mask)[0]
+        return reference.pixelfly_attention(q, k, v, lay, b, w64.to(q.dtype), causal, mask=mask)
+
+    q, k, v = (torch.randn(B, H, L, d, generator=g, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    assert torch.autograd.gradcheck(f, (q, k, v))
+    go = torch.randn(B, H, L, d, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad(ref(q, k, v), (q, k, v), go)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    got = torch.autograd.grad(f(q32, k32, v32), (q32, k32, v32), go.float())
+    qb, kb, vb = (t.detach().float().requires_grad_() for t in (q, k, v))
+    base = torch.autograd.grad(ref(qb, kb, vb), (qb, kb, vb), go.float())
+    for name, x, x64, xb in zip("qkv", got, want, base):
+        assert_close_to_oracle(x, x64, xb, "d" + name)
