@@ -97,9 +97,9 @@ def output(model, ids, mask):
 
 @pytest.mark.parametrize("name", ["t_pixelfly", "t_bigbird", "t_lowrank"])
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
-def test_model_matches_float64_oracle(family, name):
+def test_model_matches_float64_oracle(family, name, dtype=torch.float32):
     ids, mask = batch(family)
-    model = make(family, name)
+    model = make(family, name).to(dtype)
     got = output(model, ids, mask)
     model.set_attn_implementation(name + "_oracle")
     base = output(model, ids, mask)
@@ -110,6 +110,11 @@ def test_model_matches_float64_oracle(family, name):
     lay = IMPLS[name].layout(model.config, ids.shape[1], family != "bert")
     full = torch.ones(lay.shape, dtype=torch.bool)
     assert lay.sum() < (full.tril() if family != "bert" else full).sum()
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_bfloat16_model_matches_float64_oracle(family):
+    test_model_matches_float64_oracle(family, "t_lowrank", torch.bfloat16)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
