@@ -4,7 +4,7 @@ without importing torch or transformers from ``import pixelfly``.
 transformers keeps its attention functions in ``transformers.modeling_utils``
 (``AttentionInterface``). :func:`install` registers them at once when that module is
 already loaded; otherwise it adds a finder to ``sys.meta_path`` that waits for the module's
-first import, lets it finish, removes itself and registers (importing
+first import, lets it run, removes itself and registers (importing
 :mod:`pixelfly.hf_attention`, hence torch, which transformers has just imported anyway).
 A failure there is a warning, never a failed transformers import.
 ``pixelfly.register_hf_attention()`` does the same explicitly.
@@ -36,6 +36,7 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
+        uninstall()
         _register()
 
     def __getattr__(self, name):          # get_source, get_filename, ... of the real loader
@@ -46,8 +47,9 @@ class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != TARGET:
             return None
-        uninstall()
         for finder in sys.meta_path:
+            if finder is self:
+                continue
             find = getattr(finder, "find_spec", None)
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
