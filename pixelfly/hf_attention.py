@@ -208,7 +208,7 @@ class PixelflyHFAttention:
     def _rows(self, config, q, k, v, key_mask, pos, scale, w):
         """Cache steps (fewer queries than keys, causal): query ``i`` at position ``pos[i]``
         attends over the cache to the keys its layout row allows, computed directly."""
-        from .attention import _features
+        from .attention_lowrank import features as _features
         q, k, v = (t.float() if t.dtype == torch.bfloat16 else t for t in (q, k, v))
         B, H, Lq, d = q.shape
         Lk = k.shape[2]
