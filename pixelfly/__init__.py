@@ -36,7 +36,7 @@ __all__ = [
     "layout_to_mask", "local_layout", "mask_to_layout", "random_layout",
     "sparse_transformer_layout", "fly_config_layout", "PixelflyLinear", "choose_config", "plan", "sparsify",
     "densify", "Plan", "PlanError", "from_pretrained", "ButterflyLinear", "PixelflyAttention", "fly_config",
-    "apply_fly_configs",
+    "apply_fly_configs", "register_hf_attention",
 ]
 
 
@@ -44,7 +44,8 @@ _LAZY = {"PixelflyLinear": "linear", "ops": None,
          "ButterflyLinear": "butterfly", "PixelflyAttention": "attention",
          "plan": "convert", "sparsify": "convert", "densify": "convert", "Plan": "planfile",
          "PlanError": "planfile", "from_pretrained": "hf", "reference": None,
-         "models": None, "fly_config": "authors", "apply_fly_configs": "authors"}
+         "models": None, "fly_config": "authors", "apply_fly_configs": "authors",
+         "register_hf_attention": "hf_attention"}
 
 
 def __getattr__(name):
@@ -61,3 +62,9 @@ if "transformers" in _sys.modules and "torch" in _sys.modules:
     # transformers is loaded: register the check that stops its plain from_pretrained from
     # silently loading a pixelfly checkpoint as a dense model (pixelfly.hf).
     __getattr__("from_pretrained")
+
+# transformers' attn_implementation="pixelfly" (and the baselines): registered when
+# transformers.modeling_utils is (or gets) loaded; nothing is imported here (hf_import_hook).
+from . import hf_import_hook as _hf_import_hook  # noqa: E402
+
+_hf_import_hook.install()

@@ -18,8 +18,9 @@ over the complement are "all keys" minus "the row's kept blocks", both formed fr
 ``nnz x b x r``: memory grows linearly in ``L``. Every
 term is carried with per-row log-scale offsets, so nothing overflows.
 
-Sequence lengths must be multiples of ``block_size`` (a clear ``ValueError`` otherwise):
-padding would need element-level key masking, which the block kernels do not do.
+Sequence lengths must be multiples of ``block_size`` (a clear ``ValueError`` otherwise).
+``sparse_lowrank_attention(..., key_mask=)`` excludes keys element by element (padding): the
+Hugging Face integration (``pixelfly.hf_attention``) pads sequences to a block multiple with it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from torch import nn
 from . import attention_ops, defaults
 from . import layouts as L_
 from ._memory import physical_memory
-from .attention_lowrank import SparseLowRankAttention
+from .attention_lowrank import SparseLowRankAttention, key_mask_columns
 from .attention_ops import AttentionIndex
 
 __all__ = ["PixelflyAttention", "build_attention_layout", "sparse_lowrank_attention",
@@ -179,28 +180,72 @@ def _lowrank_nonfinite(y, q, k, v, cols, valid, block: int, causal: bool):
     return torch.where(nan_rows | c_nan, torch.full_like(y, float("nan")), y)
 
 
+def _support_has_key(key_mask, layout, block: int, causal: bool):
+    """``[B, L]``: whether query ``i`` has at least one kept key (``key_mask``) in its sparse
+    support (the layout's blocks of its block-row, ``j <= i`` inside the diagonal block when
+    ``causal``). Exact counts."""
+    B, L = key_mask.shape
+    R = L // block
+    km = key_mask.to(torch.float64)
+    lay = torch.from_numpy(np.asarray(layout, bool)).to(key_mask.device)
+    diag = lay.diagonal()
+    off = (lay & ~torch.eye(R, dtype=torch.bool, device=key_mask.device)).to(torch.float64)
+    per_block = km.view(B, R, block).sum(-1)                          # [B, R]
+    rows = (per_block @ off.T)[:, :, None]                           # [B, R, 1]
+    inner = km.view(B, R, block).cumsum(-1) if causal else per_block[:, :, None]
+    cnt = rows + diag[None, :, None] * inner
+    return (cnt > 0).expand(B, R, block).reshape(B, L)
+
+
+def _key_masked_bsattn(q, k, v, index: AttentionIndex, block: int, scale: float, causal: bool,
+                       key_mask):
+    """The block kernel with keys excluded element by element (``key_mask [B, L]``, True:
+    kept), through :func:`pixelfly.attention_lowrank.key_mask_columns`. Rows whose support
+    has no kept key give ``out = 0``, ``lse = -inf``, as the kernel does for empty rows."""
+    q1, k1, v1 = key_mask_columns(q, k, v, key_mask, scale)
+    out, lse = attention_ops.bsattn_fwd(q1, k1, v1, *index.tensors(), block, scale, causal)
+    out = out[..., :-1]
+    has = _support_has_key(key_mask, index.layout, block, causal)[:, None]    # [B, 1, L]
+    if not bool(has.all()):
+        out = torch.where(has[..., None], out, 0)
+        lse = torch.where(has, lse, float("-inf"))
+    return out, lse
+
+
 def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scale=None,
                              causal: bool = False, features: torch.Tensor | None = None,
-                             return_parts: bool = False):
+                             return_parts: bool = False, key_mask: torch.Tensor | None = None):
     """The attention core on ``q, k, v: [B, H, L, d]``; ``features``: ``[r, d]`` projection of
     the low-rank part (``None``: sparse only). Returns ``[B, H, L, d]`` (with
     ``return_parts``: also the sparse-only output). ``index`` must already include the
-    causal intersection when ``causal``."""
+    causal intersection when ``causal``. ``key_mask``: optional ``[B, L]`` bool, False for
+    keys excluded from every row (padding), element by element; a row left with no key at
+    all gives 0."""
     B, H, L, d = q.shape
     if L % block:
         raise ValueError(f"sequence length {L} is not a multiple of block_size={block}")
     if scale is None:
         scale = d ** -0.5
+    if key_mask is not None:
+        if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, L):
+            raise ValueError(f"key_mask must be a bool tensor of shape [B, L] = {[B, L]}, got "
+                             f"{key_mask.dtype} {list(key_mask.shape)}")
     if features is None or features.shape[0] == 0:
-        out_s, _ = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
+        if key_mask is not None:
+            out_s, _ = _key_masked_bsattn(q, k, v, index, block, scale, causal, key_mask)
+        else:
+            out_s, _ = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
         return (out_s, out_s) if return_parts else out_s
     if features.dim() != 2 or features.shape[1] != d:
         raise ValueError(f"features must be [r, head_dim = {d}], got {tuple(features.shape)}")
+    if key_mask is not None:
+        km = key_mask[:, None, :, None]
+        k, v = torch.where(km, k, 0), torch.where(km, v, 0)   # what excluded keys hold never matters
     # the low-rank sums run on finite inputs (NaN/inf would turn "all keys minus the support"
     # into NaN everywhere); what non-finite inputs do to the output is applied after
     finite = not torch.compiler.is_compiling() and _all_finite(q, k, v)
     y, out_s = SparseLowRankAttention.apply(q, k, v, features, index, index.layout, block, scale, causal,
-                                            finite)
+                                            finite, key_mask)
     if not finite:
         cols, valid = _support_gather(index, q.device)
         y = _lowrank_nonfinite(y, q, k, v, cols, valid, block, causal)

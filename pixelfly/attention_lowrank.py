@@ -30,7 +30,23 @@ import torch
 
 from . import attention_ops
 
-__all__ = ["SparseLowRankAttention", "features"]
+__all__ = ["SparseLowRankAttention", "features", "key_mask_columns"]
+
+
+def key_mask_columns(q, k, v, key_mask, scale: float):
+    """``q, k, v`` with one extra head-dim column that makes the block kernel exclude keys
+    element by element (``key_mask [B, L]``, True: kept; the kernel has no element mask):
+    ``1`` in the queries, ``0`` (kept) or ``-2**100 / scale`` (excluded) in the keys, ``0``
+    in the values. An excluded key's score is then about ``-2**100``, whose ``exp`` is
+    exactly 0 against any kept key; excluded keys and values are zeroed first, so what they
+    held (NaN, inf) never matters. Drop the output's last column."""
+    km = key_mask[:, None, :, None]
+    neg = torch.full_like(k[..., :1], -(2.0 ** 100) / scale)
+    zero = torch.zeros_like(k[..., :1])
+    q1 = torch.cat([q, torch.ones_like(q[..., :1])], -1)
+    k1 = torch.cat([torch.where(km, k, 0), torch.where(km, zero, neg)], -1)
+    v1 = torch.cat([torch.where(km, v, 0), zero], -1)
+    return q1, k1, v1
 
 
 def features(x, w, per_row: bool):
@@ -141,23 +157,32 @@ def _finite_or_zero(x, finite: bool):
 
 
 class SparseLowRankAttention(torch.autograd.Function):
-    """``apply(q, k, v, w, index, layout, block, scale, causal, finite) -> (y, out_sparse)``: the
-    attention core on ``[B, H, L, d]`` inputs with random-feature projection ``w [r, d]``;
-    ``out_sparse`` (the sparse part alone) is not differentiable. Low-rank sums run on
-    finite-or-zero inputs (``finite``: the caller checked q, k, v have no NaN/inf); the caller
-    applies what non-finite inputs do to the output."""
+    """``apply(q, k, v, w, index, layout, block, scale, causal, finite, key_mask=None) -> (y,
+    out_sparse)``: the attention core on ``[B, H, L, d]`` inputs with random-feature
+    projection ``w [r, d]``; ``out_sparse`` (the sparse part alone) is not differentiable.
+    Low-rank sums run on finite-or-zero inputs (``finite``: the caller checked q, k, v have no
+    NaN/inf); the caller applies what non-finite inputs do to the output. ``key_mask [B, L]``
+    (optional; the caller zeroes the excluded keys and values) excludes keys from every row,
+    element by element (:func:`key_mask_columns`); a row left without keys gives 0."""
 
     @staticmethod
-    def forward(ctx, q, k, v, w, index, layout, block, scale, causal, finite):
+    def forward(ctx, q, k, v, w, index, layout, block, scale, causal, finite, key_mask=None):
         B, H, L, d = q.shape
         R = L // block
         cdt = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
-        out_s, lse = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
+        if key_mask is None:
+            out_s, lse = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
+        else:
+            out_s, lse = attention_ops.bsattn_fwd(*key_mask_columns(q, k, v, key_mask, scale),
+                                                  *index.tensors(), block, scale, causal)
+            out_s = out_s[..., :-1]
         sup = _Support(layout, causal, cdt, q.device)
         rs = math.sqrt(scale)
         w = w.to(dtype=cdt, device=q.device)
         phq, offq = features(_finite_or_zero(q.to(cdt), finite) * rs, w, per_row=True)
         phk, offk = features(_finite_or_zero(k.to(cdt), finite) * rs, w, per_row=False)
+        if key_mask is not None:
+            phk = phk * key_mask[:, None, :, None]
         vv = _finite_or_zero(v.to(cdt), finite)
         num, den = _lowrank_forward(_blocks(phq, R, block), _blocks(phk, R, block), _blocks(vv, R, block), sup)
         lse_c = lse.to(cdt).unsqueeze(-1)                              # [B,H,L,1]
@@ -166,11 +191,14 @@ class SparseLowRankAttention(torch.autograd.Function):
         ws = torch.exp(lse_c - M)              # a row without sparse keys: lse = -inf, ws = 0
         wl = torch.exp(off - M)
         z = ws + wl * den.reshape(B, H, L, 1)                          # > 0: every row has a key
+        if key_mask is not None:                                       # ... unless excluded
+            z = torch.where(z > 0, z, 1.0)
         sparse = torch.where(lse_c == float("-inf"), torch.zeros_like(out_s, dtype=cdt), ws * out_s.to(cdt))
         y = ((sparse + wl * num.reshape(B, H, L, d)) / z).to(q.dtype)
         log_z = (M + torch.log(z)).squeeze(-1).to(lse.dtype)
         ctx.save_for_backward(q, k, v, w, y, log_z, offq, offk)
         ctx.cfg = (index, layout, block, scale, causal, finite)
+        ctx.key_mask = key_mask
         ctx.mark_non_differentiable(out_s)
         return y, out_s
 
@@ -182,14 +210,23 @@ class SparseLowRankAttention(torch.autograd.Function):
         R = L // block
         cdt = w.dtype
         dy = dy.contiguous()
-        dq, dk, dv = attention_ops.bsattn_bwd(dy, None, q, k, v, y, log_z, *index.tensors(),
-                                              block, scale, causal)
+        key_mask = ctx.key_mask
+        if key_mask is None:
+            dq, dk, dv = attention_ops.bsattn_bwd(dy, None, q, k, v, y, log_z, *index.tensors(),
+                                                  block, scale, causal)
+        else:
+            pad = lambda t: torch.nn.functional.pad(t, (0, 1))     # noqa: E731
+            grads = attention_ops.bsattn_bwd(pad(dy), None, *key_mask_columns(q, k, v, key_mask, scale),
+                                             pad(y), log_z, *index.tensors(), block, scale, causal)
+            dq, dk, dv = (t[..., :-1] for t in grads)
         sup = _Support(layout, causal, cdt, q.device)
         rs = math.sqrt(scale)
         xq = _finite_or_zero(q.to(cdt), finite) * rs
         xk = _finite_or_zero(k.to(cdt), finite) * rs
         phq, _ = features(xq, w, per_row=True)
         phk, _ = features(xk, w, per_row=False)
+        if key_mask is not None:
+            phk = phk * key_mask[:, None, :, None]
         c = torch.exp(offq + offk - log_z.to(cdt).unsqueeze(-1))        # [B,H,L,1]
         dyc = dy.to(cdt)
         g = c * dyc
@@ -202,4 +239,4 @@ class SparseLowRankAttention(torch.autograd.Function):
         dq = (dq.to(cdt) + dq_lr).to(q.dtype)
         dk = (dk.to(cdt) + dk_lr).to(k.dtype)
         dv = (dv.to(cdt) + dv_lr.reshape(B, H, L, d)).to(v.dtype)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None, None

@@ -273,7 +273,7 @@ def _check_fits(p: Plan, layers) -> None:
 
 
 def sparsify(model: nn.Module, plan_or_budget, example_input=None, init: str = "random",
-             **plan_kwargs) -> nn.Module:
+             attention: str | None = None, **plan_kwargs) -> nn.Module:
     """Replace the planned layers of ``model`` by :class:`PixelflyLinear`, in place.
 
     Args:
@@ -281,6 +281,8 @@ def sparsify(model: nn.Module, plan_or_budget, example_input=None, init: str = "
             required and :func:`plan` is called with ``plan_kwargs``).
         init: ``"random"`` (fresh init at ``nn.Linear``'s scale) or ``"from_dense"`` (keep
             the masked weights, fit ``U V^T`` to the rest by truncated SVD).
+        attention: a Hugging Face model's ``attn_implementation`` to switch to as well, e.g.
+            ``"pixelfly"`` (see :mod:`pixelfly.hf_attention`); checked before anything changes.
 
     Everything else stays as it was: device and dtype, train/eval mode, and frozen weights
     stay frozen (a replaced layer's parameters get its ``weight``'s and ``bias``'s
@@ -289,6 +291,9 @@ def sparsify(model: nn.Module, plan_or_budget, example_input=None, init: str = "
     """
     if init not in ("random", "from_dense"):
         raise ValueError(f"init must be 'random' or 'from_dense', got {init!r}")
+    if attention is not None:
+        from .hf_attention import check_attn_implementation
+        check_attn_implementation(model, attention)
     if isinstance(plan_or_budget, Plan):
         p = plan_or_budget
     else:
@@ -321,6 +326,8 @@ def sparsify(model: nn.Module, plan_or_budget, example_input=None, init: str = "
         _set(model, entry.name, new)
     if _is_hf(model):
         hf.record_plan(model, p)
+    if attention is not None:
+        model.set_attn_implementation(attention)
     return model
 
 

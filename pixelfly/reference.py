@@ -14,7 +14,7 @@ __all__ = [
     "flat_butterfly_layout", "butterfly_factor_layout", "butterfly_product_layout",
     "layout_to_mask", "blocks_to_dense", "dense_to_blocks", "bsmm_fwd", "bsmm_bwd_x",
     "bsmm_bwd_w", "pixelfly_weight", "pixelfly_linear", "token_gated_linear", "attention_mask",
-    "masked_attention", "dense_attention", "pixelfly_attention",
+    "masked_attention", "dense_attention", "pixelfly_attention", "lsh_attention",
 ]
 
 
@@ -167,11 +167,22 @@ def _select_sum(weights, allowed, v):
     return torch.cat(out, -2) if out else weights.new_zeros(*weights.shape[:-1], v.shape[-1])
 
 
-def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=None):
+def _allowed(layout, block: int, causal: bool, L: int, mask):
+    """The layout's element mask cut to ``L`` (a sequence that ends inside a block), and with
+    an extra element ``mask`` (broadcastable to ``[..., L, L]``, e.g. padding) when given."""
+    allowed = attention_mask(layout, block, causal)[:L, :L]
+    if allowed.shape != (L, L):
+        raise ValueError(f"layout covers {allowed.shape[0]} positions, fewer than L = {L}")
+    return allowed if mask is None else allowed & torch.as_tensor(mask, dtype=torch.bool)
+
+
+def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=None, mask=None):
     """Block-sparse softmax attention with the layout as a mask: ``(out, lse)``.
 
     ``s = scale * q k^T`` (default ``scale = d**-0.5``) on the keys the layout (and
-    ``causal``) allows, ``out = softmax(s) v``, ``lse = logsumexp(s)``, per row. A row with
+    ``causal``, and the optional element ``mask``, broadcastable to ``[..., L, L]``) allows,
+    ``out = softmax(s) v``, ``lse = logsumexp(s)``, per row. ``L`` need not fill the last
+    block. A row with
     no allowed key gives ``out = 0`` and ``lse = -inf``. NaN and inf behave as in the dense
     formula restricted to the allowed keys: a NaN score makes its row NaN, a ``+inf`` score
     makes ``out`` NaN and ``lse`` ``+inf``, a NaN or inf value reaches every row that
@@ -179,7 +190,7 @@ def masked_attention(q, k, v, layout, block: int, causal: bool = False, scale=No
     may also hold only the first ``Lq <= L`` query positions (the output's first rows).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    allowed = attention_mask(layout, block, causal)[:q.shape[-2]]
+    allowed = _allowed(layout, block, causal, k.shape[-2], mask)[..., :q.shape[-2], :]
     s = (q @ k.transpose(-1, -2)) * scale
     s = s.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(s.float() if s.dtype in (torch.bfloat16, torch.float16) else s, -1)
@@ -196,22 +207,26 @@ def dense_attention(q, k, v, causal: bool = False, scale=None):
     return masked_attention(q, k, v, torch.ones(1, 1, dtype=torch.bool), L, causal, scale)[0]
 
 
-def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = False, scale=None):
+def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = False, scale=None,
+                       mask=None):
     """Sparse + low-rank attention (SPEC section 4) written out with ``L x L`` matrices:
     weights ``exp(s_ij)`` on the layout's support, the positive random-feature kernel
     ``phi(q_i) . phi(k_j)`` (``phi(x) = exp(x w^T - |x|^2 / 2) / sqrt(r)`` on
     ``x * sqrt(scale)``, ``w = features [r, d]``) on every other allowed pair (all pairs, or
-    ``j <= i`` when ``causal``); ``out_i = sum_j A_ij v_j / sum_j A_ij`` over allowed ``j``
-    only (NaN and inf as in :func:`masked_attention`; ``q`` may hold only the first query
-    positions, as there)."""
+    ``j <= i`` when ``causal``; and only where the optional element ``mask`` is True);
+    ``out_i = sum_j A_ij v_j / sum_j A_ij`` over allowed ``j`` only (NaN and inf as in
+    :func:`masked_attention`; a row with no allowed key gives 0; ``q`` may hold only the
+    first query positions, as there)."""
     Lq, L, d = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = d ** -0.5 if scale is None else scale
     s = (q @ k.transpose(-1, -2)) * scale
-    sup = attention_mask(layout, block, causal)[:Lq]
+    sup = _allowed(layout, block, causal, L, mask)[..., :Lq, :]
     allowed = torch.ones(L, L, dtype=torch.bool)
     if causal:
         allowed = allowed.tril()
-    allowed = allowed[:Lq]
+    if mask is not None:
+        allowed = allowed & torch.as_tensor(mask, dtype=torch.bool)
+    allowed = allowed[..., :Lq, :]
 
     def phi(x):
         x = x * scale ** 0.5
@@ -220,4 +235,44 @@ def pixelfly_attention(q, k, v, layout, block: int, features, causal: bool = Fal
     kap = phi(q) @ phi(k).transpose(-1, -2)
     A = torch.where(sup, torch.exp(s), torch.where(allowed, kap, torch.zeros_like(kap)))
     den = torch.where(allowed, A, torch.zeros_like(A)).sum(-1, keepdim=True)
-    return _select_sum(A, allowed, v) / den
+    has_key = allowed.any(-1, keepdim=True)
+    out = _select_sum(A, allowed, v) / torch.where(has_key, den, torch.ones_like(den))
+    return torch.where(has_key, out, torch.zeros_like(out))
+
+
+def lsh_attention(qk, v, buckets, chunk_size: int, causal: bool = False, key_mask=None, scale=None):
+    """Reformer's LSH attention by brute force over ``L x L`` matrices, for given
+    ``buckets [B, H, n_hashes, L]`` (``pixelfly.reformer`` computes it by sorting and
+    chunking). Round ``r``: rank the positions by (bucket, position); query ``i`` sees key
+    ``j`` iff ``j``'s chunk (rank // chunk_size) is ``i``'s or the one before it (cyclic, when
+    there is more than one chunk). Over the keys it sees, scores ``scale * qk_i . qk_j /
+    |qk_j|``, -1e9 for keys excluded by ``causal`` (``j > i``) or ``key_mask`` (False), -1e5
+    for ``j = i``; ``out_r = softmax(scores) v``, ``lse_r = logsumexp(scores)``. The output
+    is ``sum_r softmax_r(lse_r) out_r``. ``qk, v: [B, H, L, d]``."""
+    B, H, L, d = qk.shape
+    scale = d ** -0.5 if scale is None else scale
+    k = qk / qk.norm(dim=-1, keepdim=True)
+    s = (qk @ k.transpose(-1, -2)) * scale                               # [B, H, L, L]
+    pos = torch.arange(L)
+    excluded = torch.zeros(B, 1, L, L, dtype=torch.bool)
+    if causal:
+        excluded = excluded | (pos[None, :] > pos[:, None])
+    if key_mask is not None:
+        excluded = excluded | ~torch.as_tensor(key_mask, dtype=torch.bool)[:, None, None, :]
+    s = torch.where(excluded, torch.full_like(s, -1e9), s)
+    s = torch.where(torch.eye(L, dtype=torch.bool), torch.full_like(s, -1e5), s)
+    n_chunks = L // chunk_size
+    outs, lses = [], []
+    for r in range(buckets.shape[2]):
+        rank = (buckets[:, :, r] * L + pos).argsort(-1).argsort(-1)          # [B, H, L]
+        chunk = rank // chunk_size
+        ci, cj = chunk[..., :, None], chunk[..., None, :]
+        sees = ci == cj
+        if n_chunks > 1:
+            sees = sees | (cj == (ci - 1) % n_chunks)
+        sr = torch.where(sees, s, torch.full_like(s, float("-inf")))
+        lse = torch.logsumexp(sr, -1)
+        outs.append(torch.softmax(sr, -1) @ v)
+        lses.append(lse)
+    w = torch.softmax(torch.stack(lses), 0)[..., None]
+    return (w * torch.stack(outs)).sum(0)

@@ -74,19 +74,24 @@ def resolve_attention(attention: AttentionSpec, dim: int, n_heads: int, seq_len:
     ``attention`` is ``"dense"`` (``MultiHeadSelfAttention``, with ``dropout``), a block
     layout name (``"pixelfly"``, ``"bigbird"``, ``"sparse_transformer"``, ``"local"``:
     :class:`pixelfly.PixelflyAttention` with that layout, blocks of 32, or 16 for short
-    sequences; use ``PixelflyAttention.factory(...)`` for other settings), or a factory
+    sequences; use ``PixelflyAttention.factory(...)`` for other settings), ``"reformer"``
+    (:class:`pixelfly.reformer.ReformerAttention`, LSH attention, chunks of the same size,
+    2 hashing rounds), or a factory
     called as ``attention(dim, n_heads, seq_len, causal)``, which must return an
     ``nn.Module`` with the contract ``[B, L, dim] -> [B, L, dim]``.
     """
     if isinstance(attention, str):
         if attention == "dense":
             return MultiHeadSelfAttention(dim, n_heads, seq_len, causal, dropout=dropout)
+        block = 32 if seq_len % 32 == 0 and seq_len >= 64 else 16
+        if attention == "reformer":
+            from ..reformer import ReformerAttention
+            return ReformerAttention(dim, n_heads, seq_len, causal, chunk_size=block, dropout=dropout)
         from ..attention import LAYOUTS, PixelflyAttention  # block-sparse attention (C kernels)
         if attention not in LAYOUTS:
             raise ValueError(f"unknown attention {attention!r}: use 'dense', one of the block "
-                             f"layouts {LAYOUTS} (PixelflyAttention), or a factory "
+                             f"layouts {LAYOUTS} (PixelflyAttention), 'reformer', or a factory "
                              "attention(dim, n_heads, seq_len, causal) -> nn.Module")
-        block = 32 if seq_len % 32 == 0 and seq_len >= 64 else 16
         return PixelflyAttention(dim, n_heads, seq_len, causal=causal, layout=attention,
                                  block_size=block, dropout=dropout)
     if not callable(attention):
