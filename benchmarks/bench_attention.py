@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -121,34 +120,16 @@ def time_fb(L, reps):
     return {m: statistics.median(ts) for m, ts in times.items()}
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _child_memory(name, L):
-    """Run in a subprocess: peak RSS growth (bytes) of one forward+backward. Linux: the
-    high-water mark VmHWM is reset to the current RSS (write 5 to /proc/self/clear_refs)
-    right before the step; elsewhere falls back to ru_maxrss (less precise)."""
+    """Run in a subprocess: peak RSS growth (bytes) of one forward+backward
+    (``pixelfly._memory.peak_rss_growth``), after a warm-up on a small problem."""
+    from pixelfly._memory import peak_rss_growth
     wq, wk, wv, wg = inputs(256)  # warm-up: load code pages, thread pool, kernel caches
     method_fn(name, 256)(wq, wk, wv).backward(wg)
     del wq, wk, wv, wg
     q, k, v, g = inputs(L)
     fn = method_fn(name, L)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_kib("VmRSS")
-        fn(q, k, v).backward(g)
-        after = _status_kib("VmHWM")
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn(q, k, v).backward(g)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_bytes": max(0, after - before) * 1024}))
+    print(json.dumps({"peak_bytes": peak_rss_growth(lambda: fn(q, k, v).backward(g))}))
 
 
 def peak_memory(name, L, threads):

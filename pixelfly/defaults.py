@@ -1,4 +1,8 @@
-"""The library's defaults, written once (every signature and CLI option reads them here).
+"""The library's defaults (every signature and CLI option reads them here).
+
+The cost model's, the block size, the low-rank share and the planner's smallest butterfly
+are the C core's (``PF_DEFAULT_*`` in ``csrc/include/pixelfly.h``), read from ``_C`` so
+that each is written once.
 
 * ``BUDGET``: ``rho``, the fraction of the dense cost a plan may spend (SPEC 3).
 * ``LOW_RANK_FRACTION``: ``phi``, the share of a layer's budget for the low-rank part,
@@ -12,10 +16,13 @@
 * ``MIN_BUTTERFLY``: the smallest butterfly size the planner uses; ``n = 2`` has density
   ``(m + 1) / n = 1``, the dense layout.
 """
+from pixelfly import _C
+
 BUDGET = 0.25
-LOW_RANK_FRACTION = 0.25
 DENSITY = 0.25
-BLOCK_SIZE = 32
-MACHINE_BALANCE = 200.0
-ELEM_BYTES = 2
-MIN_BUTTERFLY = 4
+# The C core's defaults (csrc/include/pixelfly.h, PF_DEFAULT_*), so they are written once.
+LOW_RANK_FRACTION = _C.DEFAULT_PHI
+BLOCK_SIZE = _C.DEFAULT_BLOCK
+MACHINE_BALANCE = _C.DEFAULT_MACHINE_BALANCE
+ELEM_BYTES = _C.DEFAULT_ELEM_BYTES
+MIN_BUTTERFLY = _C.PLAN_MIN_BUTTERFLY

@@ -20,9 +20,8 @@ typedef struct { int64_t n, m, nnz; } cand;
 
 enum { PICK_BEST_LE = 0, PICK_NEXT_GT = 1 };
 
-/* Smallest butterfly size the planner considers: n = 2 has density (m + 1) / n = 1, the
- * dense layout, which costs more than nn.Linear once a rank is added. */
-#define PF_PLAN_MIN_N 4
+/* Smallest butterfly size the planner considers: PF_PLAN_MIN_BUTTERFLY (pixelfly.h). */
+#define PF_PLAN_MIN_N PF_PLAN_MIN_BUTTERFLY
 
 /* Candidates: n a power of two, PF_PLAN_MIN_N <= n <= min(R, C), 1 <= m <= log2 n, and
  * nnz < R * C (a butterfly keeping every block is the dense layout; with n >= 4 the

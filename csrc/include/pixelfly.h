@@ -187,6 +187,22 @@ typedef struct {
     int64_t b1, b2;   /* block size, each in [1, PF_MAX_GRID] */
 } pf_cost_model;
 
+/* The defaults of the cost model and of the budget's low-rank share (SPEC 3), written only
+ * here: the _C module exports them and pixelfly/defaults.py reads them from it.
+ * cost_mem = machine balance (FLOP per byte) * bytes per element * b1 * b2: an A100's
+ * 312 TFLOP/s (bf16) over 1.555 TB/s is ~200 FLOP/byte, bf16 is 2 bytes, so a 32 x 32
+ * block costs 409600 flop-equivalents. */
+#define PF_DEFAULT_BLOCK 32
+#define PF_DEFAULT_MACHINE_BALANCE 200.0
+#define PF_DEFAULT_ELEM_BYTES 2
+#define PF_DEFAULT_COST_MEM \
+    (PF_DEFAULT_MACHINE_BALANCE * PF_DEFAULT_ELEM_BYTES * PF_DEFAULT_BLOCK * PF_DEFAULT_BLOCK)
+#define PF_DEFAULT_COST_FLOP 1.0
+#define PF_DEFAULT_PHI 0.25
+/* Smallest butterfly size the planner considers: n = 2 has density (m + 1) / n = 1, the
+ * dense layout, which costs more than nn.Linear once a rank is added. */
+#define PF_PLAN_MIN_BUTTERFLY 4
+
 typedef struct {
     int64_t out_features, in_features; /* weight is out x in, each in [1, PF_MAX_FEATURES] */
     int64_t tokens;                     /* T: rows of input the layer sees per step, [1, PF_MAX_TOKENS] */

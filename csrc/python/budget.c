@@ -82,9 +82,9 @@ static int parse_cost_args(PyObject *args, PyObject *kwargs, const char *extra, 
                                          extra[0] == 'n' ? kw_nnz : kw_rank, &o_out, &o_in, &o_t,
                                          &o_x, &o_cm, &o_cf, &o_b1, &o_b2);
     if (!ok) return -1;
-    cm->cost_mem = 409600.0;
-    cm->cost_flop = 1.0;
-    cm->b1 = cm->b2 = 32;
+    cm->cost_mem = PF_DEFAULT_COST_MEM;
+    cm->cost_flop = PF_DEFAULT_COST_FLOP;
+    cm->b1 = cm->b2 = PF_DEFAULT_BLOCK;
     if (get_i64(o_out, "out_features", &s->out_features) || get_i64(o_in, "in_features", &s->in_features) ||
         get_i64(o_t, "tokens", &s->tokens))
         return -1;
@@ -209,10 +209,10 @@ static PyObject *py_allocate_budget(PyObject *self, PyObject *args, PyObject *kw
                                      &o_phi, &o_cm, &o_cf, &o_b1, &o_b2, &o_red, &o_mr))
         return NULL;
     pf_budget_opts opts;
-    opts.phi = 0.25;
-    opts.cm.cost_mem = 409600.0;
-    opts.cm.cost_flop = 1.0;
-    opts.cm.b1 = opts.cm.b2 = 32;
+    opts.phi = PF_DEFAULT_PHI;
+    opts.cm.cost_mem = PF_DEFAULT_COST_MEM;
+    opts.cm.cost_flop = PF_DEFAULT_COST_FLOP;
+    opts.cm.b1 = opts.cm.b2 = PF_DEFAULT_BLOCK;
     opts.redistribute = 1;
     opts.max_rank = 0;
     if (get_f64(o_rho, "rho", &opts.rho) || (o_phi && get_f64(o_phi, "phi", &opts.phi)) ||
@@ -299,23 +299,23 @@ done:
 
 PyMethodDef pf_budget_methods[] = {
     {"cost_dense", (PyCFunction)(void (*)(void))py_cost_dense, METH_VARARGS | METH_KEYWORDS,
-     "cost_dense(out_features, in_features, tokens, *, cost_mem=409600.0, cost_flop=1.0, b1=32, b2=32)\n--\n\n"
+     "cost_dense(out_features, in_features, tokens, *, cost_mem=DEFAULT_COST_MEM, cost_flop=1.0, b1=DEFAULT_BLOCK, b2=DEFAULT_BLOCK)\n--\n\n"
      "Cost of a dense out x in layer on `tokens` rows: cost_mem * blocks touched (weights\n"
      "ceil(out/b1)*ceil(in/b2), activations ceil(T*in/(b1*b2)) + ceil(T*out/(b1*b2))) +\n"
      "cost_flop * 2*T*out*in."},
     {"cost_sparse", (PyCFunction)(void (*)(void))py_cost_sparse, METH_VARARGS | METH_KEYWORDS,
-     "cost_sparse(out_features, in_features, tokens, nnz, *, cost_mem=409600.0, cost_flop=1.0, b1=32, b2=32)\n--\n\n"
+     "cost_sparse(out_features, in_features, tokens, nnz, *, cost_mem=DEFAULT_COST_MEM, cost_flop=1.0, b1=DEFAULT_BLOCK, b2=DEFAULT_BLOCK)\n--\n\n"
      "Cost of the block-sparse part with nnz weight blocks: cost_mem * nnz (stored blocks\n"
      "only; activation traffic is counted in the dense cost only, SPEC 3) + cost_flop * 2*T*nnz*b1*b2."},
     {"cost_lowrank", (PyCFunction)(void (*)(void))py_cost_lowrank, METH_VARARGS | METH_KEYWORDS,
-     "cost_lowrank(out_features, in_features, tokens, rank, *, cost_mem=409600.0, cost_flop=1.0, b1=32, b2=32)\n--\n\n"
+     "cost_lowrank(out_features, in_features, tokens, rank, *, cost_mem=DEFAULT_COST_MEM, cost_flop=1.0, b1=DEFAULT_BLOCK, b2=DEFAULT_BLOCK)\n--\n\n"
      "Cost of the low-rank part U V^T of rank r (0 for r = 0): cost_mem * (blocks of U and V,\n"
      "ceil(out*r/(b1*b2)) + ceil(in*r/(b1*b2))) + cost_flop * 2*T*r*(in+out)."},
     {"flat_butterfly_nnz", (PyCFunction)(void (*)(void))py_flat_butterfly_nnz, METH_VARARGS | METH_KEYWORDS,
      "flat_butterfly_nnz(R, C, n_factors, butterfly_size=0)\n--\n\n"
      "Kept blocks of the flat block butterfly layout on an R x C grid (closed form)."},
     {"allocate_budget", (PyCFunction)(void (*)(void))py_allocate_budget, METH_VARARGS | METH_KEYWORDS,
-     "allocate_budget(layers, rho, *, phi=0.25, cost_mem=409600.0, cost_flop=1.0, b1=32, b2=32,\n"
+     "allocate_budget(layers, rho, *, phi=DEFAULT_PHI, cost_mem=DEFAULT_COST_MEM, cost_flop=1.0, b1=DEFAULT_BLOCK, b2=DEFAULT_BLOCK,\n"
      "                redistribute=True, max_rank=0)\n--\n\n"
      "Plan (out_features, in_features, tokens) layers under the global budget rho (SPEC 3).\n"
      "Returns one dict per layer with status, status_code, R, C, butterfly_size, n_factors,\n"

@@ -441,6 +441,15 @@ static struct PyModuleDef moddef = {
     "Torch-free C core of pixelfly: block layouts, masks, block-CSR indices and the budget.",
     -1, methods, NULL, NULL, NULL, NULL};
 
+/* m.name = v (a float constant); -1 with an exception set on failure. */
+static int add_float(PyObject *m, const char *name, double v) {
+    PyObject *o = PyFloat_FromDouble(v);
+    if (!o) return -1;
+    int rc = PyModule_AddObjectRef(m, name, o);
+    Py_DECREF(o);
+    return rc;
+}
+
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
     PyObject *m = PyModule_Create(&moddef);
@@ -448,7 +457,13 @@ PyMODINIT_FUNC PyInit__C(void) {
     if (PyModule_AddFunctions(m, pf_budget_methods) < 0 ||
         PyModule_AddFunctions(m, pf_fly_methods) < 0 ||
         PyModule_AddIntConstant(m, "MAX_GRID", (long)PF_MAX_GRID) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_CELLS", (long)PF_MAX_CELLS) < 0) {
+        PyModule_AddIntConstant(m, "MAX_CELLS", (long)PF_MAX_CELLS) < 0 ||
+        PyModule_AddIntConstant(m, "DEFAULT_BLOCK", PF_DEFAULT_BLOCK) < 0 ||
+        PyModule_AddIntConstant(m, "DEFAULT_ELEM_BYTES", PF_DEFAULT_ELEM_BYTES) < 0 ||
+        PyModule_AddIntConstant(m, "PLAN_MIN_BUTTERFLY", PF_PLAN_MIN_BUTTERFLY) < 0 ||
+        add_float(m, "DEFAULT_MACHINE_BALANCE", PF_DEFAULT_MACHINE_BALANCE) < 0 ||
+        add_float(m, "DEFAULT_COST_MEM", PF_DEFAULT_COST_MEM) < 0 ||
+        add_float(m, "DEFAULT_PHI", PF_DEFAULT_PHI) < 0) {
         Py_DECREF(m);
         return NULL;
     }

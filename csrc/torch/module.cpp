@@ -47,24 +47,21 @@ PyObject *call_with_int(PyObject *arg, F fn) {
 
 PyObject *py_cpu_isa(PyObject *, PyObject *) { return PyLong_FromLong(best_cpu_isa()); }
 
+// Installs `isa` in `slot` after checking it names an ISA this CPU runs; returns the old one.
+long long exchange_isa(std::atomic<int> &slot, long long isa) {
+  TORCH_CHECK_VALUE(isa >= PF_ISA_AUTO && isa <= PF_ISA_AVX512, "isa must be 0 (auto), 1 "
+                    "(portable), 2 (AVX2+FMA) or 3 (AVX-512), got ", isa);
+  TORCH_CHECK_VALUE(isa <= best_cpu_isa(), "isa ", isa, " is not supported by this CPU (best: ",
+                    best_cpu_isa(), ")");
+  return slot.exchange(static_cast<int>(isa));
+}
+
 PyObject *py_set_cpu_isa(PyObject *, PyObject *arg) {
-  return call_with_int(arg, [](long long isa) -> long long {
-    TORCH_CHECK_VALUE(isa >= PF_ISA_AUTO && isa <= PF_ISA_AVX512, "isa must be 0 (auto), 1 "
-                      "(portable), 2 (AVX2+FMA) or 3 (AVX-512), got ", isa);
-    TORCH_CHECK_VALUE(isa <= best_cpu_isa(), "isa ", isa, " is not supported by this CPU (best: ",
-                      best_cpu_isa(), ")");
-    return g_bsmm_isa.exchange(static_cast<int>(isa));
-  });
+  return call_with_int(arg, [](long long isa) { return exchange_isa(g_bsmm_isa, isa); });
 }
 
 PyObject *py_set_attention_isa(PyObject *, PyObject *arg) {
-  return call_with_int(arg, [](long long isa) -> long long {
-    TORCH_CHECK_VALUE(isa >= PF_ISA_AUTO && isa <= PF_ISA_AVX512, "isa must be 0 (auto), 1 "
-                      "(portable), 2 (AVX2+FMA) or 3 (AVX-512), got ", isa);
-    TORCH_CHECK_VALUE(isa <= best_cpu_isa(), "isa ", isa, " is not supported by this CPU (best: ",
-                      best_cpu_isa(), ")");
-    return g_attn_isa.exchange(static_cast<int>(isa));
-  });
+  return call_with_int(arg, [](long long isa) { return exchange_isa(g_attn_isa, isa); });
 }
 
 PyObject *py_set_attention_bwd_mode(PyObject *, PyObject *arg) {

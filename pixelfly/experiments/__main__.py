@@ -1,4 +1,4 @@
-"""``python -m pixelfly.experiments cv|lm|ntk [--quick] [--seeds N] [--out DIR]``."""
+"""``python -m pixelfly.experiments cv|lm|ntk|lra [--quick] [--seeds N] [--out DIR]``."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,8 @@ import time
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pixelfly.experiments",
-                                 description="The seed paper's tables at laptop scale (issue 15).")
-    ap.add_argument("table", choices=("cv", "lm", "ntk"))
+                                 description="The seed paper's tables at laptop scale.")
+    ap.add_argument("table", choices=("cv", "lm", "ntk", "lra"))
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline (< 2 min), not the numbers")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the table's)")
     ap.add_argument("--out", default="results", help="output directory (default: results)")
@@ -44,9 +44,12 @@ def main(argv=None) -> int:
         print(f"{args.table}: data not available: {e}", file=sys.stderr)
         return 2
     print(markdown(rows))
-    from .tune import LEARNING_RATES
-    print(f"learning rates: each method at its best of {LEARNING_RATES} (AdamW, warmup + cosine), "
-          "scored on a validation split of the training data (the lr column; lr_sweep in the JSON)")
+    if "lr_sweep" in extra:
+        from .tune import LEARNING_RATES
+        print(f"learning rates: each method at its best of {LEARNING_RATES} (AdamW, warmup + cosine), "
+              "scored on a validation split of the training data (the lr column; lr_sweep in the JSON)")
+    elif "lr" in extra:
+        print(f"learning rate: {extra['lr']} for every row (AdamW, warmup + cosine)")
     print(f"{args.table}: {time.time() - t0:.0f} s, {torch.get_num_threads()} threads; written to {args.out}/{args.table}.json/.md/.png")
     return 0
 

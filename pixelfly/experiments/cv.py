@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import baselines, tune
 from .fashion_mnist import load_fashion_mnist
 from .flops import forward_flops
-from .training import fit, median_step_time, time_steps
+from .training import endless_batches, fit, median_step_time, time_steps
 
 __all__ = ["SIZES", "run"]
 
@@ -59,12 +59,7 @@ def augment(x, g):
 
 def batches(x, y, batch, seed):
     """Endless augmented minibatches; the same order for every method with the same seed."""
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x) - batch + 1, batch):
-            idx = order[i:i + batch]
-            yield augment(x[idx], g), y[idx]
+    return endless_batches(x, y, batch, seed, augment)
 
 
 def loss_fn(model, xb, yb):

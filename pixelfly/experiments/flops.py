@@ -1,5 +1,5 @@
 """Forward FLOPs of one call, counted with hooks on the layers that dominate: dense and
-Pixelfly linears, Butterfly products and attention (dense or block-sparse). A training
+Pixelfly linears, Butterfly products and attention (dense, block-sparse + low rank, LSH). A training
 step is counted as 3x the forward (forward + two backward products)."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def _layer_flops(m, x) -> float:
     from ..butterfly import ButterflyLinear
     from ..linear import PixelflyLinear
     from ..models.attention import MultiHeadSelfAttention
+    from ..reformer import ReformerAttention
     if isinstance(m, PixelflyLinear):
         rows = x.numel() // m.in_features
         b1, b2 = m.block_size
@@ -30,7 +31,13 @@ def _layer_flops(m, x) -> float:
     if isinstance(m, PixelflyAttention):
         B, L, D = x.shape
         nnz = int(m.index_for(L).layout.sum())
-        return 4.0 * B * nnz * m.block_size ** 2 * D
+        # sparse part; low rank (per head: features of q and k, phi(k)^T v, phi(q) S): 8 L r d
+        return 4.0 * B * nnz * m.block_size ** 2 * D + 8.0 * B * L * m.n_random_features * D
+    if isinstance(m, ReformerAttention):
+        B, L, D = x.shape
+        Lp = -(-L // m.chunk_size) * m.chunk_size
+        # per hashing round: each query against its chunk and the previous one, plus hashing
+        return m.n_hashes * (4.0 * B * Lp * 2 * m.chunk_size * D + 2.0 * B * Lp * D * m.buckets_for(Lp) // 2)
     return 0.0
 
 
@@ -41,7 +48,9 @@ def forward_flops(model: nn.Module, example) -> float:
     from ..butterfly import ButterflyLinear
     from ..linear import PixelflyLinear
     from ..models.attention import MultiHeadSelfAttention
-    kinds = (PixelflyLinear, ButterflyLinear, nn.Linear, MultiHeadSelfAttention, PixelflyAttention)
+    from ..reformer import ReformerAttention
+    kinds = (PixelflyLinear, ButterflyLinear, nn.Linear, MultiHeadSelfAttention, PixelflyAttention,
+             ReformerAttention)
     total, hooks = [0.0], []
     for m in model.modules():
         if isinstance(m, kinds):

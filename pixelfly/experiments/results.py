@@ -40,7 +40,7 @@ def aggregate(runs) -> list[dict]:
                      "spread": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                      "seeds": len(vals), "speedup": statistics.fmean(speeds) if speeds else None,
                      "params": rs[0]["params"], "flops": rs[0]["flops"],
-                     **{k: rs[0][k] for k in ("lr",) if k in rs[0]}})
+                     **{k: rs[0][k] for k in ("lr", "seq_len", "peak_mib") if k in rs[0]}})
     return rows
 
 

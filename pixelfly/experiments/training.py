@@ -8,7 +8,7 @@ import time
 
 import torch
 
-__all__ = ["cosine_warmup", "fit", "median_step_time", "time_steps"]
+__all__ = ["cosine_warmup", "endless_batches", "fit", "median_step_time", "time_steps"]
 
 
 def cosine_warmup(step: int, total: int, warmup: int) -> float:
@@ -17,6 +17,18 @@ def cosine_warmup(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def endless_batches(x, y, batch: int, seed: int, transform=None):
+    """Endless shuffled minibatches ``(x[idx], y[idx])``, epoch after epoch; the same order
+    for every method with the same seed. ``transform(xb, generator)`` (e.g. augmentation)
+    draws from the same generator."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x) - batch + 1, batch):
+            idx = order[i:i + batch]
+            yield (x[idx] if transform is None else transform(x[idx], g)), y[idx]
 
 
 def fit(model, batches, loss_fn, lr: float, steps: int, *, warmup_frac: float = 0.05,
