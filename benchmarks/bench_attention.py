@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from benchmarks.peak import describe as describe_peak, measure as measure_peak
 from pixelfly import reference
 from pixelfly.attention import build_attention_layout, gaussian_features, sparse_lowrank_attention
 from pixelfly.attention_ops import AttentionIndex
@@ -140,12 +141,21 @@ def peak_memory(name, L, threads):
     return json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
-def print_table(results):
-    print(f"\n{'L':>6} {'method':>12} {'density':>8} {'f+b ms':>9} {'vs dense':>9} "
+def attention_flops(L, density):
+    """FLOPs of one forward+backward in the attention matrix's kept blocks: 7 block GEMMs of
+    2 b^2 d each (forward: S = q k^T, y = P v; backward: S again, dv, dP, dq, dk), per head.
+    The low-rank part's feature maps and summaries are not counted."""
+    return 14.0 * HEADS * HEAD_DIM * BLOCK ** 2 * density * (L // BLOCK) ** 2
+
+
+def print_table(results, peak):
+    print(f"\n{describe_peak(peak)}; 'of peak': effective GFLOP/s (kept blocks only) over the fp32 peak")
+    print(f"{'L':>6} {'method':>12} {'density':>8} {'f+b ms':>9} {'vs dense':>9} {'GF/s':>7} {'of peak':>7} "
           f"{'peak MiB':>9} {'mem vs dense':>12} {'out err':>9} {'grad err':>9}")
     for r in results:
         print(f"{r['L']:>6} {r['method']:>12} {r['density']:>8.4f} {r['fb_s'] * 1e3:>9.1f} "
-              f"{r['speedup_vs_dense']:>8.2f}x {r['peak_bytes'] / 2**20:>9.1f} "
+              f"{r['speedup_vs_dense']:>8.2f}x {r['gflops_effective']:>7.1f} {r['fraction_of_peak']:>7.2f} "
+              f"{r['peak_bytes'] / 2**20:>9.1f} "
               f"{r['mem_ratio_vs_dense']:>11.3f}x {r['out_err']:>9.1e} {r['grad_err']:>9.1e}")
 
 
@@ -194,6 +204,8 @@ def main(argv=None):
     lengths = ([512, 1024] if args.quick else [1024, 2048, 4096]) if args.lengths is None \
         else [int(x) for x in args.lengths.split(",")]
 
+    peak = measure_peak(args.threads)
+    print(describe_peak(peak))
     results = []
     with tqdm(total=len(lengths) * len(METHODS) * (2 if args.no_memory else 3),
               desc="bench_attention") as bar:
@@ -217,14 +229,16 @@ def main(argv=None):
                 if not args.no_memory:
                     bar.update()
                 density = 1.0 if m == "dense" else make_index(L).density
+                gf = attention_flops(L, density) / t / 1e9
                 row[m] = dict(L=L, method=m, density=density, fb_s=t, peak_bytes=mem,
+                              gflops_effective=gf, fraction_of_peak=gf / peak["fp32_best"],
                               out_err=checks[(L, m)][0], grad_err=checks[(L, m)][1])
             for m in METHODS:
                 row[m]["speedup_vs_dense"] = row["dense"]["fb_s"] / row[m]["fb_s"]
                 row[m]["mem_ratio_vs_dense"] = row[m]["peak_bytes"] / max(1, row["dense"]["peak_bytes"])
                 results.append(row[m])
-    print_table(results)
-    meta = dict(machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+    print_table(results, peak)
+    meta = dict(peak=peak, machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
                 torch=torch.__version__, heads=HEADS, head_dim=HEAD_DIM, block=BLOCK,
                 butterfly_size=BUTTERFLY, n_factors=FACTORS, n_random_features=FEATURES,
                 memory_method="peak RSS growth (VmHWM after reset via /proc/self/clear_refs, "

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 MEM_CODE = r"""
 import json, random, resource, sys, torch
@@ -60,13 +59,9 @@ def memory(steps: int, kinds=("linear", "pixelfly")) -> dict:
 
 
 def best(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """The minimum of ``reps`` wall times (after one warm-up call)."""
+    from benchmarks.bench_linear import timeit
+    return timeit(fn, reps, stat=min)
 
 
 def speed(reps: int) -> dict:

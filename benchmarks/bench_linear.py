@@ -1,8 +1,11 @@
 """CPU benchmark of the block-sparse kernels and PixelflyLinear against dense PyTorch.
 
-Checks correctness first (every method against the float64 masked-dense reference on a
-slice of the rows), then times forward, backward and forward+backward in the same run and
-prints ratios against dense ``nn.Linear``; effective GFLOP/s count nonzero-block FLOPs only.
+Measures the machine's peak first (``benchmarks.peak``: fp32 FMA per ISA, bf16 dot products
+where the CPU has AVX512_BF16), checks correctness (every method against the float64
+masked-dense reference on a slice of the rows; bf16 kernels at most twice dense bf16's own
+error), then times the kernels in fp32 and bf16 and the modules' forward, backward and
+forward+backward in the same run, and prints ratios against dense PyTorch and fractions of
+the peak; effective GFLOP/s count nonzero-block FLOPs only.
 
     python -m benchmarks.bench_linear                      # the issue's full grid
     python -m benchmarks.bench_linear --quick              # small shapes, seconds
@@ -22,12 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from benchmarks.peak import describe as describe_peak, measure as measure_peak
 from pixelfly import PixelflyLinear, choose_config, ops, reference
 from pixelfly.layouts import BlockIndex, flat_butterfly_layout
 
 
-def timeit(fn, reps: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds."""
+def timeit(fn, reps: int, warmup: int = 1, stat=statistics.median) -> float:
+    """``stat`` (default the median) of ``reps`` wall times of ``fn()`` in seconds."""
     for _ in range(warmup):
         fn()
     times = []
@@ -35,7 +39,7 @@ def timeit(fn, reps: int, warmup: int = 1) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return stat(times)
 
 
 def phases(forward, params, x):
@@ -64,7 +68,44 @@ def check(name, got, want, tol):
     return err
 
 
-def bench_shape(out_f, in_f, T, density, block, reps, results, bar):
+def bench_kernels(dtype, x, gy, blocks, it, lay, W, block, reps, peak_gflops):
+    """fwd / bwd_x / bwd_w of the kernels and of dense PyTorch in ``dtype``, after a check
+    against the float64 reference (bf16: at most twice dense bf16's own error)."""
+    xd, gd, bd, Wd = (t.to(dtype) for t in (x, gy, blocks, W))
+    b1 = b2 = block
+    xs, gs = x[:64].double(), gy[:64].double()
+    want = {"fwd": reference.bsmm_fwd(xs, blocks.double(), lay),
+            "bwd_x": reference.bsmm_bwd_x(gs, blocks.double(), lay),
+            "bwd_w": reference.bsmm_bwd_w(gs, xs, lay, b1, b2)}
+    got = {"fwd": ops.bsmm_fwd(xd[:64], bd, *it), "bwd_x": ops.bsmm_bwd_x(gd[:64], bd, *it),
+           "bwd_w": ops.bsmm_bwd_w(gd[:64], xd[:64], *it, b1=b1, b2=b2)}
+    mask = reference.layout_to_mask(lay, b1, b2).double()
+    Wm = reference.blocks_to_dense(blocks.double(), lay)
+    base = {"fwd": (F.linear(xd[:64], Wm.to(dtype)), xs @ Wm.t()),
+            "bwd_x": (gd[:64] @ Wm.to(dtype), gs @ Wm),
+            "bwd_w": ((gd[:64].t() @ xd[:64]) * mask.to(dtype), (gs.t() @ xs) * mask)}
+    for op in want:
+        tol = 1e-4 if dtype == torch.float32 else 2 * check(f"dense {op}", *base[op], float("inf")) + 1e-6
+        check(f"bsmm_{op} ({dtype})", got[op], want[op], tol)
+    flops_sparse = 2.0 * x.shape[0] * it[1].numel() * b1 * b2
+    flops_dense = 2.0 * x.shape[0] * W.numel()
+    t_dense = {"fwd": timeit(lambda: F.linear(xd, Wd), reps),
+               "bwd_x": timeit(lambda: gd @ Wd, reps),
+               "bwd_w": timeit(lambda: gd.t() @ xd, reps)}
+    t_kern = {"fwd": timeit(lambda: ops.bsmm_fwd(xd, bd, *it), reps),
+              "bwd_x": timeit(lambda: ops.bsmm_bwd_x(gd, bd, *it), reps),
+              "bwd_w": timeit(lambda: ops.bsmm_bwd_w(gd, xd, *it, b1=b1, b2=b2), reps)}
+    return {op: {"time_s": t_kern[op], "dense_time_s": t_dense[op],
+                 "gflops_effective": flops_sparse / t_kern[op] / 1e9,
+                 "gflops_dense": flops_dense / t_dense[op] / 1e9,
+                 "efficiency_vs_dense": (flops_sparse / t_kern[op]) / (flops_dense / t_dense[op]),
+                 "fraction_of_peak": flops_sparse / t_kern[op] / 1e9 / peak_gflops,
+                 "dense_fraction_of_peak": flops_dense / t_dense[op] / 1e9 / peak_gflops,
+                 "speedup_vs_dense": t_dense[op] / t_kern[op]}
+            for op in t_kern}
+
+
+def bench_shape(out_f, in_f, T, density, block, reps, results, bar, peak):
     dense = nn.Linear(in_f, out_f)
     x = torch.randn(T, in_f, requires_grad=True)
     xs = x.detach()[:64].double()
@@ -78,31 +119,15 @@ def bench_shape(out_f, in_f, T, density, block, reps, results, bar):
     blocks = torch.randn(idx.nnz, block, block) / (idx.nnz * block * block / out_f) ** 0.5
     gy = torch.randn(T, out_f)
     lay = torch.as_tensor(layout)
-    check("bsmm_fwd", ops.bsmm_fwd(xs.float(), blocks, *it),
-          reference.bsmm_fwd(xs, blocks.double(), lay), 1e-4)
-    check("bsmm_bwd_x", ops.bsmm_bwd_x(gy[:64], blocks, *it),
-          reference.bsmm_bwd_x(gy[:64].double(), blocks.double(), lay), 1e-4)
-    check("bsmm_bwd_w", ops.bsmm_bwd_w(gy[:64], xs.float(), *it, b1=block, b2=block),
-          reference.bsmm_bwd_w(gy[:64].double(), xs, lay, block, block), 1e-4)
-    flops_sparse = 2.0 * T * idx.nnz * block * block
-    flops_dense = 2.0 * T * out_f * in_f
     xd = x.detach()
     W = dense.weight.detach()
-    t_dense = {"fwd": timeit(lambda: F.linear(xd, W), reps),
-               "bwd_x": timeit(lambda: gy @ W, reps),
-               "bwd_w": timeit(lambda: gy.t() @ xd, reps)}
-    t_kern = {"fwd": timeit(lambda: ops.bsmm_fwd(xd, blocks, *it), reps),
-              "bwd_x": timeit(lambda: ops.bsmm_bwd_x(gy, blocks, *it), reps),
-              "bwd_w": timeit(lambda: ops.bsmm_bwd_w(gy, xd, *it, b1=block, b2=block), reps)}
     row["kernel_layout"] = {"butterfly_size": n, "n_factors": m, "nnz": idx.nnz,
                             "density": idx.nnz / layout.size}
-    row["kernels"] = {
-        op: {"time_s": t_kern[op], "dense_time_s": t_dense[op],
-             "gflops_effective": flops_sparse / t_kern[op] / 1e9,
-             "gflops_dense": flops_dense / t_dense[op] / 1e9,
-             "efficiency_vs_dense": (flops_sparse / t_kern[op]) / (flops_dense / t_dense[op]),
-             "speedup_vs_dense": t_dense[op] / t_kern[op]}
-        for op in t_kern}
+    # bf16 kernels are measured against the bf16 peak where the CPU has one, else against
+    # the fp32 FMA peak (they widen to fp32 and run the fp32 FMA tiles)
+    row["kernels"] = bench_kernels(torch.float32, xd, gy, blocks, it, lay, W, block, reps, peak["fp32_best"])
+    row["kernels_bf16"] = bench_kernels(torch.bfloat16, xd, gy, blocks, it, lay, W, block, reps,
+                                        peak["bf16_gflops"] or peak["fp32_best"])
     bar.update()
 
     # modules: dense, masked dense (the authors' release), PixelflyLinear, BSR (fwd only)
@@ -135,17 +160,22 @@ def bench_shape(out_f, in_f, T, density, block, reps, results, bar):
     row["speedup_vs_dense"] = {name: {ph: base[ph] / t[ph] for ph in t if ph in base and t[ph] > 0}
                                for name, t in timings.items() if "error" not in t}
     if "error" not in timings["torch_bsr"]:
-        row["kernel_fwd_vs_bsr"] = timings["torch_bsr"]["fwd"] / t_kern["fwd"]
+        row["kernel_fwd_vs_bsr"] = timings["torch_bsr"]["fwd"] / row["kernels"]["fwd"]["time_s"]
     results.append(row)
 
 
-def print_table(results):
-    print("\nKernels (pure flat butterfly at the density; ratios measured in this run)")
-    print(f"{'shape':>10} {'dens':>6} {'op':>6} {'eff GF/s':>9} {'dense GF/s':>10} {'eff/dense':>9} {'speedup':>8}")
+def print_table(results, peak):
+    print(f"\n{describe_peak(peak)}")
+    print("Kernels (pure flat butterfly at the density; ratios measured in this run; "
+          "'of peak': effective GFLOP/s over the peak above, bf16 over the bf16 peak if any)")
+    print(f"{'shape':>10} {'dens':>6} {'dtype':>5} {'op':>6} {'eff GF/s':>9} {'of peak':>7} {'dense GF/s':>10} "
+          f"{'dense/peak':>10} {'eff/dense':>9} {'speedup':>8}")
     for r in results:
-        for op, k in r["kernels"].items():
-            print(f"{r['shape']:>10} {r['density']:>6.4f} {op:>6} {k['gflops_effective']:>9.1f} "
-                  f"{k['gflops_dense']:>10.1f} {k['efficiency_vs_dense']:>9.2f} {k['speedup_vs_dense']:>7.2f}x")
+        for dt, key in (("fp32", "kernels"), ("bf16", "kernels_bf16")):
+            for op, k in r[key].items():
+                print(f"{r['shape']:>10} {r['density']:>6.4f} {dt:>5} {op:>6} {k['gflops_effective']:>9.1f} "
+                      f"{k['fraction_of_peak']:>7.2f} {k['gflops_dense']:>10.1f} {k['dense_fraction_of_peak']:>10.2f} "
+                      f"{k['efficiency_vs_dense']:>9.2f} {k['speedup_vs_dense']:>7.2f}x")
     print("\nModules: speedup over nn.Linear (fwd / bwd / fwd+bwd); BSR forward only")
     for r in results:
         s = r["speedup_vs_dense"]
@@ -198,14 +228,16 @@ def main(argv=None):
         shapes, T, densities = [(512, 512), (256, 512)], 512, [1 / 4, 1 / 8]
     else:
         shapes, T, densities = [(4096, 4096), (1024, 4096)], 4096, [1 / 4, 1 / 8, 1 / 16]
+    peak = measure_peak(args.threads)
+    print(describe_peak(peak))
     results = []
     grid = [(s, d) for s in shapes for d in densities]
     with tqdm(total=len(grid) * 5, desc="bench_linear") as bar:
         for (out_f, in_f), d in grid:
-            bench_shape(out_f, in_f, T, d, 32, args.reps, results, bar)
-    print_table(results)
+            bench_shape(out_f, in_f, T, d, 32, args.reps, results, bar, peak)
+    print_table(results, peak)
     meta = {"threads": args.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "isa": int(ops.cpu_isa()), "T": T, "reps": args.reps}
+            "isa": int(ops.cpu_isa()), "T": T, "reps": args.reps, "peak": peak}
     for path in filter(None, [args.json]):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:

@@ -28,6 +28,15 @@ int pf_cpu_has_avx512(void) {
 #endif
 }
 
+int pf_cpu_has_avx512_bf16(void) {
+#ifdef PF_X86
+    __builtin_cpu_init();
+    return pf_cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
 int pf_attn_has_avx512(void) { return pf_cpu_has_avx512(); }
 
 pf_err pf_isa_check(int isa) {

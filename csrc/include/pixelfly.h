@@ -332,6 +332,16 @@ enum { PF_ISA_AUTO = 0, PF_ISA_PORTABLE = 1, PF_ISA_AVX2 = 2, PF_ISA_AVX512 = 3 
 /* The CPU features the kernels use (csrc/cpu/isa.c; the attention kernels use the same). */
 int pf_cpu_has_avx2_fma(void);
 int pf_cpu_has_avx512(void); /* avx512f + avx512bw + avx512vl */
+int pf_cpu_has_avx512_bf16(void); /* the above + avx512bf16 (vdpbf16ps) */
+
+/* The machine's arithmetic peak, measured (csrc/cpu/peak.c): `iters` rounds of one
+ * thread's fp32 FMA loop in `isa` (PF_ISA_AUTO: the best this CPU has; PF_ISA_PORTABLE:
+ * scalar fmaf), or of the AVX512_BF16 dot-product loop. Each returns the FLOPs it did
+ * (a multiply-add counts 2), or -1 if this CPU cannot run it or iters < 0; *sink (may be
+ * NULL) gets a value computed from every lane. Run one per thread at once and divide by
+ * the wall time for the machine's peak. */
+int64_t pf_peak_fma(int isa, int64_t iters, double *sink);
+int64_t pf_peak_dpbf16(int64_t iters, double *sink);
 
 /* Check sizes, strides, pointers (non-NULL wherever the operand has elements, aligned
  * to the element size), the isa (an explicit PF_ISA_AVX2/AVX512 the CPU lacks is an

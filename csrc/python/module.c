@@ -17,6 +17,7 @@
 
 extern PyMethodDef pf_budget_methods[];
 extern PyMethodDef pf_fly_methods[];
+extern PyMethodDef pf_peak_methods[];
 
 /* ------------------------------------------------------------ helpers */
 
@@ -456,6 +457,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     if (!m) return NULL;
     if (PyModule_AddFunctions(m, pf_budget_methods) < 0 ||
         PyModule_AddFunctions(m, pf_fly_methods) < 0 ||
+        PyModule_AddFunctions(m, pf_peak_methods) < 0 ||
         PyModule_AddIntConstant(m, "MAX_GRID", (long)PF_MAX_GRID) < 0 ||
         PyModule_AddIntConstant(m, "MAX_CELLS", (long)PF_MAX_CELLS) < 0 ||
         PyModule_AddIntConstant(m, "DEFAULT_BLOCK", PF_DEFAULT_BLOCK) < 0 ||

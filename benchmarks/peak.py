@@ -1,0 +1,65 @@
+"""The machine's arithmetic peak, measured in the benchmark's own run.
+
+One C loop per thread, all at once (``pixelfly._C.peak_fma`` / ``peak_dpbf16``, the GIL
+released): 12 independent chains of vector FMAs in each ISA this CPU runs (fp32), and of
+AVX512_BF16 dot products (``vdpbf16ps``, fp32 accumulation) where the CPU has them. The
+rate is the best of a few timed rounds of about ``seconds`` each; a kernel's fraction of
+peak is its effective GFLOP/s over the fp32 peak of the ISA it ran (bf16 kernels: over the
+bf16 peak when there is one).
+
+    python -m benchmarks.peak
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ISA_NAMES = {1: "portable", 2: "avx2", 3: "avx512"}
+
+
+def _rate(fn, threads: int, seconds: float, rounds: int = 3) -> float:
+    """GFLOP/s of ``fn(iters) -> (flops, sink)`` run by ``threads`` threads at once."""
+    iters = 1 << 12
+    while True:                                   # calibrate: one call of ~seconds
+        t0 = time.perf_counter()
+        fn(iters)
+        dt = time.perf_counter() - t0
+        if dt > 0.02:
+            break
+        iters *= 4
+    iters = max(1, int(iters * seconds / dt))
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            flops = sum(f.result()[0] for f in [pool.submit(fn, iters) for _ in range(threads)])
+            best = max(best, flops / (time.perf_counter() - t0))
+    return best / 1e9
+
+
+def measure(threads: int | None = None, seconds: float = 0.25) -> dict:
+    """``{"threads", "fp32_gflops": {isa name: GFLOP/s}, "fp32_best", "bf16_gflops"}``:
+    every ISA this CPU runs (``bf16_gflops`` is None without AVX512_BF16)."""
+    import torch
+
+    from pixelfly import _C, ops
+    threads = threads or torch.get_num_threads()
+    best_isa = int(ops.cpu_isa())
+    fp32 = {ISA_NAMES[i]: _rate(lambda n, i=i: _C.peak_fma(i, n), threads, seconds)
+            for i in sorted(ISA_NAMES) if i <= best_isa}
+    bf16 = _rate(_C.peak_dpbf16, threads, seconds) if _C.has_avx512_bf16() else None
+    return {"threads": threads, "fp32_gflops": fp32, "fp32_best": fp32[ISA_NAMES[best_isa]],
+            "best_isa": ISA_NAMES[best_isa], "bf16_gflops": bf16}
+
+
+def describe(peak: dict) -> str:
+    fp32 = ", ".join(f"{k} {v:.0f}" for k, v in peak["fp32_gflops"].items())
+    bf16 = "none (no AVX512_BF16)" if peak["bf16_gflops"] is None else f"{peak['bf16_gflops']:.0f}"
+    return f"peak GFLOP/s on {peak['threads']} threads, measured in this run: fp32 FMA {fp32}; bf16 dot {bf16}"
+
+
+if __name__ == "__main__":
+    p = measure()
+    print(describe(p))
+    print(json.dumps(p))
