@@ -50,20 +50,21 @@ class AttentionIndex:
         return self.nnz / float(self.layout.size)
 
 
-def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block: int, scale: float, causal: bool):
+def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block: int, scale: float, causal: bool,
+               features=None, key_mask=None):
     """``(out, lse)``; see the module docstring."""
-    attention_args(q, k, v, (row_ptr, col_idx, col_ptr, row_idx), block, scale)
+    attention_args(q, k, v, (row_ptr, col_idx, col_ptr, row_idx), block, scale, features, key_mask)
     return _ns.bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, int(block), float(scale),
-                          bool(causal))
+                          bool(causal), features, key_mask)
 
 
 def bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx, block: int,
-               scale: float, causal: bool):
+               scale: float, causal: bool, features=None, key_mask=None):
     """``(dq, dk, dv)`` from the forward's ``out`` and ``lse``; ``dlse`` may be ``None``."""
-    attention_args(q, k, v, (row_ptr, col_idx, col_ptr, row_idx), block, scale)
+    attention_args(q, k, v, (row_ptr, col_idx, col_ptr, row_idx), block, scale, features, key_mask)
     attention_bwd_args(dout, dlse, q, out, lse)
     return _ns.bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx,
-                          int(block), float(scale), bool(causal))
+                          int(block), float(scale), bool(causal), features, key_mask)
 
 
 def bsattn(q, k, v, index: AttentionIndex, block: int, scale: float | None = None,
@@ -94,23 +95,27 @@ def _lse_dtype(q):
 
 
 @torch.library.register_fake("pixelfly::bsattn_fwd")
-def _fwd_fake(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal):
+def _fwd_fake(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal, features=None,
+              key_mask=None):
     return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
             torch.empty(q.shape[:-1], dtype=_lse_dtype(q), device=q.device))
 
 
 @torch.library.register_fake("pixelfly::bsattn_bwd")
 def _bwd_fake(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx, block, scale,
-              causal):
+              causal, features=None, key_mask=None):
     return tuple(torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
 
 
 # -------------------------------------------------------------------- autograd
 def _setup(ctx, inputs, output):
-    q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal = inputs
+    q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal, *extra = inputs
+    features, key_mask = (list(extra) + [None, None])[:2]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx)
     ctx.cfg = (block, scale, causal)
+    ctx.extra = (features, key_mask)   # constants of the backward (no gradient)
+    ctx.n_inputs = len(inputs)
 
 
 def _backward(ctx, gout, glse):
@@ -118,9 +123,10 @@ def _backward(ctx, gout, glse):
     if gout is None:
         gout = torch.zeros_like(out)
     dq, dk, dv = _ns.bsattn_bwd(gout.contiguous(), None if glse is None else glse.contiguous(),
-                                q, k, v, out, lse, *idx, *ctx.cfg)
+                                q, k, v, out, lse, *idx, *ctx.cfg, *ctx.extra)
     need = ctx.needs_input_grad
-    return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None) + (None,) * 7
+    return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None) + \
+        (None,) * (ctx.n_inputs - 3)
 
 
 torch.library.register_autograd("pixelfly::bsattn_fwd", _backward, setup_context=_setup)

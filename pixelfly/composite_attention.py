@@ -97,8 +97,18 @@ def _per_row(K, block, d, es, buffers):
     return K * block * (buffers * block * 4 + 3 * d * es)
 
 
-def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal):
+def _sparse_only(features, key_mask):
+    if features is not None or key_mask is not None:
+        _fail(NotImplementedError, "features / key_mask (the fused low-rank part and the key mask) "
+                                   "run in the CPU kernel only; on other devices call "
+                                   "pixelfly.attention.sparse_lowrank_attention, which computes them "
+                                   "with PyTorch ops")
+
+
+def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal, features=None,
+               key_mask=None):
     """``(out, lse)``."""
+    _sparse_only(features, key_mask)
     idx = (row_ptr, col_idx, col_ptr, row_idx)
     R, N, d, ct, q4, k4, v4 = _setup(q, k, v, idx, block, scale)
     out = torch.zeros(N, R, block, d, dtype=q.dtype, device=q.device)
@@ -117,8 +127,9 @@ def bsattn_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal
 
 
 def bsattn_bwd(dout, dlse, q, k, v, out, lse, row_ptr, col_idx, col_ptr, row_idx, block, scale,
-               causal):
+               causal, features=None, key_mask=None):
     """``(dq, dk, dv)`` from the forward's ``out`` and ``lse``; ``dlse`` may be ``None``."""
+    _sparse_only(features, key_mask)
     idx = (row_ptr, col_idx, col_ptr, row_idx)
     R, N, d, ct, q4, k4, v4 = _setup(q, k, v, idx, block, scale)
     attention_bwd_args(dout, dlse, q, out, lse)

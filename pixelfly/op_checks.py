@@ -198,10 +198,10 @@ def _like_q(name, t, q):
         _fail(ValueError, f"{name} must have q's shape {list(q.shape)}, got {list(t.shape)}", _ATTN)
 
 
-def attention_args(q, k, v, idx, block, scale):
-    """Check the arguments of ``bsattn_fwd(q, k, v, *idx, block, scale, causal)``; returns
-    the number of block-rows ``R = L / block``. The index may live on the CPU (the module's
-    index) or on q's device."""
+def attention_args(q, k, v, idx, block, scale, features=None, key_mask=None):
+    """Check the arguments of ``bsattn_fwd(q, k, v, *idx, block, scale, causal, features,
+    key_mask)``; returns the number of block-rows ``R = L / block``. The index may live on the
+    CPU (the module's index) or on q's device."""
     _tensor("q", q, _ATTN)
     if not (q.is_floating_point() and q.dtype.itemsize >= 2):
         _fail(TypeError, f"q must be float16, bfloat16, float32 or float64, got {q.dtype}", _ATTN)
@@ -218,6 +218,23 @@ def attention_args(q, k, v, idx, block, scale):
     if not math.isfinite(scale):
         _fail(ValueError, f"scale must be finite, got {scale}", _ATTN)
     R = L // block
+    if features is not None:
+        _tensor("features", features, _ATTN)
+        if features.dim() != 2 or features.shape[1] != d or not features.is_floating_point():
+            _fail(ValueError, f"features must be a floating-point [r, d = {d}] tensor, got "
+                              f"{features.dtype} {list(features.shape)}", _ATTN)
+        if features.device != q.device:
+            _fail(ValueError, f"features must be on {q.device} (q's device), got {features.device}", _ATTN)
+        if features.shape[0] and scale < 0:
+            _fail(ValueError, f"scale must be >= 0 with features (they use sqrt(scale)), got {scale}", _ATTN)
+    if key_mask is not None:
+        _tensor("key_mask", key_mask, _ATTN)
+        rows = q.shape[0]
+        if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (rows, L):
+            _fail(ValueError, f"key_mask must be a bool tensor of shape [{rows}, {L}] (q's batch, L), "
+                              f"got {key_mask.dtype} {list(key_mask.shape)}", _ATTN)
+        if key_mask.device != q.device:
+            _fail(ValueError, f"key_mask must be on {q.device} (q's device), got {key_mask.device}", _ATTN)
     if len(idx) != len(ATTENTION_INDEX_FIELDS):
         _fail(TypeError, f"the index must be the {len(ATTENTION_INDEX_FIELDS)} tensors "
                          f"{', '.join(ATTENTION_INDEX_FIELDS)}, got {len(idx)}", _ATTN)

@@ -20,7 +20,14 @@
  *   float64 ops. The accumulator type is float for FLOAT32/BFLOAT16 and double for FLOAT64;
  *   the steps dispatch on its size `es` through the table of ops (pf_attn_ops).
  *
- *   Files: attn.c (checks, plan, phases), attn_steps.c (the work items).
+ *   Low rank (rank > 0): phase 1 computes the random features of every query and key row,
+ *   phase 2 the per-block summaries (rank x (d + 1)), phase 3 their prefix sums (causal) or
+ *   totals, and phase 4 (the work items above) adds each query block's low-rank terms before
+ *   it stores its rows: "all allowed blocks minus the kept ones", formed from the summaries
+ *   while the kernel walks the kept blocks anyway (attn_lowrank.c).
+ *
+ *   Files: attn.c (checks, plan, phases), attn_steps.c (the sparse work items),
+ *   attn_lowrank.c (the low-rank ones).
  */
 #include <math.h>
 #include <stdint.h>
@@ -51,12 +58,17 @@ pf_err pf_attn_check(int op, const pf_attn_args *a) {
     if (a->d < 1 || a->d > 65536) return "d (head dim) must be in [1, 65536]";
     if (!(a->scale == a->scale) || isinf(a->scale)) return "scale must be finite";
     if (a->max_tasks < 0) return "max_tasks must be >= 0";
+    if (a->rank < 0 || a->rank > 65536) return "rank (random features) must be in [0, 65536]";
+    if (a->rank > 0 && !a->features) return "features must not be NULL when rank > 0";
+    if (a->rank > 0 && a->scale < 0) return "scale must be >= 0 with a low-rank part (features use sqrt(scale))";
     pf_err e = pf_isa_check(a->isa);
     if (e) return e;
     const int64_t N = a->batch * a->heads;
     if (a->batch > 0 && N / a->batch != a->heads) return "batch * heads overflows";
-    /* bound the workspace arithmetic: 10 packed copies of N*L*d doubles must fit int64 */
-    if (N > 0 && ((double)N * (double)a->L * (double)(a->d + 2) * 10.0 * 8.0 > 9.0e18))
+    /* bound the workspace arithmetic: 10 packed copies of N*L*d doubles and the low-rank
+     * buffers (< 6 copies of N*L*rank*(d+2)) must fit int64 */
+    if (N > 0 && ((double)N * (double)a->L * ((double)(a->d + 2) * 10.0 + (double)a->rank * (a->d + 2) * 6.0) *
+                  8.0 > 9.0e18))
         return "batch * heads * L * d is too large";
     const int64_t R = a->L / a->block;
     if (a->nnz < 0 || a->nnz > R * R) return "nnz must be in [0, (L/block)^2]";
@@ -93,31 +105,59 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
     P->d = a->d;
     P->L = a->L;
     P->R = a->L / a->block;
+    P->r = a->rank;
+    P->d1 = a->d + 1;
     P->es = a->dtype == PF_FLOAT64 ? 8 : 4;
-    const int64_t es = (int64_t)P->es, NLd = P->N * P->L * P->d, NL = P->N * P->L;
+    const int64_t es = (int64_t)P->es, NLd = P->N * P->L * P->d, NL = P->N * P->L, N = P->N, R = P->R;
+    const int lr = P->r > 0, causal = a->causal != 0;
     P->fused = op == PF_ATTN_BWD && a->bwd_per_problem;
-    P->items0 = P->N * P->R;
-    P->items1 = op == PF_ATTN_FWD ? P->N * P->R : P->fused ? P->N : 2 * P->N * P->R;
-    P->tasks0 = ntasks(P->items0, a->max_tasks);
-    P->tasks1 = ntasks(P->items1, a->max_tasks);
-    int64_t o = 0;
-    for (int i = 0; i < 11; ++i) P->off[i] = -1;
+    P->items[0] = N * R;
+    P->items[1] = lr ? N * R : 0;
+    P->items[2] = lr ? N * R : 0;
+    P->items[3] = lr ? N : 0;
+    P->items[4] = op == PF_ATTN_FWD ? N * R : P->fused ? N : 2 * N * R;
+    int64_t most = 0;
+    for (int ph = 0; ph < PF_ATTN_PHASES; ++ph) {
+        P->tasks[ph] = ntasks(P->items[ph], a->max_tasks);
+        if (ph > 0 && P->tasks[ph] > most) most = P->tasks[ph];
+    }
+    /* elements of every buffer (0: the op has none) */
+    int64_t n[P_COUNT];
+    memset(n, 0, sizeof n);
     static const int fwd_parts[] = {P_QS, P_KT, P_V};
     static const int bwd_parts[] = {P_QS, P_QT, P_KS, P_KT, P_V, P_VT, P_DO, P_DOT, P_D, P_LSE};
     static const int fused_parts[] = {P_QS, P_QT, P_KS, P_V, P_DO, P_DOT, P_D, P_LSE, P_DQ};
     const int *parts = op == PF_ATTN_FWD ? fwd_parts : P->fused ? fused_parts : bwd_parts;
     const int np = op == PF_ATTN_FWD ? 3 : P->fused ? 9 : 10;
-    for (int i = 0; i < np; ++i) {
-        P->off[parts[i]] = o;
-        o += ALIGN64((parts[i] == P_D || parts[i] == P_LSE ? NL : NLd) * es);
+    for (int i = 0; i < np; ++i) n[parts[i]] = parts[i] == P_D || parts[i] == P_LSE ? NL : NLd;
+    if (lr) {
+        const int64_t blk = P->r * P->d1; /* one summary */
+        n[P_WT] = P->d * P->r;
+        n[P_PHQ] = n[P_PHK] = NL * P->r;
+        n[P_OFFQ] = NL;
+        n[P_BMAX] = N * R;
+        n[P_OFFK] = N;
+        n[P_KV] = N * R * blk;
+        n[P_PRE] = (causal ? N * R : N) * blk;
+        if (op == PF_ATTN_BWD) {
+            n[P_CLR] = NL;
+            n[P_QG] = N * R * blk;
+            n[P_SUF] = (causal ? N * R : N) * blk;
+        }
+    }
+    int64_t o = 0;
+    for (int i = 0; i < P_COUNT; ++i) {
+        P->off[i] = n[i] > 0 ? o : -1;
+        o += ALIGN64(n[i] * es);
     }
     P->scratch = o;
     const int64_t b = P->b, d = P->d;
-    if (op == PF_ATTN_FWD)  /* S tile, acc, m, l (double) */
-        P->per_task = ALIGN64(b * b * es) + ALIGN64(b * d * es) + ALIGN64(3 * b * 8);
+    if (op == PF_ATTN_FWD)  /* S tile, acc, m, l, alpha, seen (double) */
+        P->lr_scratch = ALIGN64(b * b * es) + ALIGN64(b * d * es) + ALIGN64(4 * b * 8);
     else                    /* S, dP tiles, two accumulators (+ the dS^T tile when fused) */
-        P->per_task = (P->fused ? 3 : 2) * ALIGN64(b * b * es) + 2 * ALIGN64(b * d * es);
-    P->total = o + P->tasks1 * P->per_task;
+        P->lr_scratch = (P->fused ? 3 : 2) * ALIGN64(b * b * es) + 2 * ALIGN64(b * d * es);
+    P->per_task = P->lr_scratch + (lr ? pf_attn_lr_scratch_bytes(P) : 0);
+    P->total = o + most * P->per_task;
 }
 
 int64_t pf_attn_workspace(int op, const pf_attn_args *a) {
@@ -133,28 +173,29 @@ int64_t pf_attn_num_tasks(int op, int phase, const pf_attn_args *a) {
     if (a->batch <= 0 || a->heads <= 0 || a->block < 1 || a->L < a->block) return 0;
     plan_t P;
     make_plan(op, a, &P);
-    return phase == 0 ? P.tasks0 : P.tasks1;
+    return P.tasks[phase];
 }
 
 /* ------------------------------------------------------------------ phases */
 
 void pf_attn_run(int op, int phase, const pf_attn_args *a, int64_t begin, int64_t end) {
     /* re-validated here too (O(nnz log nnz)), so a bad call is a no-op, never a crash */
-    if (!a || !a->work || pf_attn_check(op, a)) return;
+    if (!a || !a->work || phase < 0 || phase >= PF_ATTN_PHASES || pf_attn_check(op, a)) return;
     plan_t P;
     make_plan(op, a, &P);
     const pf_attn_ops *ops = a->dtype == PF_FLOAT64 ? &pf_attn_ops_f64 : pf_kernels_pick(a->isa)->attn;
     if (begin < 0) begin = 0;
-    if (phase == 0) {
-        if (end > P.tasks0) end = P.tasks0;
-        for (int64_t t = begin; t < end; ++t)
-            for (int64_t it = t; it < P.items0; it += P.tasks0) pf_attn_pack_block(op, a, &P, it);
-    } else if (phase == 1) {
-        if (end > P.tasks1) end = P.tasks1;
-        const int64_t NR = P.N * P.R;
-        for (int64_t t = begin; t < end; ++t) {
-            void *scr = PTR(a->work, P.scratch + t * P.per_task);
-            for (int64_t it = t; it < P.items1; it += P.tasks1) {
+    if (end > P.tasks[phase]) end = P.tasks[phase];
+    const int64_t items = P.items[phase], tasks = P.tasks[phase], NR = P.N * P.R;
+    for (int64_t t = begin; t < end; ++t) {
+        void *scr = phase > 0 ? PTR(a->work, P.scratch + t * P.per_task) : NULL;
+        for (int64_t it = t; it < items; it += tasks) {
+            switch (phase) {
+            case 0: pf_attn_pack_block(op, a, &P, it); break;
+            case 1: pf_attn_lr_features(a, &P, ops, it, scr); break;
+            case 2: pf_attn_lr_summaries(op, a, &P, ops, it, scr); break;
+            case 3: pf_attn_lr_sums(op, a, &P, it); break;
+            default:
                 if (op == PF_ATTN_FWD) pf_attn_fwd_row(a, &P, ops, it, scr);
                 else if (P.fused) pf_attn_bwd_problem(a, &P, ops, it, scr);
                 else if (it < NR) pf_attn_bwd_dq(a, &P, ops, it, scr);

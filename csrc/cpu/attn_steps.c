@@ -13,24 +13,7 @@
 #include "attn_internal.h"
 #include "kernels.h"
 
-static size_t dtype_size(pf_dtype t) { return t == PF_FLOAT64 ? 8 : t == PF_FLOAT32 ? 4 : 2; }
-
 /* -------------------------------------------------------- loads and stores */
-
-static inline const char *elem(const pf_attn_tensor *t, pf_dtype dt, int64_t n0, int64_t h, int64_t i) {
-    return (const char *)t->p + (size_t)(n0 * t->sb + h * t->sh + i * t->sl) * dtype_size(dt);
-}
-
-/* dst (accumulator type) = src (storage dtype), n elements */
-static void load_row(void *dst, const void *src, pf_dtype dt, int64_t n) {
-    if (dt == PF_FLOAT64) {
-        memcpy(dst, src, (size_t)n * 8);
-    } else if (dt == PF_FLOAT32) {
-        memcpy(dst, src, (size_t)n * 4);
-    } else {
-        pf_bf16_to_f32_n((float *)dst, (const uint16_t *)src, n);
-    }
-}
 
 /* dst (storage dtype) = factor * src (accumulator type) */
 static void store_row(void *dst, pf_dtype dt, const void *src, int64_t n, double factor) {
@@ -51,7 +34,7 @@ static void store_row(void *dst, pf_dtype dt, const void *src, int64_t n, double
     }
 }
 
-static void zero_store_row(void *dst, pf_dtype dt, int64_t n) { memset(dst, 0, (size_t)n * dtype_size(dt)); }
+static void zero_store_row(void *dst, pf_dtype dt, int64_t n) { memset(dst, 0, (size_t)n * pf_attn_dtype_size(dt)); }
 
 /* transposed tile: T[c * b + i] = row[c] */
 static void scatter_col(void *tile, const void *row, int64_t d, int64_t b, int64_t i, size_t es) {
@@ -97,19 +80,12 @@ static double dot_row(const void *acc_row, const void *src, pf_dtype dt, int64_t
     return s;
 }
 
-static inline void set_val(void *p, int64_t i, double v, size_t es) {
-    if (es == 8) ((double *)p)[i] = v; else ((float *)p)[i] = (float)v;
-}
-static inline double get_val(const void *p, int64_t i, size_t es) {
-    return es == 8 ? ((const double *)p)[i] : (double)((const float *)p)[i];
-}
-
 /* Causal mask of a diagonal tile: above = 1 masks columns > row (S), 0 masks columns < row
  * (S^T, rows are keys). */
 static void mask_diag(void *S, int64_t b, int above, size_t es) {
     for (int64_t r = 0; r < b; ++r) {
         const int64_t lo = above ? r + 1 : 0, hi = above ? b : r;
-        for (int64_t c = lo; c < hi; ++c) set_val(S, r * b + c, -INFINITY, es);
+        for (int64_t c = lo; c < hi; ++c) pf_attn_set(S, r * b + c, -INFINITY, es);
     }
 }
 
@@ -130,9 +106,9 @@ static void softmax_tile(const pf_attn_ops *ops, void *S, int64_t rows, int64_t 
         if (mn == -INFINITY || mn == INFINITY) {
             int any_nan = 0;
             for (int64_t j = 0; j < n; ++j) {
-                const double x = get_val(Sr, j, es);
+                const double x = pf_attn_get(Sr, j, es);
                 any_nan |= x != x;
-                set_val(Sr, j, mn == INFINITY || x != x ? NAN : 0.0, es);
+                pf_attn_set(Sr, j, mn == INFINITY || x != x ? NAN : 0.0, es);
             }
             if (any_nan) l[r] = NAN;
             if (mn == INFINITY && m[r] != INFINITY) alpha[r] = NAN;
@@ -145,20 +121,6 @@ static void softmax_tile(const pf_attn_ops *ops, void *S, int64_t rows, int64_t 
     }
 }
 
-/* 1 if every one of the n values is finite */
-static int all_finite(const void *x, int64_t n, size_t es) {
-    if (es == 8) {
-        const double *d = (const double *)x;
-        double acc = 0;
-        for (int64_t j = 0; j < n; ++j) acc += d[j] * 0.0; /* NaN iff some entry is NaN or inf */
-        return acc == 0;
-    }
-    const float *f = (const float *)x;
-    float acc = 0;
-    for (int64_t j = 0; j < n; ++j) acc += f[j] * 0.0f;
-    return acc == 0;
-}
-
 /* acc[b][d] += P V on a causal diagonal tile: row i uses keys 0..i only, so a NaN or inf
  * value of a later key is never multiplied by the zero weight of a masked position. */
 static void gemm_lower(const pf_attn_ops *ops, int64_t b, int64_t d, const void *P, const void *V, void *acc) {
@@ -168,8 +130,6 @@ static void gemm_lower(const pf_attn_ops *ops, int64_t b, int64_t d, const void 
                   (char *)acc + (size_t)(i * d) * es, d, 1);
 }
 
-#define PTR(base, off_bytes) ((void *)((char *)(base) + (off_bytes)))
-
 /* ------------------------------------------------------------------ phases */
 
 void pf_attn_pack_block(int op, const pf_attn_args *a, const plan_t *P, int64_t item) {
@@ -178,82 +138,154 @@ void pf_attn_pack_block(int op, const pf_attn_args *a, const plan_t *P, int64_t 
     const pf_dtype dt = a->dtype;
     char *w = (char *)a->work;
     const int64_t tile = (n * P->R + I) * b * d * es; /* byte offset of block (n, I) in NLd arrays */
+    if (item == 0 && P->off[P_WT] >= 0) /* W^T for the features (phase 1) */
+        pf_attn_transpose(PTR(w, P->off[P_WT]), a->features, P->r, d, d, P->es);
     for (int64_t i = 0; i < b; ++i) {
         const int64_t row = I * b + i;
         const int64_t roff = tile + i * d * es;
+        const int kept = pf_attn_key_kept(a, n0, row); /* an excluded key is packed as zeros */
         /* q: scaled rows (+ unscaled transposed tile for BWD) */
         void *qs = PTR(w, P->off[P_QS] + roff);
-        load_row(qs, elem(&a->q, dt, n0, h, row), dt, d);
+        pf_attn_load_row(qs, pf_attn_elem(&a->q, dt, n0, h, row), dt, d);
         if (op == PF_ATTN_BWD) scatter_col(PTR(w, P->off[P_QT] + tile), qs, d, b, i, P->es);
         scale_row(qs, d, a->scale, P->es);
         /* k: transposed tile (unscaled) (+ scaled rows for BWD) */
         void *ks = op == PF_ATTN_BWD ? PTR(w, P->off[P_KS] + roff) : NULL;
         if (ks) {
-            load_row(ks, elem(&a->k, dt, n0, h, row), dt, d);
+            if (kept) pf_attn_load_row(ks, pf_attn_elem(&a->k, dt, n0, h, row), dt, d);
+            else memset(ks, 0, (size_t)(d * es));
             if (P->off[P_KT] >= 0) scatter_col(PTR(w, P->off[P_KT] + tile), ks, d, b, i, P->es);
             scale_row(ks, d, a->scale, P->es);
         } else {
             /* FWD has no row copy of k: stage it in the V slot's row, overwritten below */
             void *tmp = PTR(w, P->off[P_V] + roff);
-            load_row(tmp, elem(&a->k, dt, n0, h, row), dt, d);
+            if (kept) pf_attn_load_row(tmp, pf_attn_elem(&a->k, dt, n0, h, row), dt, d);
+            else memset(tmp, 0, (size_t)(d * es));
             scatter_col(PTR(w, P->off[P_KT] + tile), tmp, d, b, i, P->es);
         }
         void *vr = PTR(w, P->off[P_V] + roff);
-        load_row(vr, elem(&a->v, dt, n0, h, row), dt, d);
+        if (kept) pf_attn_load_row(vr, pf_attn_elem(&a->v, dt, n0, h, row), dt, d);
+        else memset(vr, 0, (size_t)(d * es));
         if (op == PF_ATTN_BWD) {
             if (P->off[P_VT] >= 0) scatter_col(PTR(w, P->off[P_VT] + tile), vr, d, b, i, P->es);
             void *dor = PTR(w, P->off[P_DO] + roff);
-            load_row(dor, elem(&a->dout, dt, n0, h, row), dt, d);
+            pf_attn_load_row(dor, pf_attn_elem(&a->dout, dt, n0, h, row), dt, d);
             scatter_col(PTR(w, P->off[P_DOT] + tile), dor, d, b, i, P->es);
             const int64_t r = n * P->L + row; /* [batch, heads, L] index */
-            double D = dot_row(dor, elem(&a->out, dt, n0, h, row), dt, d);
-            if (a->dlse) D -= get_val(a->dlse, r, P->es);
-            set_val(PTR(w, P->off[P_D]), r, D, P->es);
-            const double lse = get_val(a->lse, r, P->es);
-            set_val(PTR(w, P->off[P_LSE]), r, lse == -INFINITY ? INFINITY : lse, P->es);
+            double D = dot_row(dor, pf_attn_elem(&a->out, dt, n0, h, row), dt, d);
+            if (a->dlse) D -= pf_attn_get(a->dlse, r, P->es);
+            pf_attn_set(PTR(w, P->off[P_D]), r, D, P->es);
+            const double lse = pf_attn_get(a->lse, r, P->es);
+            pf_attn_set(PTR(w, P->off[P_LSE]), r, lse == -INFINITY ? INFINITY : lse, P->es);
         }
     }
+}
+
+/* Excluded keys (key mask) of key block J get score -inf: in S (keys are columns) or, with
+ * keys_are_rows, in S^T. */
+static void mask_keys(const pf_attn_args *a, const plan_t *P, int64_t n, int64_t J, void *S, int keys_are_rows) {
+    if (!a->key_mask) return;
+    const int64_t b = P->b;
+    const uint8_t *km = a->key_mask + (n / a->heads) * a->L + J * b;
+    for (int64_t j = 0; j < b; ++j) {
+        if (km[j]) continue;
+        if (keys_are_rows)
+            for (int64_t c = 0; c < b; ++c) pf_attn_set(S, j * b + c, -INFINITY, P->es);
+        else
+            for (int64_t r = 0; r < b; ++r) pf_attn_set(S, r * b + j, -INFINITY, P->es);
+    }
+}
+
+/* Offset of the first key of block J that takes part (b if none). */
+static int64_t first_kept(const pf_attn_args *a, const plan_t *P, int64_t n, int64_t J) {
+    if (!a->key_mask) return 0;
+    const uint8_t *km = a->key_mask + (n / a->heads) * a->L + J * P->b;
+    int64_t j = 0;
+    while (j < P->b && !km[j]) ++j;
+    return j;
+}
+
+/* Row `row` of the output from the sparse statistics (m, l, acc row; seen: the row met at
+ * least one key) and, with a low-rank part, the row's low-rank numerator and denominator
+ * nd[d + 1] with offset off: y = (sum of both numerators) / Z, lse = log Z. */
+static void store_fwd_row(const pf_attn_args *a, const plan_t *P, int64_t n, int64_t row, double m, double l,
+                          int seen, const void *acc, const void *nd, double off) {
+    const int64_t d = P->d, n0 = n / a->heads, h = n % a->heads;
+    const size_t es = P->es;
+    void *dst = (void *)pf_attn_elem(&a->out, a->dtype, n0, h, row);
+    /* sparse part: l = 0 (every score -inf) gives 0/0 = NaN, as the dense softmax */
+    const double lse_s = !seen ? -INFINITY : m == INFINITY ? (l != l ? NAN : INFINITY) : m + log(l);
+    if (!nd) {
+        if (seen) store_row(dst, a->dtype, acc, d, 1.0 / l);
+        else zero_store_row(dst, a->dtype, d);
+        pf_attn_set(a->lse, n * P->L + row, lse_s, es);
+        return;
+    }
+    const double den = pf_attn_get(nd, d, es);
+    const double M = lse_s != lse_s ? NAN : lse_s > off ? lse_s : off;
+    if (M == -INFINITY) { /* no key at all */
+        zero_store_row(dst, a->dtype, d);
+        pf_attn_set(a->lse, n * P->L + row, -INFINITY, es);
+        return;
+    }
+    const double ws = lse_s == -INFINITY ? 0.0 : exp(lse_s - M), wl = off == -INFINITY ? 0.0 : exp(off - M);
+    const double z = ws + wl * den;
+    if (z == 0) {
+        zero_store_row(dst, a->dtype, d);
+        pf_attn_set(a->lse, n * P->L + row, -INFINITY, es);
+        return;
+    }
+    /* y = (ws * acc / l + wl * num) / z, the sparse term 0 when the row met no sparse key */
+    const double fs = lse_s == -INFINITY ? 0.0 : ws / (l * z), fl = wl / z;
+    if (es == 8) {
+        double *y = (double *)PTR(nd, 0); /* nd's numerators are overwritten with y */
+        const double *ac = (const double *)acc;
+        for (int64_t c = 0; c < d; ++c) y[c] = (lse_s == -INFINITY ? 0.0 : ac[c] * fs) + y[c] * fl;
+    } else {
+        float *y = (float *)PTR(nd, 0);
+        const float *ac = (const float *)acc;
+        const float fsf = (float)fs, flf = (float)fl;
+        for (int64_t c = 0; c < d; ++c) y[c] = (lse_s == -INFINITY ? 0.0f : ac[c] * fsf) + y[c] * flf;
+    }
+    store_row(dst, a->dtype, nd, d, 1.0);
+    pf_attn_set(a->lse, n * P->L + row, M + log(z), es);
 }
 
 void pf_attn_fwd_row(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr) {
     const int64_t n = item / P->R, I = item % P->R, b = P->b, d = P->d, R = P->R;
     const int64_t es = (int64_t)P->es;
-    const int64_t n0 = n / a->heads, h = n % a->heads;
     char *w = (char *)a->work;
     void *S = scr;
     void *acc = PTR(scr, ALIGN64(b * b * es));
     double *m = (double *)PTR(acc, ALIGN64(b * d * es));
-    double *l = m + b, *alpha = l + b;
+    double *l = m + b, *alpha = l + b, *seen = alpha + b;
     memset(acc, 0, (size_t)(b * d * es));
-    for (int64_t i = 0; i < b; ++i) { m[i] = -INFINITY; l[i] = 0; }
+    for (int64_t i = 0; i < b; ++i) { m[i] = -INFINITY; l[i] = 0; seen[i] = 0; }
     const void *Qs = PTR(w, P->off[P_QS] + (n * P->L + I * b) * d * es);
-    int has_keys = 0; /* every row of a visited block-row has at least one allowed key */
     for (int64_t p = a->row_ptr[I]; p < a->row_ptr[I + 1]; ++p) {
         const int64_t J = a->col_idx[p];
         if (a->causal && J > I) break; /* ascending columns */
         const void *Kt = PTR(w, P->off[P_KT] + (n * R + J) * b * d * es);
         const void *V = PTR(w, P->off[P_V] + (n * P->L + J * b) * d * es);
-        has_keys = 1;
-        ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
         const int diag = a->causal && J == I;
+        const int64_t f = first_kept(a, P, n, J); /* row i meets a key iff f < b (f <= i: diag) */
+        for (int64_t i = 0; i < b; ++i) seen[i] = seen[i] || (diag ? f <= i : f < b);
+        ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
         if (diag) mask_diag(S, b, 1, P->es);
+        mask_keys(a, P, n, J, S, 0);
         softmax_tile(ops, S, b, b, m, l, alpha);
         for (int64_t i = 0; i < b; ++i)
             if (alpha[i] != 1.0) ops->scale(PTR(acc, i * d * es), d, alpha[i]);
-        if (diag && !all_finite(V, b * d, P->es)) gemm_lower(ops, b, d, S, V, acc);
+        if (diag && !pf_attn_all_finite(V, b * d, P->es)) gemm_lower(ops, b, d, S, V, acc);
         else ops->gemm(b, d, b, S, b, V, d, acc, d, 1);
     }
+    void *nd = P->r > 0 ? pf_attn_lr_row(a, P, ops, n, I, PTR(scr, P->lr_scratch)) : NULL;
+    const double offk = nd ? pf_attn_get(PTR(w, P->off[P_OFFK]), n, P->es) : 0;
     for (int64_t i = 0; i < b; ++i) {
         const int64_t row = I * b + i;
-        void *dst = (void *)elem(&a->out, a->dtype, n0, h, row);
-        if (has_keys) { /* l = 0 (all scores -inf) gives 0/0 = NaN, as the dense softmax */
-            store_row(dst, a->dtype, PTR(acc, i * d * es), d, 1.0 / l[i]);
-            const double lse = m[i] == INFINITY ? (l[i] != l[i] ? NAN : INFINITY) : m[i] + log(l[i]);
-            set_val(a->lse, n * P->L + row, lse, P->es);
-        } else {
-            zero_store_row(dst, a->dtype, d);
-            set_val(a->lse, n * P->L + row, -INFINITY, P->es);
-        }
+        const double off = nd ? pf_attn_get(PTR(w, P->off[P_OFFQ]), n * P->L + row, P->es) + offk : 0;
+        store_fwd_row(a, P, n, row, m[i], l[i], seen[i] != 0, PTR(acc, i * d * es),
+                      nd ? PTR(nd, i * P->d1 * es) : NULL, off);
     }
 }
 
@@ -278,12 +310,14 @@ void pf_attn_bwd_dq(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *o
         const void *Ks = PTR(w, P->off[P_KS] + (n * P->L + J * b) * d * es);
         ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
         if (a->causal && J == I) mask_diag(S, b, 1, P->es);
+        mask_keys(a, P, n, J, S, 0);
         ops->gemm(b, b, d, dO, d, Vt, b, dP, b, 0);
         ops->p_ds(S, dP, b, b, lse, D, 1);
         ops->gemm(b, d, b, dP, b, Ks, d, acc, d, 1);
     }
+    if (P->r > 0) pf_attn_lr_dq(a, P, ops, n, I, PTR(scr, P->lr_scratch), acc);
     for (int64_t i = 0; i < b; ++i)
-        store_row((void *)elem(&a->dq, a->dtype, n0, h, I * b + i), a->dtype, PTR(acc, i * d * es), d, 1.0);
+        store_row((void *)pf_attn_elem(&a->dq, a->dtype, n0, h, I * b + i), a->dtype, PTR(acc, i * d * es), d, 1.0);
 }
 
 /* Key block J against query block I of problem n: scores S^T = Ks Qt (recomputed, masked on
@@ -303,6 +337,7 @@ static void dkdv_block(const pf_attn_args *a, const plan_t *P, const pf_attn_ops
     const void *D = PTR(w, P->off[P_D] + qrows * es);
     ops->gemm(b, b, d, Ks, d, Qt, b, St, b, 0);
     if (a->causal && J == I) mask_diag(St, b, 0, P->es);
+    mask_keys(a, P, n, J, St, 1);
     ops->gemm(b, b, d, V, d, dOt, b, dPt, b, 0);
     ops->p_ds(St, dPt, b, b, lse, D, 0);
     ops->gemm(b, d, b, St, b, dO, d, accV, d, 1);
@@ -316,23 +351,8 @@ static void store_dkdv(const pf_attn_args *a, const plan_t *P, int64_t n, int64_
     const int64_t n0 = n / a->heads, h = n % a->heads;
     for (int64_t j = 0; j < b; ++j) {
         const int64_t row = J * b + j;
-        store_row((void *)elem(&a->dk, a->dtype, n0, h, row), a->dtype, PTR(accK, j * d * es), d, 1.0);
-        store_row((void *)elem(&a->dv, a->dtype, n0, h, row), a->dtype, PTR(accV, j * d * es), d, 1.0);
-    }
-}
-
-/* transpose a b x b tile: dst[i][j] = src[j][i] */
-static void transpose_tile(void *dst, const void *src, int64_t b, size_t es) {
-    if (es == 8) {
-        double *o = (double *)dst;
-        const double *s = (const double *)src;
-        for (int64_t i = 0; i < b; ++i)
-            for (int64_t j = 0; j < b; ++j) o[i * b + j] = s[j * b + i];
-    } else {
-        float *o = (float *)dst;
-        const float *s = (const float *)src;
-        for (int64_t i = 0; i < b; ++i)
-            for (int64_t j = 0; j < b; ++j) o[i * b + j] = s[j * b + i];
+        store_row((void *)pf_attn_elem(&a->dk, a->dtype, n0, h, row), a->dtype, PTR(accK, j * d * es), d, 1.0);
+        store_row((void *)pf_attn_elem(&a->dv, a->dtype, n0, h, row), a->dtype, PTR(accV, j * d * es), d, 1.0);
     }
 }
 
@@ -357,10 +377,11 @@ static void key_column(const pf_attn_args *a, const plan_t *P, const pf_attn_ops
         if (a->causal && I < J) continue;
         dkdv_block(a, P, ops, n, I, J, Ks, V, St, dPt, accK, accV);
         if (dQ) {
-            transpose_tile(dS, dPt, b, P->es);
+            pf_attn_transpose(dS, dPt, b, b, b, P->es);
             ops->gemm(b, d, b, dS, b, Ks, d, PTR(dQ, I * b * d * es), d, 1);
         }
     }
+    if (P->r > 0) pf_attn_lr_dkdv(a, P, ops, n, J, PTR(scr, P->lr_scratch), accK, accV);
     store_dkdv(a, P, n, J, accK, accV);
 }
 
@@ -377,6 +398,9 @@ void pf_attn_bwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_o
     void *dQ = PTR(a->work, P->off[P_DQ] + n * P->L * d * es);
     memset(dQ, 0, (size_t)(P->L * d * es));
     for (int64_t J = 0; J < P->R; ++J) key_column(a, P, ops, n, J, scr, dQ);
+    if (P->r > 0)
+        for (int64_t I = 0; I < P->R; ++I)
+            pf_attn_lr_dq(a, P, ops, n, I, PTR(scr, P->lr_scratch), PTR(dQ, I * P->b * d * es));
     for (int64_t i = 0; i < P->L; ++i)
-        store_row((void *)elem(&a->dq, a->dtype, n0, h, i), a->dtype, PTR(dQ, i * d * es), d, 1.0);
+        store_row((void *)pf_attn_elem(&a->dq, a->dtype, n0, h, i), a->dtype, PTR(dQ, i * d * es), d, 1.0);
 }

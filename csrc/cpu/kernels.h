@@ -53,16 +53,16 @@ void pf_tile_portable(const pf_tile *t);
 void pf_tile_avx2(const pf_tile *t);
 void pf_tile_avx512(const pf_tile *t);
 
-/* C[m x n] = (acc ? C : 0) + A[m x k] B[k x n], fp32, row-major with row strides lda, ldb,
- * ldc, computed by `tile` (so with the tile's summation order). */
-static inline void pf_tile_gemm(pf_tile_fn tile, int64_t m, int64_t n, int64_t k, const float *A,
-                                int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
-                                int acc) {
+/* C[m x n] = (acc ? C : 0) + A B, fp32, A(i, p) = A[i * ams + p * ass] (one stride is 1), B
+ * and C row-major with row strides ldb, ldc, computed by `tile` (so with its summation order). */
+static inline void pf_tile_gemm_strided(pf_tile_fn tile, int64_t m, int64_t n, int64_t k,
+                                        const float *A, int64_t ams, int64_t ass, const float *B,
+                                        int64_t ldb, float *C, int64_t ldc, int acc) {
     pf_tile t;
     memset(&t, 0, sizeof t);
     t.A = A;
-    t.ams = lda;
-    t.ass = 1;
+    t.ams = ams;
+    t.ass = ass;
     t.B = B;
     t.bss = ldb;
     t.nseg = 1;
@@ -76,6 +76,20 @@ static inline void pf_tile_gemm(pf_tile_fn tile, int64_t m, int64_t n, int64_t k
     tile(&t);
 }
 
+/* C = (acc ? C : 0) + A B with A row-major [m x k] (row stride lda) */
+static inline void pf_tile_gemm(pf_tile_fn tile, int64_t m, int64_t n, int64_t k, const float *A,
+                                int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
+                                int acc) {
+    pf_tile_gemm_strided(tile, m, n, k, A, lda, 1, B, ldb, C, ldc, acc);
+}
+
+/* C = (acc ? C : 0) + A^T B with A stored [k x m] (row stride lda) */
+static inline void pf_tile_gemm_tn(pf_tile_fn tile, int64_t m, int64_t n, int64_t k, const float *A,
+                                   int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
+                                   int acc) {
+    pf_tile_gemm_strided(tile, m, n, k, A, 1, lda, B, ldb, C, ldc, acc);
+}
+
 /* Attention's tile operations on accumulator-typed (`es` bytes: float or double) row-major
  * tiles. Every fp32 table computes the GEMM with its ISA's tile kernel. */
 typedef struct {
@@ -83,6 +97,9 @@ typedef struct {
     /* C[m][n] = (acc ? C : 0) + A[m][k] B[k][n] */
     void (*gemm)(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda, const void *B,
                  int64_t ldb, void *C, int64_t ldc, int acc);
+    /* C[m][n] = (acc ? C : 0) + sum_s A[s][m] B[s][n]  (A stored [k][m], row stride lda) */
+    void (*gemm_tn)(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda, const void *B,
+                    int64_t ldb, void *C, int64_t ldc, int acc);
     /* max of s[0..n), NaN entries ignored (-inf if none is a number) */
     double (*rowmax)(const void *s, int64_t n);
     /* s = exp(s - c), returns the sum (NaN if an entry is NaN); c finite */

@@ -49,20 +49,36 @@ static void gemm_f32(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda
                  (float *)C, ldc, acc);
 }
 
-static void gemm_f64(int64_t m, int64_t n, int64_t k, const void *A_, int64_t lda,
-                     const void *B_, int64_t ldb, void *C_, int64_t ldc, int acc) {
-    const double *A = (const double *)A_, *B = (const double *)B_;
-    double *C = (double *)C_;
+static void gemm_tn_f32(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda,
+                        const void *B, int64_t ldb, void *C, int64_t ldc, int acc) {
+    pf_tile_gemm_tn(pf_tile_portable, m, n, k, (const float *)A, lda, (const float *)B, ldb,
+                    (float *)C, ldc, acc);
+}
+
+/* C[i][j] (+)= sum_p A(i, p) B[p][j] in double, A(i, p) = A[i * ams + p * ass] */
+static void gemm_strided_f64(int64_t m, int64_t n, int64_t k, const double *A, int64_t ams,
+                             int64_t ass, const double *B, int64_t ldb, double *C, int64_t ldc,
+                             int acc) {
     for (int64_t i = 0; i < m; ++i) {
         double *c = C + i * ldc;
         if (!acc)
             for (int64_t j = 0; j < n; ++j) c[j] = 0;
         for (int64_t p = 0; p < k; ++p) {
-            const double a = A[i * lda + p];
+            const double a = A[i * ams + p * ass];
             const double *b = B + p * ldb;
             for (int64_t j = 0; j < n; ++j) c[j] += a * b[j];
         }
     }
+}
+
+static void gemm_f64(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda, const void *B,
+                     int64_t ldb, void *C, int64_t ldc, int acc) {
+    gemm_strided_f64(m, n, k, (const double *)A, lda, 1, (const double *)B, ldb, (double *)C, ldc, acc);
+}
+
+static void gemm_tn_f64(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda,
+                        const void *B, int64_t ldb, void *C, int64_t ldc, int acc) {
+    gemm_strided_f64(m, n, k, (const double *)A, 1, lda, (const double *)B, ldb, (double *)C, ldc, acc);
 }
 
 /* The row ops of pf_attn_ops, generic over the accumulator type T. */
@@ -106,5 +122,5 @@ static void gemm_f64(int64_t m, int64_t n, int64_t k, const void *A_, int64_t ld
 ROW_OPS(float, f32, expf)
 ROW_OPS(double, f64, exp)
 
-const pf_attn_ops pf_attn_ops_portable = {4, gemm_f32, rowmax_f32, exp_sub_sum_f32, scale_f32, p_ds_f32};
-const pf_attn_ops pf_attn_ops_f64 = {8, gemm_f64, rowmax_f64, exp_sub_sum_f64, scale_f64, p_ds_f64};
+const pf_attn_ops pf_attn_ops_portable = {4, gemm_f32, gemm_tn_f32, rowmax_f32, exp_sub_sum_f32, scale_f32, p_ds_f32};
+const pf_attn_ops pf_attn_ops_f64 = {8, gemm_f64, gemm_tn_f64, rowmax_f64, exp_sub_sum_f64, scale_f64, p_ds_f64};

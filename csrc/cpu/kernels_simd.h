@@ -217,6 +217,12 @@ static void gemm(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda, co
                  (float *)C, ldc, acc);
 }
 
+static void gemm_tn(int64_t m, int64_t n, int64_t k, const void *A, int64_t lda, const void *B,
+                    int64_t ldb, void *C, int64_t ldc, int acc) {
+    pf_tile_gemm_tn(PF_SIMD(pf_tile), m, n, k, (const float *)A, lda, (const float *)B, ldb,
+                    (float *)C, ldc, acc);
+}
+
 static double rowmax(const void *s_, int64_t n) {
     const float *s = (const float *)s_;
     const pf_vf ninf = v_set1(-INFINITY);
@@ -265,7 +271,7 @@ static void p_ds(void *S_, void *dP_, int64_t rows, int64_t n, const void *c_, c
     }
 }
 
-const pf_attn_ops PF_SIMD(pf_attn_ops) = {4, gemm, rowmax, exp_sub_sum, scale, p_ds};
+const pf_attn_ops PF_SIMD(pf_attn_ops) = {4, gemm, gemm_tn, rowmax, exp_sub_sum, scale, p_ds};
 
 /* ------------------------------------------------------------------ peak probe */
 

@@ -25,12 +25,35 @@
  * (batch, head) problem: outputs are disjoint, no atomics, no reduction, results are
  * deterministic and independent of the thread count.
  *
+ * Low-rank part (SPEC section 4; rank > 0). Every allowed key that the layout does not keep
+ * pairs with query i through positive random features of the softmax kernel, with one
+ * normaliser shared with the sparse part. With x = sqrt(scale) * (q or k) (NaN/inf entries
+ * taken as 0; the caller gives the output the dense pattern of non-finite inputs), W the
+ * [rank][d] projection and a(x) = W x - |x|^2 / 2:
+ *
+ *     phi(x) = exp(a(x) - off) / sqrt(rank)    off: per query row, one per problem for keys
+ *     k_ij   = exp(off_i + off_k) phi(q_i) . phi(k_j)
+ *     out_i  = (sum_{j kept} exp(S_ij) v_j + sum_{j low rank} k_ij v_j) / Z_i,
+ *     Z_i    = sum_{j kept} exp(S_ij) + sum_{j low rank} k_ij,   lse_i = log Z_i
+ *
+ * ("low rank": allowed, i.e. j <= i when causal, and outside the kept blocks; inside a
+ * causal diagonal block that is not kept, element by element). Only per-block summaries
+ * (rank x (d + 1) per block: sum phi(k_j) [v_j, 1]) are formed: the low-rank sum of query
+ * block I is phi(q) . (all allowed blocks' summaries - the summaries of I's kept blocks),
+ * the first from a prefix sum (causal) or the total. Nothing of size nnz * b * rank or L^2
+ * exists; memory stays linear in L. The backward takes the forward's (out, lse) and gives
+ * the gradients of both parts (the features' offsets are constants: they cancel).
+ *
+ * Key mask (key_mask != NULL, [batch][L] bytes): a key with mask 0 is excluded from every
+ * row in both parts, element by element (padding); what it holds never matters. A row
+ * left with no key at all gives out = 0 and lse = -inf.
+ *
  * Storage dtypes: PF_FLOAT32, PF_BFLOAT16 (uint16_t storage, fp32 accumulation) and
  * PF_FLOAT64 (double accumulation, the exact path used by gradcheck). lse (and dlse) are
  * float32 for FLOAT32/BFLOAT16 and float64 for FLOAT64, contiguous [batch, heads, L].
  *
- * Threading: work is split into PF_ATTN_PHASES phases (0: packing, 1: compute) of
- * independent tasks. The caller runs, for phase 0 then 1, tasks [0, pf_attn_num_tasks) in
+ * Threading: work is split into PF_ATTN_PHASES phases (below) of
+ * independent tasks. The caller runs, for each phase in order, tasks [0, pf_attn_num_tasks) in
  * any order on any threads (e.g. at::parallel_for), calling pf_attn_run on sub-ranges.
  * No allocation happens inside: packed operands and every task's scratch live in the
  * caller's workspace (pf_attn_workspace bytes, linear in L). Outputs are fully overwritten.
@@ -54,7 +77,9 @@ typedef struct {
 } pf_attn_tensor;
 
 enum { PF_ATTN_FWD = 0, PF_ATTN_BWD = 1 };
-#define PF_ATTN_PHASES 2
+/* Phases: 0 packing, 1 features, 2 per-block summaries, 3 prefix sums, 4 attention (the
+ * low-rank phases 1-3 have no tasks when rank == 0). */
+#define PF_ATTN_PHASES 5
 
 typedef struct {
     pf_dtype dtype;            /* FLOAT32, BFLOAT16 or FLOAT64 for every dense operand */
@@ -82,6 +107,9 @@ typedef struct {
                                 * keeps every thread busy). Same results up to rounding. */
     void *work;                /* pf_attn_workspace() bytes, 64-byte aligned is best */
     int isa;                   /* PF_ISA_*: 0 picks the best the CPU has (AVX-512, AVX2 or portable) */
+    int64_t rank;              /* random features of the low-rank part (0: the sparse part alone) */
+    const void *features;      /* [rank][d] contiguous projection W: float32 (float64 for FLOAT64) */
+    const uint8_t *key_mask;   /* [batch][L] contiguous, 0 excludes the key; NULL: every key kept */
 } pf_attn_args;
 
 /* Check sizes, strides, dtypes, pointers, the isa (one the CPU lacks is an error) and the

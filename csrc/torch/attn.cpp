@@ -51,13 +51,17 @@ bool bwd_per_problem(int64_t problems, int64_t threads) {
                        (problems % threads == 0 || problems >= 4 * threads));
 }
 
+using OptTensor = std::optional<at::Tensor>;
+
+bool given(const OptTensor &t) { return t.has_value() && t->defined(); }
+
 // The checked arguments of one call (what a's pointers point into is kept alive here).
 struct Setup {
   pf_attn_args a{};
-  at::Tensor q, k, v, row_ptr, col_idx, col_ptr, row_idx;
+  at::Tensor q, k, v, row_ptr, col_idx, col_ptr, row_idx, features, key_mask;
   Setup(const at::Tensor &q_, const at::Tensor &k_, const at::Tensor &v_, const at::Tensor &rp,
         const at::Tensor &ci, const at::Tensor &cp, const at::Tensor &ri, int64_t block,
-        double scale, bool causal) {
+        double scale, bool causal, const OptTensor &feats, const OptTensor &kmask) {
     PF_CHECK(q_.dim() == 3 || q_.dim() == 4, "q must be 3-D [N, L, d] or 4-D [B, H, L, d], got ",
              q_.sizes());
     a.dtype = attn_dtype(q_);
@@ -85,6 +89,24 @@ struct Setup {
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     a.max_tasks = 4 * threads;
     a.bwd_per_problem = bwd_per_problem(a.batch * a.heads, threads);
+    if (given(feats)) {  // the low-rank part's projection [r, d], in the accumulator dtype
+      CHECK_DEVICE((*feats), "features", q.device());
+      PF_CHECK(feats->dim() == 2 && feats->size(1) == d, "features must be [r, d = ", d, "], got ",
+               feats->sizes());
+      PF_CHECK_TYPE(feats->is_floating_point(), "features must be floating point, got ",
+                    feats->scalar_type());
+      features = feats->to(lse_dtype(q)).contiguous();
+      a.rank = features.size(0);
+      a.features = a.rank > 0 ? features.data_ptr() : nullptr;
+    }
+    if (given(kmask)) {  // [batch, L] bool: false excludes the key from every row
+      CHECK_DEVICE((*kmask), "key_mask", q.device());
+      PF_CHECK_TYPE(kmask->scalar_type() == at::kBool, "key_mask must be bool, got ",
+                    kmask->scalar_type());
+      CHECK_SHAPE((*kmask), "key_mask", a.batch, L);
+      key_mask = kmask->contiguous();
+      a.key_mask = reinterpret_cast<const uint8_t *>(key_mask.data_ptr());
+    }
   }
 };
 
@@ -106,8 +128,9 @@ std::tuple<at::Tensor, at::Tensor> bsattn_fwd(const at::Tensor &q, const at::Ten
                                               const at::Tensor &v, const at::Tensor &row_ptr,
                                               const at::Tensor &col_idx, const at::Tensor &col_ptr,
                                               const at::Tensor &row_idx, int64_t block,
-                                              double scale, bool causal) {
-  Setup s(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal);
+                                              double scale, bool causal, const OptTensor &features,
+                                              const OptTensor &key_mask) {
+  Setup s(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal, features, key_mask);
   at::Tensor out = at::empty(s.q.sizes(), s.q.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor lse = at::empty(s.q.sizes().slice(0, s.q.dim() - 1), s.q.options().dtype(lse_dtype(s.q)));
   s.a.out = view(out);
@@ -120,8 +143,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bsattn_bwd(
     const at::Tensor &dout, const std::optional<at::Tensor> &dlse, const at::Tensor &q,
     const at::Tensor &k, const at::Tensor &v, const at::Tensor &out, const at::Tensor &lse,
     const at::Tensor &row_ptr, const at::Tensor &col_idx, const at::Tensor &col_ptr,
-    const at::Tensor &row_idx, int64_t block, double scale, bool causal) {
-  Setup s(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal);
+    const at::Tensor &row_idx, int64_t block, double scale, bool causal, const OptTensor &features,
+    const OptTensor &key_mask) {
+  Setup s(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal, features, key_mask);
   const at::Tensor dO = like_q(dout, "dout", s.q), O = like_q(out, "out", s.q);
   const at::Tensor L = lse_like(lse, "lse", s.q);
   at::Tensor dL;

@@ -12,8 +12,10 @@ TORCH_LIBRARY(pixelfly, m) {
   m.def("bsmm_bwd_w(Tensor dy, Tensor x, Tensor row_ptr, Tensor col_idx, Tensor col_ptr, "
         "Tensor row_idx, Tensor csc_blk, int b1, int b2) -> Tensor");
   m.def("bsattn_fwd(Tensor q, Tensor k, Tensor v, Tensor row_ptr, Tensor col_idx, Tensor col_ptr, "
-        "Tensor row_idx, int block, float scale, bool causal) -> (Tensor out, Tensor lse)");
+        "Tensor row_idx, int block, float scale, bool causal, Tensor? features=None, "
+        "Tensor? key_mask=None) -> (Tensor out, Tensor lse)");
   m.def("bsattn_bwd(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, "
         "Tensor lse, Tensor row_ptr, Tensor col_idx, Tensor col_ptr, Tensor row_idx, int block, "
-        "float scale, bool causal) -> (Tensor dq, Tensor dk, Tensor dv)");
+        "float scale, bool causal, Tensor? features=None, Tensor? key_mask=None) -> "
+        "(Tensor dq, Tensor dk, Tensor dv)");
 }
