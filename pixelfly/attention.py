@@ -11,12 +11,13 @@ features (``E[phi(x) . phi(y)] = exp(x . y)``)::
           / (sum_{j in S_i} exp(s_ij)     + sum_{j notin S_i} k_ij)
     k_ij  = phi(sqrt(scale) q_i) . phi(sqrt(scale) k_j)         (j <= i only when causal)
 
-The sparse sums come from the C kernel (``pixelfly.attention_ops``): its ``(out, lse)`` give
-the unnormalised numerator ``out * exp(lse)`` and denominator ``exp(lse)``. The low-rank sums
-over the complement are "all keys" minus "the row's kept blocks", both formed from per-block
-``phi(k)^T v`` summaries (``pixelfly.attention_lowrank``), so nothing is ``L x L`` or
-``nnz x b x r``: memory grows linearly in ``L``. Every
-term is carried with per-row log-scale offsets, so nothing overflows.
+On the CPU the whole core (sparse part, low-rank part, key mask) is one C kernel
+(``pixelfly.attention_ops`` with ``features=``, csrc/cpu/attn_lowrank.c); on other devices
+the sparse part runs as the composite op and the low-rank part in PyTorch
+(``pixelfly.attention_lowrank``). Both form the low-rank sums over the complement as "all
+keys" minus "the row's kept blocks" from per-block ``phi(k)^T [v, 1]`` summaries, so nothing
+is ``L x L`` or ``nnz x b x r``: memory grows linearly in ``L``. Every term is carried with
+per-row log-scale offsets, so nothing overflows.
 
 Sequence lengths must be multiples of ``block_size`` (a clear ``ValueError`` otherwise).
 ``sparse_lowrank_attention(..., key_mask=)`` excludes keys element by element (padding): the
@@ -230,22 +231,35 @@ def sparse_lowrank_attention(q, k, v, index: AttentionIndex, block: int, *, scal
         if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, L):
             raise ValueError(f"key_mask must be a bool tensor of shape [B, L] = {[B, L]}, got "
                              f"{key_mask.dtype} {list(key_mask.shape)}")
+    on_cpu = q.device.type == "cpu"       # the C kernel: key mask and low rank fused in
     if features is None or features.shape[0] == 0:
-        if key_mask is not None:
+        if key_mask is not None and not on_cpu:
             out_s, _ = _key_masked_bsattn(q, k, v, index, block, scale, causal, key_mask)
         else:
-            out_s, _ = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal)
+            out_s, _ = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal,
+                                                None, key_mask)
         return (out_s, out_s) if return_parts else out_s
     if features.dim() != 2 or features.shape[1] != d:
         raise ValueError(f"features must be [r, head_dim = {d}], got {tuple(features.shape)}")
-    if key_mask is not None:
-        km = key_mask[:, None, :, None]
-        k, v = torch.where(km, k, 0), torch.where(km, v, 0)   # what excluded keys hold never matters
     # the low-rank sums run on finite inputs (NaN/inf would turn "all keys minus the support"
     # into NaN everywhere); what non-finite inputs do to the output is applied after
     finite = not torch.compiler.is_compiling() and _all_finite(q, k, v)
-    y, out_s = SparseLowRankAttention.apply(q, k, v, features, index, index.layout, block, scale, causal,
-                                            finite, key_mask)
+    if key_mask is not None and not finite:
+        km = key_mask[:, None, :, None]
+        k, v = torch.where(km, k, 0), torch.where(km, v, 0)   # what excluded keys hold never matters
+        finite = not torch.compiler.is_compiling() and _all_finite(q, k, v)
+    if on_cpu:
+        y, _ = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal,
+                                        features.to(q.dtype if q.dtype == torch.float64 else torch.float32),
+                                        key_mask)
+        out_s = attention_ops.bsattn_fwd(q, k, v, *index.tensors(), block, scale, causal, None,
+                                         key_mask)[0].detach() if return_parts else None
+    else:
+        if key_mask is not None and finite:
+            km = key_mask[:, None, :, None]
+            k, v = torch.where(km, k, 0), torch.where(km, v, 0)
+        y, out_s = SparseLowRankAttention.apply(q, k, v, features, index, index.layout, block, scale,
+                                                causal, finite, key_mask)
     if not finite:
         cols, valid = _support_gather(index, q.device)
         y = _lowrank_nonfinite(y, q, k, v, cols, valid, block, causal)

@@ -108,19 +108,29 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
     P->r = a->rank;
     P->d1 = a->d + 1;
     P->es = a->dtype == PF_FLOAT64 ? 8 : 4;
-    const int64_t es = (int64_t)P->es, NLd = P->N * P->L * P->d, NL = P->N * P->L, N = P->N, R = P->R;
+    const int64_t es = (int64_t)P->es, N = P->N, R = P->R;
     const int lr = P->r > 0, causal = a->causal != 0;
     P->fused = op == PF_ATTN_BWD && a->bwd_per_problem;
-    P->items[0] = N * R;
-    P->items[1] = lr ? N * R : 0;
-    P->items[2] = lr ? N * R : 0;
-    P->items[3] = lr ? N : 0;
+    P->local = P->fused; /* a task owns whole problems: its buffers serve them in turn */
+    P->miss = 0;
+    for (int64_t I = 0; causal && I < R && !P->miss; ++I) {
+        int kept = 0;
+        for (int64_t p = a->row_ptr[I]; p < a->row_ptr[I + 1]; ++p) kept |= a->col_idx[p] == I;
+        P->miss = !kept;
+    }
+    const int64_t pre = P->local ? 0 : 1; /* phases 0-3 run inside phase 4 when local */
+    P->items[0] = pre * N * R;
+    P->items[1] = lr ? pre * N * R : 0;
+    P->items[2] = lr ? pre * N * R : 0;
+    P->items[3] = lr ? pre * N : 0;
     P->items[4] = op == PF_ATTN_FWD ? N * R : P->fused ? N : 2 * N * R;
     int64_t most = 0;
     for (int ph = 0; ph < PF_ATTN_PHASES; ++ph) {
         P->tasks[ph] = ntasks(P->items[ph], a->max_tasks);
         if (ph > 0 && P->tasks[ph] > most) most = P->tasks[ph];
     }
+    P->slots = P->local ? P->tasks[4] : N;
+    const int64_t S = P->slots, NLd = S * P->L * P->d, NL = S * P->L;
     /* elements of every buffer (0: the op has none) */
     int64_t n[P_COUNT];
     memset(n, 0, sizeof n);
@@ -132,17 +142,17 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
     for (int i = 0; i < np; ++i) n[parts[i]] = parts[i] == P_D || parts[i] == P_LSE ? NL : NLd;
     if (lr) {
         const int64_t blk = P->r * P->d1; /* one summary */
-        n[P_WT] = P->d * P->r;
-        n[P_PHQ] = n[P_PHK] = NL * P->r;
-        n[P_OFFQ] = NL;
-        n[P_BMAX] = N * R;
-        n[P_OFFK] = N;
-        n[P_KV] = N * R * blk;
-        n[P_PRE] = (causal ? N * R : N) * blk;
+        n[P_WT] = (P->local ? S : 1) * P->d * P->r;
+        n[P_BMAX] = S * R;
+        n[P_OFFK] = S;
+        n[P_KV] = S * R * blk;
+        n[P_PRE] = (causal ? S * R : S) * blk;
+        if (op == PF_ATTN_FWD && P->miss) n[P_PHK] = NL * P->r;
         if (op == PF_ATTN_BWD) {
-            n[P_CLR] = NL;
-            n[P_QG] = N * R * blk;
-            n[P_SUF] = (causal ? N * R : N) * blk;
+            n[P_PHQ] = n[P_PHK] = NL * P->r;
+            n[P_OFFQ] = n[P_CLR] = NL;
+            n[P_QG] = S * R * blk;
+            n[P_SUF] = (causal ? S * R : S) * blk;
         }
     }
     int64_t o = 0;
@@ -191,8 +201,11 @@ void pf_attn_run(int op, int phase, const pf_attn_args *a, int64_t begin, int64_
         void *scr = phase > 0 ? PTR(a->work, P.scratch + t * P.per_task) : NULL;
         for (int64_t it = t; it < items; it += tasks) {
             switch (phase) {
-            case 0: pf_attn_pack_block(op, a, &P, it); break;
-            case 1: pf_attn_lr_features(a, &P, ops, it, scr); break;
+            case 0:
+                if (it == 0 && P.r > 0) pf_attn_lr_pack_w(a, &P, 0);
+                pf_attn_pack_block(op, a, &P, it);
+                break;
+            case 1: pf_attn_lr_features(op, a, &P, ops, it, scr); break;
             case 2: pf_attn_lr_summaries(op, a, &P, ops, it, scr); break;
             case 3: pf_attn_lr_sums(op, a, &P, it); break;
             default:

@@ -20,10 +20,10 @@
  * the op has none). Row arrays are [N][L][...], block arrays [N][R][...]. */
 enum {
     P_QS, P_QT, P_KS, P_KT, P_V, P_VT, P_DO, P_DOT, P_D, P_LSE, P_DQ, /* sparse part */
-    P_WT,    /* W^T [d][rank] */
-    P_PHQ,   /* phi(q) rows [N][L][rank] */
-    P_PHK,   /* phi(k) rows [N][L][rank] (phase 1: a(k), -inf for excluded keys) */
-    P_OFFQ,  /* per-row query offsets [N][L] */
+    P_WT,    /* W^T [d][rank] (local: one per slot) */
+    P_PHQ,   /* BWD: phi(q) rows [N][L][rank] */
+    P_PHK,   /* phi(k) rows [N][L][rank] (FWD: only when some causal diagonal block is missing) */
+    P_OFFQ,  /* BWD: per-row query offsets [N][L] */
     P_BMAX,  /* per-block max of a(k) [N][R] */
     P_OFFK,  /* the key offset of each problem [N] */
     P_KV,    /* per key block sum phi(k_j) [v_j, 1]: [N][R][rank][d + 1] */
@@ -39,6 +39,9 @@ typedef struct {
     int64_t N, R, b, d, L;
     int64_t r, d1;      /* rank and d + 1 (0 and d + 1 without a low-rank part) */
     int fused;          /* BWD: one pass per (problem), 5 GEMMs per block instead of 7 */
+    int local;          /* every step of a problem in one phase-4 task, in that task's buffers */
+    int miss;           /* causal, and some diagonal block is not kept */
+    int64_t slots;      /* problems with buffers: N, or (local) the phase-4 tasks */
     size_t es;
     int64_t items[PF_ATTN_PHASES], tasks[PF_ATTN_PHASES];
     int64_t off[P_COUNT];
@@ -47,6 +50,9 @@ typedef struct {
     int64_t lr_scratch; /* offset of the low-rank part of a task's scratch */
     int64_t total;
 } plan_t;
+
+/* the buffer slot of problem n (local: its task's) */
+static inline int64_t pf_attn_slot(const plan_t *P, int64_t n) { return P->local ? n % P->tasks[4] : n; }
 
 /* ------------------------------------------------------------ row helpers */
 
@@ -117,13 +123,18 @@ void pf_attn_bwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_o
 
 /* Low-rank part (attn_lowrank.c). Scratch: the task's area from P->lr_scratch on. */
 int64_t pf_attn_lr_scratch_bytes(const plan_t *P);
-/* phase 1, item (n, I): phi(q) rows and offsets, a(k) rows and their block max */
-void pf_attn_lr_features(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr);
+/* phase 1, item (n, I): the block max of a(k) (and BWD: phi(q) rows and offsets) */
+void pf_attn_lr_features(int op, const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item,
+                         void *scr);
+/* W^T into the workspace (phase 0, task 0; local: per problem) */
+void pf_attn_lr_pack_w(const pf_attn_args *a, const plan_t *P, int64_t n);
 /* phase 2, item (n, J): phi(k) rows, the block's summary (and BWD: c_i and the query summary) */
 void pf_attn_lr_summaries(int op, const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item,
                           void *scr);
 /* phase 3, item n: the prefix (suffix) sums or totals */
 void pf_attn_lr_sums(int op, const pf_attn_args *a, const plan_t *P, int64_t n);
+/* local mode: W^T and phases 1-3 of problem n, run by its phase-4 task */
+void pf_attn_lr_prepare(int op, const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n, void *scr);
 /* FWD: the low-rank numerators and denominators [b][d + 1] of query block I of problem n (in
  * the low-rank scratch) */
 void *pf_attn_lr_row(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n, int64_t I,

@@ -137,9 +137,8 @@ void pf_attn_pack_block(int op, const pf_attn_args *a, const plan_t *P, int64_t 
     const int64_t n0 = n / a->heads, h = n % a->heads;
     const pf_dtype dt = a->dtype;
     char *w = (char *)a->work;
-    const int64_t tile = (n * P->R + I) * b * d * es; /* byte offset of block (n, I) in NLd arrays */
-    if (item == 0 && P->off[P_WT] >= 0) /* W^T for the features (phase 1) */
-        pf_attn_transpose(PTR(w, P->off[P_WT]), a->features, P->r, d, d, P->es);
+    const int64_t sn = pf_attn_slot(P, n);
+    const int64_t tile = (sn * P->R + I) * b * d * es; /* byte offset of block (n, I) in NLd arrays */
     for (int64_t i = 0; i < b; ++i) {
         const int64_t row = I * b + i;
         const int64_t roff = tile + i * d * es;
@@ -171,12 +170,12 @@ void pf_attn_pack_block(int op, const pf_attn_args *a, const plan_t *P, int64_t 
             void *dor = PTR(w, P->off[P_DO] + roff);
             pf_attn_load_row(dor, pf_attn_elem(&a->dout, dt, n0, h, row), dt, d);
             scatter_col(PTR(w, P->off[P_DOT] + tile), dor, d, b, i, P->es);
-            const int64_t r = n * P->L + row; /* [batch, heads, L] index */
+            const int64_t r = n * P->L + row, rs = sn * P->L + row; /* [batch, heads, L] index, slot's */
             double D = dot_row(dor, pf_attn_elem(&a->out, dt, n0, h, row), dt, d);
             if (a->dlse) D -= pf_attn_get(a->dlse, r, P->es);
-            pf_attn_set(PTR(w, P->off[P_D]), r, D, P->es);
+            pf_attn_set(PTR(w, P->off[P_D]), rs, D, P->es);
             const double lse = pf_attn_get(a->lse, r, P->es);
-            pf_attn_set(PTR(w, P->off[P_LSE]), r, lse == -INFINITY ? INFINITY : lse, P->es);
+            pf_attn_set(PTR(w, P->off[P_LSE]), rs, lse == -INFINITY ? INFINITY : lse, P->es);
         }
     }
 }
@@ -261,12 +260,13 @@ void pf_attn_fwd_row(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *
     double *l = m + b, *alpha = l + b, *seen = alpha + b;
     memset(acc, 0, (size_t)(b * d * es));
     for (int64_t i = 0; i < b; ++i) { m[i] = -INFINITY; l[i] = 0; seen[i] = 0; }
-    const void *Qs = PTR(w, P->off[P_QS] + (n * P->L + I * b) * d * es);
+    const int64_t sn = pf_attn_slot(P, n);
+    const void *Qs = PTR(w, P->off[P_QS] + (sn * P->L + I * b) * d * es);
     for (int64_t p = a->row_ptr[I]; p < a->row_ptr[I + 1]; ++p) {
         const int64_t J = a->col_idx[p];
         if (a->causal && J > I) break; /* ascending columns */
-        const void *Kt = PTR(w, P->off[P_KT] + (n * R + J) * b * d * es);
-        const void *V = PTR(w, P->off[P_V] + (n * P->L + J * b) * d * es);
+        const void *Kt = PTR(w, P->off[P_KT] + (sn * R + J) * b * d * es);
+        const void *V = PTR(w, P->off[P_V] + (sn * P->L + J * b) * d * es);
         const int diag = a->causal && J == I;
         const int64_t f = first_kept(a, P, n, J); /* row i meets a key iff f < b (f <= i: diag) */
         for (int64_t i = 0; i < b; ++i) seen[i] = seen[i] || (diag ? f <= i : f < b);
@@ -280,10 +280,10 @@ void pf_attn_fwd_row(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *
         else ops->gemm(b, d, b, S, b, V, d, acc, d, 1);
     }
     void *nd = P->r > 0 ? pf_attn_lr_row(a, P, ops, n, I, PTR(scr, P->lr_scratch)) : NULL;
-    const double offk = nd ? pf_attn_get(PTR(w, P->off[P_OFFK]), n, P->es) : 0;
+    const double offk = nd ? pf_attn_get(PTR(w, P->off[P_OFFK]), pf_attn_slot(P, n), P->es) : 0;
     for (int64_t i = 0; i < b; ++i) {
         const int64_t row = I * b + i;
-        const double off = nd ? pf_attn_get(PTR(w, P->off[P_OFFQ]), n * P->L + row, P->es) + offk : 0;
+        const double off = nd ? pf_attn_get(nd, b * P->d1 + i, P->es) + offk : 0; /* offq after nd */
         store_fwd_row(a, P, n, row, m[i], l[i], seen[i] != 0, PTR(acc, i * d * es),
                       nd ? PTR(nd, i * P->d1 * es) : NULL, off);
     }
@@ -297,7 +297,7 @@ void pf_attn_bwd_dq(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *o
     void *S = scr, *dP = PTR(scr, ALIGN64(b * b * es));
     void *acc = PTR(dP, ALIGN64(b * b * es));
     memset(acc, 0, (size_t)(b * d * es));
-    const int64_t rows = (n * P->L + I * b);
+    const int64_t sn = pf_attn_slot(P, n), rows = (sn * P->L + I * b);
     const void *Qs = PTR(w, P->off[P_QS] + rows * d * es);
     const void *dO = PTR(w, P->off[P_DO] + rows * d * es);
     const char *lse = (const char *)PTR(w, P->off[P_LSE] + rows * es);
@@ -305,9 +305,9 @@ void pf_attn_bwd_dq(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *o
     for (int64_t p = a->row_ptr[I]; p < a->row_ptr[I + 1]; ++p) {
         const int64_t J = a->col_idx[p];
         if (a->causal && J > I) break;
-        const void *Kt = PTR(w, P->off[P_KT] + (n * R + J) * b * d * es);
-        const void *Vt = PTR(w, P->off[P_VT] + (n * R + J) * b * d * es);
-        const void *Ks = PTR(w, P->off[P_KS] + (n * P->L + J * b) * d * es);
+        const void *Kt = PTR(w, P->off[P_KT] + (sn * R + J) * b * d * es);
+        const void *Vt = PTR(w, P->off[P_VT] + (sn * R + J) * b * d * es);
+        const void *Ks = PTR(w, P->off[P_KS] + (sn * P->L + J * b) * d * es);
         ops->gemm(b, b, d, Qs, d, Kt, b, S, b, 0);
         if (a->causal && J == I) mask_diag(S, b, 1, P->es);
         mask_keys(a, P, n, J, S, 0);
@@ -328,9 +328,9 @@ static void dkdv_block(const pf_attn_args *a, const plan_t *P, const pf_attn_ops
                        void *accK, void *accV) {
     const int64_t b = P->b, d = P->d, R = P->R, es = (int64_t)P->es;
     const char *w = (const char *)a->work;
-    const int64_t qrows = n * P->L + I * b;
-    const void *Qt = PTR(w, P->off[P_QT] + (n * R + I) * b * d * es);
-    const void *dOt = PTR(w, P->off[P_DOT] + (n * R + I) * b * d * es);
+    const int64_t sn = pf_attn_slot(P, n), qrows = sn * P->L + I * b;
+    const void *Qt = PTR(w, P->off[P_QT] + (sn * R + I) * b * d * es);
+    const void *dOt = PTR(w, P->off[P_DOT] + (sn * R + I) * b * d * es);
     const void *Qs = PTR(w, P->off[P_QS] + qrows * d * es);
     const void *dO = PTR(w, P->off[P_DO] + qrows * d * es);
     const void *lse = PTR(w, P->off[P_LSE] + qrows * es);
@@ -369,7 +369,7 @@ static void key_column(const pf_attn_args *a, const plan_t *P, const pf_attn_ops
     void *dS = PTR(accV, ALIGN64(b * d * es));
     memset(accK, 0, (size_t)(b * d * es));
     memset(accV, 0, (size_t)(b * d * es));
-    const int64_t krows = n * P->L + J * b;
+    const int64_t krows = pf_attn_slot(P, n) * P->L + J * b;
     const void *Ks = PTR(w, P->off[P_KS] + krows * d * es);
     const void *V = PTR(w, P->off[P_V] + krows * d * es);
     for (int64_t p = a->col_ptr[J]; p < a->col_ptr[J + 1]; ++p) {
@@ -395,7 +395,11 @@ void pf_attn_bwd_dkdv(const pf_attn_args *a, const plan_t *P, const pf_attn_ops 
 void pf_attn_bwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n, void *scr) {
     const int64_t d = P->d, es = (int64_t)P->es;
     const int64_t n0 = n / a->heads, h = n % a->heads;
-    void *dQ = PTR(a->work, P->off[P_DQ] + n * P->L * d * es);
+    void *dQ = PTR(a->work, P->off[P_DQ] + pf_attn_slot(P, n) * P->L * d * es);
+    if (P->local) { /* this task does every step of problem n, in its own buffers */
+        for (int64_t I = 0; I < P->R; ++I) pf_attn_pack_block(PF_ATTN_BWD, a, P, n * P->R + I);
+        if (P->r > 0) pf_attn_lr_prepare(PF_ATTN_BWD, a, P, ops, n, scr);
+    }
     memset(dQ, 0, (size_t)(P->L * d * es));
     for (int64_t J = 0; J < P->R; ++J) key_column(a, P, ops, n, J, scr, dQ);
     if (P->r > 0)

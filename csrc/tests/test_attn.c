@@ -1,7 +1,8 @@
 /* test_attn.c - block-sparse attention (csrc/cpu/attn.c) against a naive double reference.
  * Random layouts (incl. empty block-rows), flat butterfly, causal, batch*heads > 1 with
  * interleaved strides, block sizes 8..64 (odd tails too), fp32 / bf16 / fp64, every ISA this CPU has,
- * task caps, a gradient of lse, and every argument error. Prints "N passed, M failed". */
+ * task caps, a gradient of lse, the low-rank part and the key mask (csrc/cpu/attn_lowrank.c), and
+ * every argument error. Prints "N passed, M failed". */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,199 +10,12 @@
 
 #include "pixelfly_attn.h"
 
-#include "../cpu/kernels.h"
+#include "attn_fixture.h"
 #include "check.h"
-
-static uint64_t g_rng = 88172645463325252ull;
-static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-static double urand(void) { return (double)(rnd() >> 11) / 9007199254740992.0; }
-static double nrand(void) {
-    double u = urand() + 1e-12, v = urand();
-    return sqrt(-2 * log(u)) * cos(6.283185307179586 * v);
-}
-
-typedef struct {
-    int64_t B, H, L, d, b, R, nnz;
-    int64_t *row_ptr, *col_idx, *col_ptr, *row_idx;
-    uint8_t *layout;
-} problem;
-
-static void build_index(problem *p) {
-    const int64_t R = p->R;
-    p->nnz = 0;
-    for (int64_t i = 0; i < R * R; ++i) p->nnz += p->layout[i];
-    p->row_ptr = calloc((size_t)R + 1, 8);
-    p->col_ptr = calloc((size_t)R + 1, 8);
-    p->col_idx = calloc((size_t)p->nnz + 1, 8);
-    p->row_idx = calloc((size_t)p->nnz + 1, 8);
-    int64_t k = 0;
-    for (int64_t i = 0; i < R; ++i) {
-        for (int64_t j = 0; j < R; ++j)
-            if (p->layout[i * R + j]) p->col_idx[k++] = j;
-        p->row_ptr[i + 1] = k;
-    }
-    k = 0;
-    for (int64_t j = 0; j < R; ++j) {
-        for (int64_t i = 0; i < R; ++i)
-            if (p->layout[i * R + j]) p->row_idx[k++] = i;
-        p->col_ptr[j + 1] = k;
-    }
-}
-
-static void free_problem(problem *p) {
-    free(p->row_ptr); free(p->col_ptr); free(p->col_idx); free(p->row_idx); free(p->layout);
-}
-
-enum { LAY_RANDOM, LAY_BUTTERFLY, LAY_EMPTY_ROWS };
-
-static void make_layout(problem *p, int kind, double density) {
-    const int64_t R = p->R;
-    p->layout = calloc((size_t)(R * R), 1);
-    if (kind == LAY_BUTTERFLY) { /* flat butterfly, m = 2 factors, n = largest power of two <= R */
-        int64_t n = 1;
-        while (n * 2 <= R) n *= 2;
-        for (int64_t i = 0; i < R; ++i)
-            for (int64_t j = 0; j < R; ++j) {
-                const int64_t x = (i * n / R) ^ (j * n / R);
-                p->layout[i * R + j] = (x == 0 || x == 1 || x == 2);
-            }
-    } else {
-        for (int64_t i = 0; i < R; ++i)
-            for (int64_t j = 0; j < R; ++j) p->layout[i * R + j] = urand() < density;
-        if (kind == LAY_EMPTY_ROWS && R > 1) /* one empty row, one row with only an above-diagonal block */
-            for (int64_t j = 0; j < R; ++j) {
-                p->layout[0 * R + j] = 0;
-                p->layout[(R / 2) * R + j] = (j == R - 1 && R / 2 != R - 1);
-            }
-    }
-    build_index(p);
-}
-
-/* dense double operand [B, H, L, d] stored contiguously in the reference; the kernel sees
- * the same values in storage dtype with layout [B, L, H, d] (interleaved heads). */
-typedef struct {
-    double *ref;
-    void *buf;
-} operand;
-
-static int64_t ref_at(const problem *p, int64_t n, int64_t i) { return (n * p->L + i) * p->d; }
-
-static void fill_operand(const problem *p, operand *o, pf_dtype dt, double sigma) {
-    const int64_t N = p->B * p->H, total = N * p->L * p->d;
-    const size_t es = dt == PF_FLOAT64 ? 8 : dt == PF_FLOAT32 ? 4 : 2;
-    o->ref = malloc((size_t)total * 8);
-    o->buf = malloc((size_t)total * es);
-    for (int64_t n0 = 0; n0 < p->B; ++n0)
-        for (int64_t h = 0; h < p->H; ++h)
-            for (int64_t i = 0; i < p->L; ++i)
-                for (int64_t c = 0; c < p->d; ++c) {
-                    double x = nrand() * sigma;
-                    const int64_t s = ((n0 * p->L + i) * p->H + h) * p->d + c; /* [B, L, H, d] */
-                    if (dt == PF_FLOAT64) ((double *)o->buf)[s] = x;
-                    else if (dt == PF_FLOAT32) { ((float *)o->buf)[s] = (float)x; x = (float)x; }
-                    else { uint16_t hb = pf_f32_to_bf16((float)x); ((uint16_t *)o->buf)[s] = hb; x = pf_bf16_to_f32(hb); }
-                    o->ref[ref_at(p, n0 * p->H + h, i) + c] = x;
-                }
-}
-
-static pf_attn_tensor view_blhd(const problem *p, void *buf) {
-    pf_attn_tensor t = {buf, p->L * p->H * p->d, p->d, p->H * p->d};
-    return t;
-}
-static pf_attn_tensor view_bhld(const problem *p, void *buf) {
-    pf_attn_tensor t = {buf, p->H * p->L * p->d, p->L * p->d, p->d};
-    return t;
-}
-
-static double get_elem(const void *buf, pf_dtype dt, int64_t s) {
-    if (dt == PF_FLOAT64) return ((const double *)buf)[s];
-    if (dt == PF_FLOAT32) return ((const float *)buf)[s];
-    return pf_bf16_to_f32(((const uint16_t *)buf)[s]);
-}
-
-/* naive reference for problem n: out, lse, and (if dout) dq, dk, dv. */
-static void reference(const problem *p, int causal, double scale, const double *q, const double *k,
-                      const double *v, const double *dout, const double *dlse, double *out,
-                      double *lse, double *dq, double *dk, double *dv) {
-    const int64_t L = p->L, d = p->d, b = p->b, N = p->B * p->H;
-    double *P = malloc((size_t)(L * L) * 8), *dP = malloc((size_t)(L * L) * 8);
-    for (int64_t n = 0; n < N; ++n) {
-        const double *Q = q + n * L * d, *K = k + n * L * d, *V = v + n * L * d;
-        for (int64_t i = 0; i < L; ++i) {
-            double mx = -INFINITY;
-            for (int64_t j = 0; j < L; ++j) {
-                const int keep = p->layout[(i / b) * p->R + j / b] && (!causal || j <= i);
-                double s = -INFINITY;
-                if (keep) {
-                    s = 0;
-                    for (int64_t c = 0; c < d; ++c) s += Q[i * d + c] * K[j * d + c];
-                    s *= scale;
-                }
-                P[i * L + j] = s;
-                if (s > mx) mx = s;
-            }
-            double sum = 0;
-            for (int64_t j = 0; j < L; ++j) {
-                P[i * L + j] = mx == -INFINITY ? 0 : exp(P[i * L + j] - mx);
-                sum += P[i * L + j];
-            }
-            lse[n * L + i] = sum > 0 ? mx + log(sum) : -INFINITY;
-            for (int64_t j = 0; j < L; ++j) P[i * L + j] = sum > 0 ? P[i * L + j] / sum : 0;
-            for (int64_t c = 0; c < d; ++c) {
-                double acc = 0;
-                for (int64_t j = 0; j < L; ++j) acc += P[i * L + j] * V[j * d + c];
-                out[(n * L + i) * d + c] = acc;
-            }
-        }
-        if (!dout) continue;
-        const double *dO = dout + n * L * d;
-        for (int64_t i = 0; i < L; ++i) {
-            double D = 0;
-            for (int64_t c = 0; c < d; ++c) D += dO[i * d + c] * out[(n * L + i) * d + c];
-            if (dlse) D -= dlse[n * L + i];
-            for (int64_t j = 0; j < L; ++j) {
-                double s = 0;
-                for (int64_t c = 0; c < d; ++c) s += dO[i * d + c] * V[j * d + c];
-                dP[i * L + j] = P[i * L + j] * (s - D);
-            }
-        }
-        for (int64_t i = 0; i < L; ++i)
-            for (int64_t c = 0; c < d; ++c) {
-                double aq = 0, ak = 0, av = 0;
-                for (int64_t j = 0; j < L; ++j) {
-                    aq += dP[i * L + j] * K[j * d + c];
-                    ak += dP[j * L + i] * Q[j * d + c];
-                    av += P[j * L + i] * dO[j * d + c];
-                }
-                dq[(n * L + i) * d + c] = scale * aq;
-                dk[(n * L + i) * d + c] = scale * ak;
-                dv[(n * L + i) * d + c] = av;
-            }
-    }
-    free(P);
-    free(dP);
-}
-
-/* max |kernel - ref| / max(1, max |ref|) over a [B, H, L, d] output stored as [B, H, L, d] */
-static double err_bhld(const problem *p, const void *buf, pf_dtype dt, const double *ref) {
-    const int64_t total = p->B * p->H * p->L * p->d;
-    double e = 0, m = 1;
-    for (int64_t s = 0; s < total; ++s) {
-        const double x = get_elem(buf, dt, s), r = ref[s];
-        if (!(fabs(x - r) <= e)) e = fabs(x - r); /* NaN propagates as failure */
-        if (fabs(r) > m) m = fabs(r);
-    }
-    return e / m;
-}
 
 static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t d, int64_t b,
                      int lay, double density, int causal, pf_dtype dt, int isa, int64_t max_tasks,
-                     int use_dlse) {
+                     int use_dlse, int64_t rank, int masked) {
     problem p = {B, H, L, d, b, L / b, 0, NULL, NULL, NULL, NULL, NULL};
     make_layout(&p, lay, density);
     const int64_t N = B * H, NL = N * L, NLd = NL * d;
@@ -224,9 +38,21 @@ static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t 
         }
     }
     const double scale = 1.0 / sqrt((double)d);
+    /* the low-rank projection (as the kernel sees it: float32 unless FLOAT64) and a key mask:
+     * a quarter of the keys out, and the first b + 3 keys of batch entry 0 (so that causal
+     * rows 0..b+2 of it have no key at all) */
+    double *W = malloc((size_t)(rank * d + 1) * 8);
+    void *Wbuf = malloc((size_t)(rank * d + 1) * 8);
+    for (int64_t i = 0; i < rank * d; ++i) {
+        const double x = nrand();
+        W[i] = dt == PF_FLOAT64 ? x : (double)(float)x;
+        if (dt == PF_FLOAT64) ((double *)Wbuf)[i] = x; else ((float *)Wbuf)[i] = (float)x;
+    }
+    uint8_t *kmask = masked ? malloc((size_t)(B * L)) : NULL;
+    for (int64_t i = 0; masked && i < B * L; ++i) kmask[i] = urand() < 0.75 && !(i < b + 3);
     double *ro = malloc((size_t)NLd * 8), *rl = malloc((size_t)NL * 8);
     double *rdq = malloc((size_t)NLd * 8), *rdk = malloc((size_t)NLd * 8), *rdv = malloc((size_t)NLd * 8);
-    reference(&p, causal, scale, q.ref, k.ref, v.ref, dout.ref, dlse, ro, rl, rdq, rdk, rdv);
+    reference(&p, causal, scale, q.ref, k.ref, v.ref, dout.ref, dlse, W, rank, kmask, ro, rl, rdq, rdk, rdv);
 
     void *out = malloc((size_t)NLd * es), *lse = malloc((size_t)NL * ls);
     void *dq = malloc((size_t)NLd * es), *dk = malloc((size_t)NLd * es), *dv = malloc((size_t)NLd * es);
@@ -238,12 +64,13 @@ static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t 
     a.q = view_blhd(&p, q.buf); a.k = view_blhd(&p, k.buf); a.v = view_blhd(&p, v.buf);
     a.out = view_bhld(&p, out); a.lse = lse;
     a.max_tasks = max_tasks; a.isa = isa;
+    a.rank = rank; a.features = rank ? Wbuf : NULL; a.key_mask = kmask;
     int64_t ws = pf_attn_workspace(PF_ATTN_FWD, &a);
     a.work = malloc((size_t)(ws > 0 ? ws : 1));
     pf_err e = pf_attn_serial(PF_ATTN_FWD, &a);
     CHECK(e == NULL, "%s: fwd error %s", name, e ? e : "");
     /* tolerance: bf16 output rounding (2^-8) dominates; fp32 accumulation otherwise */
-    const double tol = dt == PF_BFLOAT16 ? 1.6e-2 : dt == PF_FLOAT32 ? 2e-5 : 1e-12;
+    const double tol = dt == PF_BFLOAT16 ? 1.6e-2 : dt == PF_FLOAT32 ? (rank ? 1e-4 : 2e-5) : 1e-12;
     const double eo = err_bhld(&p, out, dt, ro);
     double el = 0;
     for (int64_t i = 0; i < NL; ++i) {
@@ -269,7 +96,7 @@ static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t 
         e = pf_attn_serial(PF_ATTN_BWD, &a);
         CHECK(e == NULL, "%s: bwd error %s", name, e ? e : "");
         /* the backward uses the kernel's own (rounded) out and lse, like autograd does */
-        const double gtol = dt == PF_BFLOAT16 ? 4e-2 : dt == PF_FLOAT32 ? 1e-4 : 1e-11;
+        const double gtol = dt == PF_BFLOAT16 ? 4e-2 : dt == PF_FLOAT32 ? (rank ? 5e-4 : 1e-4) : 1e-11;
         const double eq = err_bhld(&p, dq, dt, rdq), ek = err_bhld(&p, dk, dt, rdk), ev = err_bhld(&p, dv, dt, rdv);
         CHECK(eq <= gtol && ek <= gtol && ev <= gtol, "%s bwd mode %d: grad errors dq %.3e dk %.3e dv %.3e > %.1e",
                name, mode, eq, ek, ev, gtol);
@@ -280,6 +107,7 @@ static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t 
     free(dout.ref); free(dout.buf); free(dlse); free(dlse_buf);
     free(ro); free(rl); free(rdq); free(rdk); free(rdv);
     free(out); free(lse); free(dq); free(dk); free(dv);
+    free(W); free(Wbuf); free(kmask);
     free_problem(&p);
 }
 
@@ -425,13 +253,14 @@ int main(void) {
         if (!have[ii]) continue;
         const int isa = isas[ii];
         char name[160];
-#define CASE(B, H, L, d, b, lay, dens, causal, dt, mt, dl)                                     \
+#define CASE_LR(B, H, L, d, b, lay, dens, causal, dt, mt, dl, r, km)                            \
         do {                                                                                   \
-            snprintf(name, sizeof name, "isa%d B%d H%d L%d d%d b%d lay%d causal%d dt%d tasks%d dlse%d", \
+            snprintf(name, sizeof name, "isa%d B%d H%d L%d d%d b%d lay%d causal%d dt%d tasks%d dlse%d rank%d mask%d", \
                      isa, (int)(B), (int)(H), (int)(L), (int)(d), (int)(b), lay, causal, (int)(dt), \
-                     (int)(mt), dl);                                                            \
-            run_case(name, B, H, L, d, b, lay, dens, causal, dt, isa, mt, dl);                 \
+                     (int)(mt), dl, (int)(r), km);                                              \
+            run_case(name, B, H, L, d, b, lay, dens, causal, dt, isa, mt, dl, r, km);          \
         } while (0)
+#define CASE(B, H, L, d, b, lay, dens, causal, dt, mt, dl) CASE_LR(B, H, L, d, b, lay, dens, causal, dt, mt, dl, 0, 0)
         for (int causal = 0; causal < 2; ++causal) {
             CASE(2, 3, 64, 64, 16, LAY_BUTTERFLY, 0, causal, PF_FLOAT32, 0, 0);
             CASE(1, 2, 128, 64, 32, LAY_RANDOM, 0.4, causal, PF_FLOAT32, 3, 1);
@@ -442,6 +271,14 @@ int main(void) {
             CASE(2, 2, 64, 16, 16, LAY_EMPTY_ROWS, 0.5, causal, PF_BFLOAT16, 5, 0);
             CASE(1, 2, 64, 24, 16, LAY_RANDOM, 0.5, causal, PF_FLOAT64, 0, 1);
             CASE(1, 1, 80, 8, 16, LAY_EMPTY_ROWS, 0.6, causal, PF_FLOAT64, 1, 0);
+            /* the low-rank part and the key mask (empty rows: causal diagonal blocks missing) */
+            CASE_LR(2, 2, 64, 16, 16, LAY_BUTTERFLY, 0, causal, PF_FLOAT32, 0, 0, 8, 0);
+            CASE_LR(1, 2, 96, 24, 16, LAY_EMPTY_ROWS, 0.4, causal, PF_FLOAT32, 3, 1, 12, 0);
+            CASE_LR(2, 1, 64, 20, 8, LAY_RANDOM, 0.3, causal, PF_FLOAT32, 0, 0, 5, 1);
+            CASE_LR(2, 2, 64, 16, 16, LAY_EMPTY_ROWS, 0.5, causal, PF_FLOAT32, 1, 1, 0, 1);
+            CASE_LR(1, 2, 64, 32, 16, LAY_BUTTERFLY, 0, causal, PF_BFLOAT16, 0, 1, 16, 1);
+            CASE_LR(1, 2, 64, 12, 16, LAY_EMPTY_ROWS, 0.5, causal, PF_FLOAT64, 0, 1, 7, 0);
+            CASE_LR(2, 1, 48, 8, 8, LAY_RANDOM, 0.4, causal, PF_FLOAT64, 2, 0, 6, 1);
         }
     }
     printf("test_attn: %d passed, %d failed\n", n_pass, n_fail);

@@ -158,6 +158,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bsattn_bwd(
   s.a.lse = L.data_ptr();
   s.a.dlse = dL.defined() ? dL.data_ptr() : nullptr;
   s.a.dq = view(dq); s.a.dk = view(dk); s.a.dv = view(dv);
+  // one task per thread when each owns whole problems: its buffers (packed operands, low-rank
+  // sums) serve its problems in turn, so the workspace scales with threads, not batch * heads
+  if (s.a.bwd_per_problem) s.a.max_tasks = std::max<int64_t>(1, at::get_num_threads());
   run(PF_ATTN_BWD, s.a);
   return {dq, dk, dv};
 }
