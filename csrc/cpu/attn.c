@@ -110,8 +110,8 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
     P->es = a->dtype == PF_FLOAT64 ? 8 : 4;
     const int64_t es = (int64_t)P->es, N = P->N, R = P->R;
     const int lr = P->r > 0, causal = a->causal != 0;
-    P->fused = op == PF_ATTN_BWD && a->bwd_per_problem;
-    P->local = P->fused; /* a task owns whole problems: its buffers serve them in turn */
+    P->fused = op == PF_ATTN_BWD && a->per_problem;
+    P->local = a->per_problem != 0; /* a task owns whole problems: its buffers serve them in turn */
     P->miss = 0;
     for (int64_t I = 0; causal && I < R && !P->miss; ++I) {
         int kept = 0;
@@ -123,7 +123,7 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
     P->items[1] = lr ? pre * N * R : 0;
     P->items[2] = lr ? pre * N * R : 0;
     P->items[3] = lr ? pre * N : 0;
-    P->items[4] = op == PF_ATTN_FWD ? N * R : P->fused ? N : 2 * N * R;
+    P->items[4] = P->local ? N : op == PF_ATTN_FWD ? N * R : 2 * N * R;
     int64_t most = 0;
     for (int ph = 0; ph < PF_ATTN_PHASES; ++ph) {
         P->tasks[ph] = ntasks(P->items[ph], a->max_tasks);
@@ -209,7 +209,8 @@ void pf_attn_run(int op, int phase, const pf_attn_args *a, int64_t begin, int64_
             case 2: pf_attn_lr_summaries(op, a, &P, ops, it, scr); break;
             case 3: pf_attn_lr_sums(op, a, &P, it); break;
             default:
-                if (op == PF_ATTN_FWD) pf_attn_fwd_row(a, &P, ops, it, scr);
+                if (op == PF_ATTN_FWD && P.local) pf_attn_fwd_problem(a, &P, ops, it, scr);
+                else if (op == PF_ATTN_FWD) pf_attn_fwd_row(a, &P, ops, it, scr);
                 else if (P.fused) pf_attn_bwd_problem(a, &P, ops, it, scr);
                 else if (it < NR) pf_attn_bwd_dq(a, &P, ops, it, scr);
                 else pf_attn_bwd_dkdv(a, &P, ops, it - NR, scr);

@@ -117,6 +117,8 @@ static inline int pf_attn_key_kept(const pf_attn_args *a, int64_t n0, int64_t j)
 void pf_attn_pack_block(int op, const pf_attn_args *a, const plan_t *P, int64_t item);
 /* Phase 4 items; scr is the task's scratch (P->per_task bytes). */
 void pf_attn_fwd_row(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr);
+/* FWD, local: every step of problem n (packing, low-rank phases, its block-rows) */
+void pf_attn_fwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n, void *scr);
 void pf_attn_bwd_dq(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr);
 void pf_attn_bwd_dkdv(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr);
 void pf_attn_bwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n, void *scr);

@@ -289,6 +289,18 @@ void pf_attn_fwd_row(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *
     }
 }
 
+/* Pack problem n's blocks and run its low-rank phases 1-3 (local mode: a task's own buffers) */
+static void prepare_problem(int op, const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n,
+                            void *scr) {
+    for (int64_t I = 0; I < P->R; ++I) pf_attn_pack_block(op, a, P, n * P->R + I);
+    if (P->r > 0) pf_attn_lr_prepare(op, a, P, ops, n, scr);
+}
+
+void pf_attn_fwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t n, void *scr) {
+    prepare_problem(PF_ATTN_FWD, a, P, ops, n, scr);
+    for (int64_t I = 0; I < P->R; ++I) pf_attn_fwd_row(a, P, ops, n * P->R + I, scr);
+}
+
 void pf_attn_bwd_dq(const pf_attn_args *a, const plan_t *P, const pf_attn_ops *ops, int64_t item, void *scr) {
     const int64_t n = item / P->R, I = item % P->R, b = P->b, d = P->d, R = P->R;
     const int64_t es = (int64_t)P->es;
@@ -396,10 +408,7 @@ void pf_attn_bwd_problem(const pf_attn_args *a, const plan_t *P, const pf_attn_o
     const int64_t d = P->d, es = (int64_t)P->es;
     const int64_t n0 = n / a->heads, h = n % a->heads;
     void *dQ = PTR(a->work, P->off[P_DQ] + pf_attn_slot(P, n) * P->L * d * es);
-    if (P->local) { /* this task does every step of problem n, in its own buffers */
-        for (int64_t I = 0; I < P->R; ++I) pf_attn_pack_block(PF_ATTN_BWD, a, P, n * P->R + I);
-        if (P->r > 0) pf_attn_lr_prepare(PF_ATTN_BWD, a, P, ops, n, scr);
-    }
+    prepare_problem(PF_ATTN_BWD, a, P, ops, n, scr); /* local: this task does every step of n */
     memset(dQ, 0, (size_t)(P->L * d * es));
     for (int64_t J = 0; J < P->R; ++J) key_column(a, P, ops, n, J, scr, dQ);
     if (P->r > 0)

@@ -21,7 +21,7 @@
  *     dq = scale * dS k,  dk = scale * dS^T q,  dv = P^T dout
  *
  * dq is computed by tasks that own query block-rows (CSR), dk/dv by tasks that own key
- * block-columns (CSC, the transposed index), or (bwd_per_problem) one task owns a whole
+ * block-columns (CSC, the transposed index), or (per_problem) one task owns a whole
  * (batch, head) problem: outputs are disjoint, no atomics, no reduction, results are
  * deterministic and independent of the thread count.
  *
@@ -99,12 +99,15 @@ typedef struct {
     const void *dlse;          /* BWD: gradient of lse, same layout, or NULL for zero */
     pf_attn_tensor dq, dk, dv; /* BWD outputs */
     int64_t max_tasks;         /* cap on tasks per phase (0: one per work item); sets workspace */
-    int bwd_per_problem;       /* BWD schedule: 0 = dq by query block-rows (CSR) and dk/dv by key
-                                * block-columns (CSC), 7 small GEMMs per block, parallel over
-                                * batch*heads*L/block; 1 = one task per (batch, head) walks the
+    int per_problem;           /* schedule: 0 = tasks over query block-rows (FWD; BWD: dq by
+                                * query block-rows (CSR) and dk/dv by key block-columns (CSC),
+                                * 7 small GEMMs per block), parallel over batch*heads*L/block;
+                                * 1 = one task per (batch, head) does all of it (BWD: walks the
                                 * CSC once and accumulates dq in its own buffer, 5 GEMMs per
-                                * block, parallel over batch*heads only (use it when batch*heads
-                                * keeps every thread busy). Same results up to rounding. */
+                                * block), in buffers of its own, reused for each problem it
+                                * takes: the workspace grows with the tasks (max_tasks), not
+                                * batch*heads. Use it when batch*heads keeps every thread busy.
+                                * Same results up to rounding. */
     void *work;                /* pf_attn_workspace() bytes, 64-byte aligned is best */
     int isa;                   /* PF_ISA_*: 0 picks the best the CPU has (AVX-512, AVX2 or portable) */
     int64_t rank;              /* random features of the low-rank part (0: the sparse part alone) */

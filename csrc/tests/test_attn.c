@@ -65,35 +65,39 @@ static void run_case(const char *name, int64_t B, int64_t H, int64_t L, int64_t 
     a.out = view_bhld(&p, out); a.lse = lse;
     a.max_tasks = max_tasks; a.isa = isa;
     a.rank = rank; a.features = rank ? Wbuf : NULL; a.key_mask = kmask;
-    int64_t ws = pf_attn_workspace(PF_ATTN_FWD, &a);
-    a.work = malloc((size_t)(ws > 0 ? ws : 1));
-    pf_err e = pf_attn_serial(PF_ATTN_FWD, &a);
-    CHECK(e == NULL, "%s: fwd error %s", name, e ? e : "");
-    /* tolerance: bf16 output rounding (2^-8) dominates; fp32 accumulation otherwise */
-    const double tol = dt == PF_BFLOAT16 ? 1.6e-2 : dt == PF_FLOAT32 ? (rank ? 1e-4 : 2e-5) : 1e-12;
-    const double eo = err_bhld(&p, out, dt, ro);
-    double el = 0;
-    for (int64_t i = 0; i < NL; ++i) {
-        const double x = ls == 8 ? ((double *)lse)[i] : ((float *)lse)[i];
-        const double r = rl[i];
-        const double diff = (isinf(r) && x == r) ? 0 : fabs(x - r);
-        if (!(diff <= el)) el = diff;
+    int64_t ws;
+    for (int mode = 1; mode >= 0; --mode) { /* both schedules; mode 0's out/lse feed the backward */
+        a.per_problem = mode;
+        ws = pf_attn_workspace(PF_ATTN_FWD, &a);
+        a.work = malloc((size_t)(ws > 0 ? ws : 1));
+        pf_err e = pf_attn_serial(PF_ATTN_FWD, &a);
+        CHECK(e == NULL, "%s fwd mode %d: error %s", name, mode, e ? e : "");
+        /* tolerance: bf16 output rounding (2^-8) dominates; fp32 accumulation otherwise */
+        const double tol = dt == PF_BFLOAT16 ? 1.6e-2 : dt == PF_FLOAT32 ? (rank ? 1e-4 : 2e-5) : 1e-12;
+        const double eo = err_bhld(&p, out, dt, ro);
+        double el = 0;
+        for (int64_t i = 0; i < NL; ++i) {
+            const double x = ls == 8 ? ((double *)lse)[i] : ((float *)lse)[i];
+            const double r = rl[i];
+            const double diff = (isinf(r) && x == r) ? 0 : fabs(x - r);
+            if (!(diff <= el)) el = diff;
+        }
+        CHECK(eo <= tol, "%s fwd mode %d: out error %.3e > %.1e", name, mode, eo, tol);
+        CHECK(el <= (dt == PF_FLOAT64 ? 1e-12 : 1e-4), "%s fwd mode %d: lse error %.3e", name, mode, el);
+        free(a.work);
     }
-    CHECK(eo <= tol, "%s: out error %.3e > %.1e", name, eo, tol);
-    CHECK(el <= (dt == PF_FLOAT64 ? 1e-12 : 1e-4), "%s: lse error %.3e", name, el);
-    free(a.work);
 
     a.dout = view_blhd(&p, dout.buf);
     a.dlse = dlse_buf;
     a.dq = view_bhld(&p, dq); a.dk = view_bhld(&p, dk); a.dv = view_bhld(&p, dv);
-    for (int mode = 0; mode < 2; ++mode) { /* both backward schedules */
-        a.bwd_per_problem = mode;
+    for (int mode = 0; mode < 2; ++mode) { /* both schedules */
+        a.per_problem = mode;
         memset(dq, 0xff, (size_t)NLd * es); /* NaN: every element must be written */
         memset(dk, 0xff, (size_t)NLd * es);
         memset(dv, 0xff, (size_t)NLd * es);
         ws = pf_attn_workspace(PF_ATTN_BWD, &a);
         a.work = malloc((size_t)(ws > 0 ? ws : 1));
-        e = pf_attn_serial(PF_ATTN_BWD, &a);
+        pf_err e = pf_attn_serial(PF_ATTN_BWD, &a);
         CHECK(e == NULL, "%s: bwd error %s", name, e ? e : "");
         /* the backward uses the kernel's own (rounded) out and lse, like autograd does */
         const double gtol = dt == PF_BFLOAT16 ? 4e-2 : dt == PF_FLOAT32 ? (rank ? 5e-4 : 1e-4) : 1e-11;

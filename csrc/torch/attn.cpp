@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include "checks.h"
+#include "cpu_cache.h"
 #include "pixelfly_attn.h"
 #include "settings.h"
 
@@ -43,9 +44,9 @@ pf_attn_tensor view(const at::Tensor &t) {
   return pf_attn_tensor{t.data_ptr(), t.stride(0), 0, t.stride(1)};
 }
 
-// The backward schedule: one task per (batch, head) (5 GEMMs per block instead of 7) when
-// the problems alone keep every thread evenly busy; otherwise row/column tasks.
-bool bwd_per_problem(int64_t problems, int64_t threads) {
+// The schedule: one task per (batch, head) (backward: 5 GEMMs per block instead of 7; buffers
+// per task) when the problems alone keep every thread evenly busy; otherwise row/column tasks.
+bool per_problem(int64_t problems, int64_t threads) {
   const int mode = pixelfly::attention_bwd_mode();
   return mode == 1 || (mode == 0 && problems >= threads &&
                        (problems % threads == 0 || problems >= 4 * threads));
@@ -88,7 +89,10 @@ struct Setup {
     a.isa = pixelfly::attention_isa();
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     a.max_tasks = 4 * threads;
-    a.bwd_per_problem = bwd_per_problem(a.batch * a.heads, threads);
+    a.per_problem = per_problem(a.batch * a.heads, threads);
+    // one task per thread when each owns whole problems: its buffers (packed operands, low-rank
+    // sums) serve its problems in turn, so the workspace scales with threads, not batch * heads
+    if (a.per_problem) a.max_tasks = threads;
     if (given(feats)) {  // the low-rank part's projection [r, d], in the accumulator dtype
       CHECK_DEVICE((*feats), "features", q.device());
       PF_CHECK(feats->dim() == 2 && feats->size(1) == d, "features must be [r, d = ", d, "], got ",
@@ -131,7 +135,8 @@ std::tuple<at::Tensor, at::Tensor> bsattn_fwd(const at::Tensor &q, const at::Ten
                                               double scale, bool causal, const OptTensor &features,
                                               const OptTensor &key_mask) {
   Setup s(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, scale, causal, features, key_mask);
-  at::Tensor out = at::empty(s.q.sizes(), s.q.options().memory_format(at::MemoryFormat::Contiguous));
+  // outputs from the CPU cache (cpu_cache.h): large ones keep their pages between calls
+  at::Tensor out = pixelfly::cached_empty(s.q.sizes(), s.q.options());
   at::Tensor lse = at::empty(s.q.sizes().slice(0, s.q.dim() - 1), s.q.options().dtype(lse_dtype(s.q)));
   s.a.out = view(out);
   s.a.lse = lse.data_ptr();
@@ -151,16 +156,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bsattn_bwd(
   at::Tensor dL;
   if (dlse.has_value() && dlse->defined()) dL = lse_like(*dlse, "dlse", s.q);
   auto opts = s.q.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor dq = at::empty(s.q.sizes(), opts), dk = at::empty(s.q.sizes(), opts),
-             dv = at::empty(s.q.sizes(), opts);
+  at::Tensor dq = pixelfly::cached_empty(s.q.sizes(), opts), dk = pixelfly::cached_empty(s.q.sizes(), opts),
+             dv = pixelfly::cached_empty(s.q.sizes(), opts);
   s.a.out = view(O);
   s.a.dout = view(dO);
   s.a.lse = L.data_ptr();
   s.a.dlse = dL.defined() ? dL.data_ptr() : nullptr;
   s.a.dq = view(dq); s.a.dk = view(dk); s.a.dv = view(dv);
-  // one task per thread when each owns whole problems: its buffers (packed operands, low-rank
-  // sums) serve its problems in turn, so the workspace scales with threads, not batch * heads
-  if (s.a.bwd_per_problem) s.a.max_tasks = std::max<int64_t>(1, at::get_num_threads());
   run(PF_ATTN_BWD, s.a);
   return {dq, dk, dv};
 }
