@@ -4,15 +4,18 @@
 ``AttentionInterface`` (and the matching mask builder with its ``AttentionMaskInterface``),
 so any model written against that interface (GPT-2, Llama, Mistral, Qwen2, BERT, ...) takes
 ``attn_implementation="pixelfly"`` at load time or ``model.set_attn_implementation("pixelfly")``
-later. Default names (all blocks of 32, sparse part only, as :class:`pixelfly.PixelflyAttention`):
+later. Default names (all blocks of 32):
 
-    ``"pixelfly"``                     flat block butterfly, 2 factors
+    ``"pixelfly"``                     the method's attention (SPEC section 4): flat block
+                                       butterfly, 2 factors, plus the low-rank part
+                                       (64 random features, one shared normaliser)
+    ``"pixelfly_sparse"``              the same butterfly, sparse part only
     ``"pixelfly_bigbird"``             BigBird blocks (window 1, 1 global, 1 random)
     ``"pixelfly_sparse_transformer"``  strided (Child et al.)
     ``"pixelfly_local"``               block band (window 1)
 
 ``register_hf_attention(name, layout=..., block_size=..., n_random_features=...)`` adds
-others (e.g. with the low-rank part of SPEC section 4). ``import pixelfly`` registers the
+others. ``import pixelfly`` registers the
 defaults as soon as transformers' ``modeling_utils`` is loaded (see
 :mod:`pixelfly.hf_import_hook`), without importing torch or transformers itself.
 
@@ -24,7 +27,7 @@ What a call computes, for the ``q, k, v`` and mask a model passes:
   gives the same result with and without the KV cache. (Longer sequences than that build
   a layout for their own length.)
 * **Masks.** The model's causal and padding masks are applied exactly, element by element
-  (padded keys are excluded inside a block). Any other mask structure (sliding window,
+  (padded keys are excluded inside a block, in both parts). Any other mask structure (sliding window,
   chunked, packed sequences, additive biases) is refused with a ``ValueError``.
 * **Lengths that are not a multiple of the block** are padded inside and the padding masked.
 * **Grouped-query attention**: key/value heads are repeated to the query heads.
@@ -50,9 +53,15 @@ import torch.nn.functional as F
 
 __all__ = ["register_hf_attention", "PixelflyHFAttention", "DEFAULTS"]
 
-#: the names registered by default -> their layout
-DEFAULTS = {"pixelfly": "pixelfly", "pixelfly_bigbird": "bigbird",
-            "pixelfly_sparse_transformer": "sparse_transformer", "pixelfly_local": "local"}
+#: random features of the default "pixelfly" attention's low-rank part
+DEFAULT_FEATURES = 64
+
+#: the names registered by default -> (layout, settings)
+DEFAULTS = {"pixelfly": ("pixelfly", {"n_random_features": DEFAULT_FEATURES}),
+            "pixelfly_sparse": ("pixelfly", {}),
+            "pixelfly_bigbird": ("bigbird", {}),
+            "pixelfly_sparse_transformer": ("sparse_transformer", {}),
+            "pixelfly_local": ("local", {})}
 
 _UNSUPPORTED = {"softcap": "attention logit soft-capping", "sliding_window": "sliding-window attention",
                 "s_aux": "attention sinks", "position_bias": "an additive position bias"}
@@ -304,9 +313,9 @@ def register_hf_attention(name: str | None = None, layout="pixelfly", **settings
     if name is None:
         if settings or layout != "pixelfly":
             raise ValueError("give a name to register non-default settings")
-        for n, lay in DEFAULTS.items():
+        for n, (lay, defaults) in DEFAULTS.items():
             if n not in AttentionInterface._global_mapping:
-                register_hf_attention(n, lay)
+                register_hf_attention(n, lay, **defaults)
         return AttentionInterface._global_mapping["pixelfly"]
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
