@@ -141,8 +141,8 @@ def _all_finite(*xs) -> bool:
     """True when no entry is NaN or inf: one pass per tensor, no temporary (a sum is finite
     only then; a finite sum that overflows reads as "not finite", which only sends the call
     down the exact non-finite path)."""
-    return all(math.isfinite(float(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)))
-               for x in xs)
+    return all(math.isfinite(float(x.detach().sum(dtype=torch.float64 if x.dtype == torch.float64
+                                                   else torch.float32))) for x in xs)
 
 
 def _lowrank_pair_counts(flags, cols, valid, block: int, causal: bool):

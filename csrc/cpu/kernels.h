@@ -128,6 +128,11 @@ const pf_kernels *pf_kernels_pick(int isa);
 /* NULL if `isa` is a PF_ISA_* value this CPU can run, else a message naming "isa". */
 pf_err pf_isa_check(int isa);
 
+/* Independent accumulator chains of every peak-probe loop (peak.c, kernels_simd.h,
+ * kernels_avx512bf16.c): enough to hide the FMA latency on every CPU seen (4 cycles x 2
+ * pipes needs 8; 12 leaves margin). */
+#define PF_PEAK_CHAINS 12
+
 /* ------------------------------------------------------------------ bf16 */
 
 /* fp32 -> bf16, round to nearest even; NaN stays a (quiet) NaN with its sign. */

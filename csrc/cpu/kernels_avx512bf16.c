@@ -15,19 +15,19 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 #endif
 
-/* 12 chains of acc += a . b (32 bf16 products per instruction, fp32 accumulation); a = 1,
+/* PF_PEAK_CHAINS chains of acc += a . b (32 bf16 products per instruction, fp32 accumulation); a = 1,
  * b = 2^-20, so acc grows by 2^-15 per step and stays far from overflow. */
 double pf_peak_dpbf16_avx512(int64_t iters) {
-    __m512 acc[12];
+    __m512 acc[PF_PEAK_CHAINS];
     const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80); /* bf16 1.0 */
     const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3580); /* bf16 2^-20 */
-    for (int j = 0; j < 12; ++j) acc[j] = _mm512_set1_ps((float)j);
+    for (int j = 0; j < PF_PEAK_CHAINS; ++j) acc[j] = _mm512_set1_ps((float)j);
     for (int64_t it = 0; it < iters; ++it) {
-#pragma GCC unroll 12
-        for (int j = 0; j < 12; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
+#pragma GCC unroll 16 /* >= PF_PEAK_CHAINS: the whole round */
+        for (int j = 0; j < PF_PEAK_CHAINS; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
     }
     __m512 sum = acc[0];
-    for (int j = 1; j < 12; ++j) sum = _mm512_add_ps(sum, acc[j]);
+    for (int j = 1; j < PF_PEAK_CHAINS; ++j) sum = _mm512_add_ps(sum, acc[j]);
     return (double)_mm512_reduce_add_ps(sum);
 }
 

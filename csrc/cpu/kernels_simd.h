@@ -279,13 +279,12 @@ const pf_attn_ops PF_SIMD(pf_attn_ops) = {4, gemm, gemm_tn, rowmax, exp_sub_sum,
  * FMAs, enough chains to cover the FMA latency on two FMA ports. acc = acc * a + b with
  * a < 1 converges (no overflow, no denormals). Returns the lanes' sum (so the work is
  * kept); FLOPs done: iters * PF_PEAK_CHAINS * PF_VL * 2. */
-#define PF_PEAK_CHAINS 12
 double PF_SIMD(pf_peak_fma)(int64_t iters) {
     pf_vf acc[PF_PEAK_CHAINS];
     const pf_vf a = v_set1(0.999999f), b = v_set1(1e-6f);
     for (int j = 0; j < PF_PEAK_CHAINS; ++j) acc[j] = v_set1((float)j);
     for (int64_t it = 0; it < iters; ++it) {
-#pragma GCC unroll 12
+#pragma GCC unroll 16 /* >= PF_PEAK_CHAINS: the whole round */
         for (int j = 0; j < PF_PEAK_CHAINS; ++j) acc[j] = v_fmadd(acc[j], a, b);
     }
     pf_vf sum = acc[0];

@@ -10,17 +10,15 @@ double pf_peak_fma_avx2(int64_t iters);
 double pf_peak_fma_avx512(int64_t iters);
 double pf_peak_dpbf16_avx512(int64_t iters);
 
-#define PF_PEAK_SCALAR_CHAINS 12
-
-/* The portable loop: PF_PEAK_SCALAR_CHAINS scalar FMA chains (whatever the compiler makes
+/* The portable loop: PF_PEAK_CHAINS scalar FMA chains (whatever the compiler makes
  * of fmaf without an ISA target: the portable kernels' own speed limit). */
 static double peak_fma_portable(int64_t iters) {
-    float acc[PF_PEAK_SCALAR_CHAINS];
-    for (int j = 0; j < PF_PEAK_SCALAR_CHAINS; ++j) acc[j] = (float)j;
+    float acc[PF_PEAK_CHAINS];
+    for (int j = 0; j < PF_PEAK_CHAINS; ++j) acc[j] = (float)j;
     for (int64_t it = 0; it < iters; ++it)
-        for (int j = 0; j < PF_PEAK_SCALAR_CHAINS; ++j) acc[j] = acc[j] * 0.999999f + 1e-6f;
+        for (int j = 0; j < PF_PEAK_CHAINS; ++j) acc[j] = acc[j] * 0.999999f + 1e-6f;
     double s = 0;
-    for (int j = 0; j < PF_PEAK_SCALAR_CHAINS; ++j) s += acc[j];
+    for (int j = 0; j < PF_PEAK_CHAINS; ++j) s += acc[j];
     return s;
 }
 
@@ -37,7 +35,7 @@ int64_t pf_peak_fma(int isa, int64_t iters, double *sink) {
     default: s = peak_fma_portable(iters); lanes = 1; break;
     }
     if (sink) *sink = s;
-    return iters * 12 * lanes * 2;
+    return iters * PF_PEAK_CHAINS * lanes * 2;
 }
 
 int64_t pf_peak_dpbf16(int64_t iters, double *sink) {
@@ -45,7 +43,7 @@ int64_t pf_peak_dpbf16(int64_t iters, double *sink) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     const double s = pf_peak_dpbf16_avx512(iters);
     if (sink) *sink = s;
-    return iters * 12 * 32 * 2; /* 12 chains x 32 bf16 products (each a multiply and an add) */
+    return iters * PF_PEAK_CHAINS * 32 * 2; /* chains x 32 bf16 products (a multiply and an add each) */
 #else
     (void)sink;
     return -1;
