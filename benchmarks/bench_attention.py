@@ -1,6 +1,6 @@
 """CPU benchmark of Pixelfly's block-sparse attention core against dense attention.
 
-Methods (q, k, v: [1, 8, L, 64] float32, all cores):
+Methods (q, k, v: [1, 8, L, 64] float32, and timed again in bfloat16, all cores):
   * ``dense``: ``torch.nn.functional.scaled_dot_product_attention`` (the dense baseline);
   * ``pixelfly``: the block-sparse kernel ``pixelfly::bsattn_fwd`` (+ its backward) on a flat
     block butterfly layout (block 32, butterfly size 32, 3 factors: density 4/32 = 1/8);
@@ -98,11 +98,11 @@ def check(name, L, rows=256):
     return err, gerr
 
 
-def time_fb(L, reps):
+def time_fb(L, reps, dtype=torch.float32):
     """Median forward+backward seconds per method. Methods are interleaved within each rep
     (dense, pixelfly, pixelfly+lr, dense, ...) so that load from other processes on a shared
     machine hits them alike and the ratios stay meaningful."""
-    q, k, v, g = inputs(L)
+    q, k, v, g = inputs(L, dtype=dtype)
     fns = {m: method_fn(m, L) for m in METHODS}
 
     def step(fn):
@@ -149,14 +149,17 @@ def attention_flops(L, density):
 
 
 def print_table(results, peak):
-    print(f"\n{describe_peak(peak)}; 'of peak': effective GFLOP/s (kept blocks only) over the fp32 peak")
+    print(f"\n{describe_peak(peak)}; 'of peak': effective GFLOP/s (kept blocks only) over the fp32 peak; "
+          "bf16: the same step with bf16 q, k, v (SDPA in bf16 too)")
     print(f"{'L':>6} {'method':>12} {'density':>8} {'f+b ms':>9} {'vs dense':>9} {'GF/s':>7} {'of peak':>7} "
-          f"{'peak MiB':>9} {'mem vs dense':>12} {'out err':>9} {'grad err':>9}")
+          f"{'peak MiB':>9} {'mem vs dense':>12} {'out err':>9} {'grad err':>9} {'bf16 ms':>9} {'bf16 vs':>8}")
     for r in results:
+        bf = (f"{r['fb_s_bf16'] * 1e3:>9.1f} {r['speedup_vs_dense_bf16']:>7.2f}x" if "fb_s_bf16" in r
+              else f"{'-':>9} {'-':>8}")
         print(f"{r['L']:>6} {r['method']:>12} {r['density']:>8.4f} {r['fb_s'] * 1e3:>9.1f} "
               f"{r['speedup_vs_dense']:>8.2f}x {r['gflops_effective']:>7.1f} {r['fraction_of_peak']:>7.2f} "
               f"{r['peak_bytes'] / 2**20:>9.1f} "
-              f"{r['mem_ratio_vs_dense']:>11.3f}x {r['out_err']:>9.1e} {r['grad_err']:>9.1e}")
+              f"{r['mem_ratio_vs_dense']:>11.3f}x {r['out_err']:>9.1e} {r['grad_err']:>9.1e} {bf}")
 
 
 def plot(results, path):
@@ -193,6 +196,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 timings")
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--plot", help="write a PNG plot here")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
@@ -207,8 +211,8 @@ def main(argv=None):
     peak = measure_peak(args.threads)
     print(describe_peak(peak))
     results = []
-    with tqdm(total=len(lengths) * len(METHODS) * (2 if args.no_memory else 3),
-              desc="bench_attention") as bar:
+    with tqdm(total=len(lengths) * len(METHODS) * (2 if args.no_memory else 3) +
+              (0 if args.no_bf16 else len(lengths)), desc="bench_attention") as bar:
         # correctness first, at every length (on the first rows of one head)
         checks = {}
         for L in lengths:
@@ -233,6 +237,12 @@ def main(argv=None):
                 row[m] = dict(L=L, method=m, density=density, fb_s=t, peak_bytes=mem,
                               gflops_effective=gf, fraction_of_peak=gf / peak["fp32_best"],
                               out_err=checks[(L, m)][0], grad_err=checks[(L, m)][1])
+            if not args.no_bf16:
+                fb16 = time_fb(L, args.reps, torch.bfloat16)
+                bar.update()
+                for m in METHODS:
+                    row[m]["fb_s_bf16"] = fb16[m]
+                    row[m]["speedup_vs_dense_bf16"] = fb16["dense"] / fb16[m]
             for m in METHODS:
                 row[m]["speedup_vs_dense"] = row["dense"]["fb_s"] / row[m]["fb_s"]
                 row[m]["mem_ratio_vs_dense"] = row[m]["peak_bytes"] / max(1, row["dense"]["peak_bytes"])

@@ -87,3 +87,4 @@ def test_bench_attention_quick_reports_fractions_of_peak(tmp_path):
     assert doc["meta"]["peak"]["fp32_best"] > 0
     assert {r["method"] for r in doc["results"]} == set(bench_attention.METHODS)
     assert all(r["fraction_of_peak"] > 0 for r in doc["results"])
+    assert all(r["fb_s_bf16"] > 0 and r["speedup_vs_dense_bf16"] > 0 for r in doc["results"])
