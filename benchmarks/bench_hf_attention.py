@@ -7,7 +7,8 @@ alone and with the linears sparsified (issue 13).
 GPT-2 with 4 layers x 512 (8 heads), ``n_positions = seq``, random init, fp32, AdamW, one
 forward+backward+step per step; the median of ``--steps`` steps after one warm-up step, in
 one process: (1) dense, ``attn_implementation="sdpa"``; (2) the same weights with
-``"pixelfly"`` attention (blocks of 32, flat butterfly with 2 factors, causal); (3) then
+``"pixelfly"`` attention (blocks of 32, flat butterfly with 2 factors, causal, plus 64 random
+features); (3) then
 its linears sparsified at ``--budget`` (``pixelfly.sparsify(model, plan, attention="pixelfly")``,
 first/last layers dense as ``pixelfly.plan`` does). The losses of the timed steps of (3) are
 recorded (they must fall: the same batch every step).
@@ -52,11 +53,14 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--attn-dropout", type=float, default=0.1,
+                    help="attn_pdrop (GPT-2's 0.1 by default; with it SDPA on the CPU takes its "
+                         "slower math path in training)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=args.width // 64,
-                                  n_positions=args.seq, vocab_size=args.vocab)
+                                  n_positions=args.seq, vocab_size=args.vocab, attn_pdrop=args.attn_dropout)
     model = transformers.GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
     ids = torch.randint(0, args.vocab, (args.batch, args.seq))
     res = {"loadavg_before": os.getloadavg(), "threads": torch.get_num_threads(), **vars(args)}
@@ -71,7 +75,7 @@ def main(argv=None):
     res["ratio_attention_and_linears"] = res["dense_sdpa_s"] / res["pixelfly_attention_and_linears_s"]
     res["loadavg_after"] = os.getloadavg()
     print(f"GPT-2 {args.layers}x{args.width}, batch {args.batch} x seq {args.seq}, vocab {args.vocab}: "
-          f"dense sdpa {res['dense_sdpa_s'] * 1e3:.0f} ms/step; pixelfly attention "
+          f"attn_pdrop {args.attn_dropout}: dense sdpa {res['dense_sdpa_s'] * 1e3:.0f} ms/step; pixelfly attention "
           f"{res['pixelfly_attention_s'] * 1e3:.0f} ms ({res['ratio_attention_only']:.2f}x); + linears at "
           f"budget {args.budget} ({res['sparsified_layers']}/{len(plan.layers)} sparse) "
           f"{res['pixelfly_attention_and_linears_s'] * 1e3:.0f} ms "

@@ -147,7 +147,9 @@ static void make_plan(int op, const pf_attn_args *a, plan_t *P) {
         n[P_OFFK] = S;
         n[P_KV] = S * R * blk;
         n[P_PRE] = (causal ? S * R : S) * blk;
-        if (op == PF_ATTN_FWD && P->miss) n[P_PHK] = NL * P->r;
+        /* FWD keeps phi(k) when a missing causal diagonal block needs it, or when the
+         * buffers are per task (small): else phase 2 recomputes a(k) rather than store it */
+        if (op == PF_ATTN_FWD && (P->miss || P->local)) n[P_PHK] = NL * P->r;
         if (op == PF_ATTN_BWD) {
             n[P_PHQ] = n[P_PHK] = NL * P->r;
             n[P_OFFQ] = n[P_CLR] = NL;
