@@ -111,6 +111,11 @@ def test_opcheck(dtype, causal):
                           args + idx.tensors() + (b, 0.3, causal))
     torch.library.opcheck(torch.ops.pixelfly.bsattn_fwd.default,
                           tuple(t.detach() for t in args) + idx.tensors() + (b, 0.3, causal))
+    # with the low-rank part and a key mask (fake kernel, autograd and schema agree)
+    feats = torch.randn(6, q.shape[-1], dtype=dtype)
+    km = torch.rand(q.shape[0], q.shape[2], generator=torch.Generator().manual_seed(0)) < 0.8
+    torch.library.opcheck(torch.ops.pixelfly.bsattn_fwd.default,
+                          args + idx.tensors() + (b, 0.3, causal, feats, km))
 
 
 def test_strided_and_3d_inputs_and_isa_and_threads():
