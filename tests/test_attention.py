@@ -111,7 +111,15 @@ def test_opcheck(dtype, causal):
                           args + idx.tensors() + (b, 0.3, causal))
     torch.library.opcheck(torch.ops.pixelfly.bsattn_fwd.default,
                           tuple(t.detach() for t in args) + idx.tensors() + (b, 0.3, causal))
-    # with the low-rank part and a key mask (fake kernel, autograd and schema agree)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("causal", [False, True])
+def test_opcheck_lowrank_and_key_mask(dtype, causal):
+    """The CPU kernel's low-rank part and key mask: fake kernel, autograd and schema agree
+    (the composite op refuses these arguments; other devices use the PyTorch path)."""
+    idx, b, q, k, v = _small_problem(causal, seed=3)
+    args = tuple(t.detach().to(dtype).requires_grad_() for t in (q, k, v))
     feats = torch.randn(6, q.shape[-1], dtype=dtype)
     km = torch.rand(q.shape[0], q.shape[2], generator=torch.Generator().manual_seed(0)) < 0.8
     torch.library.opcheck(torch.ops.pixelfly.bsattn_fwd.default,
