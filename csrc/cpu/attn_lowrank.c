@@ -225,7 +225,7 @@ static void build_g(const pf_attn_args *a, const plan_t *P, int64_t n, int64_t I
     });
 }
 
-/* dst -= src (sign -1) or dst = x + y, n values */
+/* dst -= src, n values (and add_to: dst = x + y) */
 static void sub_into(void *dst, const void *src, int64_t n, size_t es) {
     TYPED(es, {
         T *o = (T *)dst;
