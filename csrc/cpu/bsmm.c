@@ -20,12 +20,12 @@
  *       that row, so each output element is written exactly once; output block-rows with
  *       no block are written as zeros.
  *     BWD_W: task = a contiguous range of blocks in CSR order (blocks sharing a block-row
- *       of dy are adjacent). pf_bsmm_run loops T in chunks of 128 rows outermost over its
- *       whole task range; per chunk and block the dy panel (kept while the block-row does
- *       not change) and the x panel are packed into contiguous stack buffers (blocks up to
- *       64 x 64; larger ones are read in place in chunks of 256 rows), then a register tile
- *       of 8 x 32 of dw is reduced over the chunk's rows; partial sums round-trip through
- *       fp32 (dw itself for fp32, the workspace for bf16).
+ *       of dy are adjacent), at most max_tasks of them, each with a workspace slot of its
+ *       own. A task cuts T into chunks of TW rows (outermost); per chunk it packs the x
+ *       panels its blocks need (once each, block-major) and the dy panel of each block-row
+ *       (fp32, widened from bf16 on the fly) into its slot, then reduces a register tile of
+ *       dw over the chunk's rows for every block; partial sums round-trip through fp32
+ *       (dw itself for fp32, the workspace for bf16).
  *   Results are bitwise identical across ISAs (same fmaf order, kernels.h).
  */
 #include <stdint.h>
@@ -41,17 +41,11 @@
 #ifndef PF_TC
 #define PF_TC 256           /* rows of T per FWD/BWD_X task chunk (may shrink) */
 #endif
-#ifndef PF_TCW_IN
-#define PF_TCW_IN 256       /* rows of T per BWD_W kernel call (smaller measured slower) */
+#ifndef PF_TW
+#define PF_TW 128           /* rows of T per BWD_W chunk (panels of 16 KiB at b = 32) ... */
 #endif
-#ifndef PF_TCW
-#define PF_TCW 256          /* rows of T per BWD_W reduction chunk */
-#endif
-#ifndef PF_PKW
-#define PF_PKW 128          /* rows of T per packed BWD_W chunk (2 panels of 16 KiB at b = 32) */
-#endif
-#ifndef PF_PKB
-#define PF_PKB 64           /* BWD_W packs blocks up to PF_PKB x PF_PKB (panels on the stack) */
+#ifndef PF_SLOT_FLOATS
+#define PF_SLOT_FLOATS (1 << 20) /* ... fewer (down to 16) if a task's panels exceed this */
 #endif
 #ifndef PF_STREAM_BYTES
 #define PF_STREAM_BYTES (4 << 20) /* FWD / BWD_X outputs at least this large ... */
@@ -70,7 +64,8 @@ typedef struct {
     /* phase 0 */
     int64_t n_pack, n_convx, n_convdy, convx_rows, convdy_rows;
     /* workspace (bytes offsets) */
-    int64_t ws_pack, ws_x, ws_dy, ws_acc, ws_total;
+    int64_t ws_pack, ws_x, ws_dy, ws_acc, ws_slots, ws_total;
+    int64_t TW, slot_bytes;   /* BWD_W: rows per chunk, bytes of one task's panels */
     int64_t Np;               /* padded N of packed blocks (FWD: b1, BWD_X: b2) */
     /* phase 1 */
     int64_t TC, nTC, nG, n1;  /* FWD/BWD_X: T chunk, #chunks, #groups, #tasks */
@@ -102,7 +97,7 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
         p->n_pack = T > 0 ? ceil_div(nnz, PF_PACK_BLOCKS) : 0;
     }
     if (p->bf16) {
-        const int need_x = op != PF_OP_BWD_X, need_dy = op != PF_OP_FWD;
+        const int need_x = op == PF_OP_FWD, need_dy = op == PF_OP_BWD_X; /* BWD_W packs */
         if (need_x) {
             p->ws_x = off;
             off += round_up(T * p->in * 4, 64);
@@ -115,21 +110,28 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
             p->convdy_rows = p->out > 0 ? clamp64(PF_CONV_ELEMS / p->out, 1, T > 0 ? T : 1) : 1;
             p->n_convdy = (p->out > 0 && T > 0) ? ceil_div(T, p->convdy_rows) : 0;
         }
-        if (op == PF_OP_BWD_W && T > (PF_PKW < PF_TCW_IN ? PF_PKW : PF_TCW_IN)) {
+    }
+    if (op == PF_OP_BWD_W) {
+        const int64_t per_row = p->in + b1;
+        p->TW = clamp64(PF_SLOT_FLOATS / (per_row > 0 ? per_row : 1), 16, PF_TW);
+        if (T > 0 && T < p->TW) p->TW = T;
+        if (p->bf16 && T > p->TW) {
             p->ws_acc = off;
             off += round_up(nnz * b1 * b2 * 4, 64);
         }
+        const int64_t cap = a->max_tasks > 0 ? a->max_tasks : 1;
+        const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
+                            (double)nnz * (double)b1 * (double)b2;
+        p->n1 = nnz == 0 ? 0 : clamp64((int64_t)(work / PF_TASK_FLOPS), 1,
+                                       nnz < cap ? nnz : cap);
+        p->slot_bytes = T == 0 ? 0 : round_up(p->C * 8, 64) + round_up(per_row * p->TW * 4, 64);
+        p->ws_slots = off;
+        off += p->n1 * p->slot_bytes;
     }
     p->ws_total = off;
 
     /* phase 1 */
-    if (op == PF_OP_BWD_W) {
-        if (nnz == 0) { p->n1 = 0; return 1; }
-        const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
-                            (double)nnz * (double)b1 * (double)b2;
-        p->n1 = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, nnz < PF_MAX_TASKS ? nnz : PF_MAX_TASKS);
-        return 1;
-    }
+    if (op == PF_OP_BWD_W) return 1;
     const int64_t units = op == PF_OP_FWD ? p->R : p->C; /* output block-rows / block-cols */
     if (T == 0 || units == 0) { p->n1 = 0; return 1; }
     const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
@@ -297,121 +299,82 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int
     }
 }
 
-/* BWD_W: the fp32 operands, where the partial sums go, and the packed panels. */
-typedef struct {
-    const float *X, *DY;  /* x and dy in fp32: the operands, or their copies (bf16) */
-    int64_t ldx, ldy;
-    float *acc;           /* fp32 partial sums: dw itself (fp32), the workspace (bf16) */
-    int pack;             /* blocks up to PF_PKB x PF_PKB: panels packed into pa, pb */
-    float *pa, *pb;       /* dy panel [rows][b1] of block-row packed_r, x panel [rows][b2] */
-    int64_t packed_r;
-    pf_tile t;            /* the fields every call shares */
-} bwd_w_state;
-
-/* First block of BWD_W task w: task w owns [w*q + min(w, rem), (w+1)*q + min(w+1, rem)). */
+/* BWD_W: task w owns blocks [w*q + min(w, rem), (w+1)*q + min(w+1, rem)) in CSR order. */
 static int64_t task_first_block(const pf_plan *p, int64_t w) {
     const int64_t q = p->nnz / p->n1, rem = p->nnz % p->n1;
     return w * q + (w < rem ? w : rem);
 }
 
-static void bwd_w_init(const pf_plan *p, const pf_bsmm_args *a, bwd_w_state *st) {
-    if (p->bf16) {
-        st->X = (const float *)((const char *)a->work + p->ws_x);
-        st->DY = (const float *)((const char *)a->work + p->ws_dy);
-        st->ldx = p->in;
-        st->ldy = p->out;
-        st->acc = (float *)((char *)a->work + p->ws_acc);
-    } else {
-        st->X = (const float *)a->x;
-        st->DY = (const float *)a->dy;
-        st->ldx = a->ldx;
-        st->ldy = a->ldy;
-        st->acc = (float *)a->out;
+/* rows [s0, s1) of the w columns from col0 of src (fp32 or bf16, row stride ld elements)
+ * into fp32 dst [s1 - s0][w] */
+static void pack_panel(float *dst, const void *src, int bf16, int64_t ld, int64_t col0,
+                       int64_t w, int64_t s0, int64_t s1) {
+    for (int64_t k = s0; k < s1; ++k) {
+        if (bf16)
+            pf_bf16_to_f32_n(dst + (k - s0) * w, (const uint16_t *)src + k * ld + col0, w);
+        else
+            memcpy(dst + (k - s0) * w, (const float *)src + k * ld + col0, (size_t)w * sizeof(float));
     }
-    /* Packed blocks: per chunk of PF_PKW rows, the dy panel of the block-row (kept while
-     * consecutive blocks share it) and the x panel of the block are copied into contiguous
-     * stack buffers, so the kernel reads dense 128-byte rows from L1 instead of rows ldx /
-     * ldy apart (which alias in L1 sets and the TLB when the feature sizes are powers of
-     * two). Larger blocks are read in place. */
-    st->pack = p->b1 <= PF_PKB && p->b2 <= PF_PKB;
-    st->packed_r = -1;
-    memset(&st->t, 0, sizeof st->t);
-    st->t.ams = 1;
-    st->t.ass = st->pack ? p->b1 : st->ldy;
-    st->t.bss = st->pack ? p->b2 : st->ldx;
-    st->t.nseg = 1;
-    st->t.M = p->b1;
-    st->t.N = p->b2;
-    st->t.ldcin = p->b2;
-    st->t.ldc = p->b2;
 }
 
-/* rows [s0, s1) of the w columns from col0 of src (row stride ld) into dst [s1 - s0][w] */
-static void pack_panel(float *dst, const float *src, int64_t ld, int64_t col0, int64_t w,
-                       int64_t s0, int64_t s1) {
-    for (int64_t k = s0; k < s1; ++k)
-        memcpy(dst + (k - s0) * w, src + k * ld + col0, (size_t)w * sizeof(float));
-}
-
-/* One kernel call: block j (block-row r, block-col c) reduced over rows [s0, s1) of T, on
- * top of the partial sums of the rows before s0; the last rows write dw itself. */
-static void bwd_w_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, bwd_w_state *st,
-                       int64_t j, int64_t r, int64_t s0, int64_t s1) {
-    const int64_t b1 = p->b1, b2 = p->b2, c = a->ix->col_idx[j];
-    pf_tile *t = &st->t;
-    if (st->pack && s1 > s0) {
-        if (r != st->packed_r) {
-            pack_panel(st->pa, st->DY, st->ldy, r * b1, b1, s0, s1);
-            st->packed_r = r;
-        }
-        pack_panel(st->pb, st->X, st->ldx, c * b2, b2, s0, s1);
-        t->A = st->pa;
-        t->B = st->pb;
-    } else {
-        /* T == 0: K = 0, A and B are never read (and may be NULL) */
-        t->A = p->T > 0 ? st->DY + s0 * st->ldy + r * b1 : st->DY;
-        t->B = p->T > 0 ? st->X + s0 * st->ldx + c * b2 : st->X;
-    }
-    t->K = s1 - s0;
-    t->Cin = s0 == 0 ? NULL : st->acc + j * b1 * b2;
-    if (s1 == p->T) {
-        t->C = (char *)a->out + j * b1 * b2 * (p->bf16 ? 2 : 4);
-        t->c_bf16 = p->bf16;
-    } else {
-        t->C = st->acc + j * b1 * b2;
-        t->c_bf16 = 0;
-    }
-    fn(t);
-}
-
-/* BWD_W tasks [b, e): T in chunks (outermost), then their blocks in CSR order. */
-static void run_bwd_w(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int64_t b, int64_t e) {
+/* BWD_W task w. T is cut into chunks of TW rows (outermost); per chunk the task walks its
+ * blocks in CSR order. Its workspace slot holds the chunk's x panels, block-major
+ * (xp[c] = [rows][b2], each packed the first time one of the task's blocks needs it in this
+ * chunk), and the dy panel [rows][b1] of the current block-row (blocks sharing it are
+ * adjacent). So every element of x and dy is copied once per task, and the tile kernel
+ * reads dense rows from L1 / L2 instead of rows ldx / ldy apart (which alias in L1 sets
+ * and in the TLB when the feature sizes are powers of two). Partial sums over the chunks
+ * round-trip through fp32 (dw itself for fp32, the workspace for bf16); the last chunk
+ * writes dw. */
+static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int64_t w) {
     const pf_bsr_index *ix = a->ix;
-    const int64_t lo = task_first_block(p, b), hi = task_first_block(p, e), T = p->T;
+    const int64_t lo = task_first_block(p, w), hi = task_first_block(p, w + 1);
     if (lo >= hi) return;
-    float pa[PF_PKW * PF_PKB] __attribute__((aligned(64)));
-    float pb[PF_PKW * PF_PKB] __attribute__((aligned(64)));
-    bwd_w_state st;
-    bwd_w_init(p, a, &st);
-    st.pa = pa;
-    st.pb = pb;
-    const int64_t rows = st.pack ? PF_PKW : PF_TCW;
-    const int64_t nchunks = T > 0 ? ceil_div(T, rows) : 1;
+    const int64_t T = p->T, b1 = p->b1, b2 = p->b2, TW = p->TW;
+    if (T == 0) { /* empty reduction: dw = +0 (all-zero bits in fp32 and bf16) */
+        const int64_t es = p->bf16 ? 2 : 4;
+        memset((char *)a->out + lo * b1 * b2 * es, 0, (size_t)((hi - lo) * b1 * b2 * es));
+        return;
+    }
+    char *slot = (char *)a->work + p->ws_slots + w * p->slot_bytes;
+    int64_t *stamp = (int64_t *)slot; /* stamp[c]: chunk + 1 whose rows xp[c] holds */
+    float *xp = (float *)(slot + round_up(p->C * 8, 64)), *pa = xp + p->in * TW;
+    for (int64_t c = 0; c < p->C; ++c) stamp[c] = 0;
+    float *acc = p->bf16 ? (float *)((char *)a->work + p->ws_acc) : (float *)a->out;
+    pf_tile t;
+    memset(&t, 0, sizeof t);
+    t.ams = 1;
+    t.ass = b1;
+    t.bss = b2;
+    t.nseg = 1;
+    t.M = b1;
+    t.N = b2;
+    t.ldcin = b2;
+    t.ldc = b2;
+    t.A = pa;
+    const int64_t nchunks = ceil_div(T, TW);
     const int64_t r_first = pf_block_row(ix->row_ptr, p->R, lo);
     for (int64_t ch = 0; ch < nchunks; ++ch) {
-        const int64_t t0 = ch * rows, t1 = t0 + rows < T ? t0 + rows : T;
-        int64_t r = r_first;
-        st.packed_r = -1;
+        const int64_t s0 = ch * TW, s1 = s0 + TW < T ? s0 + TW : T;
+        const int last = s1 == T;
+        int64_t r = r_first, packed_r = -1;
         for (int64_t j = lo; j < hi; ++j) {
             while (ix->row_ptr[r + 1] <= j) ++r;
-            /* sub-chunks of PF_TCW_IN rows (unpacked path): the x / dy rows they touch
-             * stay in L1 while every row tile of the block reduces over them; the partial
-             * dw block round-trips through L1 */
-            for (int64_t s0 = t0; s0 < t1 || s0 == t0; s0 += PF_TCW_IN) {
-                const int64_t s1 = s0 + PF_TCW_IN < t1 ? s0 + PF_TCW_IN : t1;
-                bwd_w_rows(p, a, fn, &st, j, r, s0, s1);
-                if (s1 >= t1) break;
+            const int64_t c = ix->col_idx[j];
+            if (r != packed_r) {
+                pack_panel(pa, a->dy, p->bf16, a->ldy, r * b1, b1, s0, s1);
+                packed_r = r;
             }
+            if (stamp[c] != ch + 1) {
+                pack_panel(xp + c * TW * b2, a->x, p->bf16, a->ldx, c * b2, b2, s0, s1);
+                stamp[c] = ch + 1;
+            }
+            t.B = xp + c * TW * b2;
+            t.K = s1 - s0;
+            t.Cin = ch == 0 ? NULL : acc + j * b1 * b2;
+            t.C = last ? (char *)a->out + j * b1 * b2 * (p->bf16 ? 2 : 4) : (void *)(acc + j * b1 * b2);
+            t.c_bf16 = last && p->bf16;
+            fn(&t);
         }
     }
 }
@@ -437,7 +400,7 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
     if (begin >= end) return;
     const pf_tile_fn fn = pf_kernels_pick(a->isa)->tile;
     if (op == PF_OP_BWD_W) {
-        run_bwd_w(&p, a, fn, begin, end);
+        for (int64_t task = begin; task < end; ++task) run_bwd_w_task(&p, a, fn, task);
     } else {
         for (int64_t task = begin; task < end; ++task) run_rows(&p, a, fn, task);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)

@@ -40,9 +40,6 @@ PF_PRAGMA(GCC target(PF_TARGET))
 #ifndef PF_PFD
 #define PF_PFD 2 /* prefetch distance in segments (blocks) */
 #endif
-#ifndef PF_PFW
-#define PF_PFW 32 /* BWD_W prefetch distance in steps (rows of T) */
-#endif
 
 /* ------------------------------------------------------------------ tile kernel */
 
@@ -110,12 +107,6 @@ VI void mk(const int NV, const int MR, const int AROWS, const int FULL, const pf
             }
         }
         for (int64_t s = 0; s < K; ++s) {
-            if (!AROWS && s + PF_PFW < K) {
-                /* BWD_W: steps are rows of x / dy, far apart in memory: prefetch ahead */
-                v_prefetch(b + PF_PFW * bss);
-                if (NV * PF_VL > 16) v_prefetch(b + PF_PFW * bss + 16);
-                v_prefetch(a + PF_PFW * ass);
-            }
             pf_vf bv[2];
 #pragma GCC unroll 2
             for (int v = 0; v < NV; ++v) {

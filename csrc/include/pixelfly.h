@@ -325,6 +325,9 @@ typedef struct {
                                    * faulted in yet (0: already touched, e.g. reused).
                                    * A hint: large FWD / BWD_X outputs are written with
                                    * streaming stores unless fresh and >= 32 MiB */
+    int64_t max_tasks;            /* BWD_W: cap on the phase-1 tasks, each with a workspace
+                                   * slot of its own (0: 1). Set it to the threads that will
+                                   * run them; results do not depend on it. */
 } pf_bsmm_args;
 
 enum { PF_ISA_AUTO = 0, PF_ISA_PORTABLE = 1, PF_ISA_AVX2 = 2, PF_ISA_AVX512 = 3 };
@@ -350,9 +353,10 @@ int64_t pf_peak_dpbf16(int64_t iters, double *sink);
  * (it is sized afterwards with pf_bsmm_workspace). */
 pf_err pf_bsmm_check(int op, const pf_bsmm_args *a);
 
-/* Bytes of scratch the op needs: FWD / BWD_X the packed (fp32, padded) blocks; with
- * bf16 storage also fp32 copies of x / dy (and BWD_W's fp32 partial sums). fp32 BWD_W
- * needs none. Any alignment works; 64 bytes is best. */
+/* Bytes of scratch the op needs: FWD / BWD_X the packed (fp32, padded) blocks, with bf16
+ * storage also an fp32 copy of x / dy; BWD_W per task (max_tasks) a slot of fp32 panels of
+ * at most ~4 MiB (x and dy rows of one chunk), with bf16 also fp32 partial sums of dw.
+ * It must be 8-byte aligned; 64 bytes is best. */
 int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a);
 
 /* Work is split into phases (0: packing, 1: compute) of independent tasks. The caller

@@ -165,6 +165,7 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
             if (op != 2) a.w = w;
             a.out = res[k];
             a.ldo = ld;
+            a.max_tasks = rndi(5); /* 0..4: the BWD_W split (results must not depend on it) */
             pf_err e = pf_bsmm_check(op, &a);
             CHECK(e == NULL, "%s: check failed: %s", what, e ? e : "");
             if (e) continue;
