@@ -188,10 +188,6 @@ static void convert_rows(const uint16_t *src, int64_t ld, float *dst, int64_t wi
     for (int64_t t = r0; t < r1; ++t) pf_bf16_to_f32_n(dst + t * width, src + t * ld, width);
 }
 
-static float load_elem(const void *base, int bf16, int64_t i) {
-    return bf16 ? pf_bf16_to_f32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
-}
-
 /* Phase 0 packing task: blocks [j0, j1) into fp32 panels of Np (zero-padded) columns. FWD
  * packs in CSR order, transposed: dst[k][i] = w[j][i][k]; BWD_X in CSC order: CSC position
  * j holds dst[i][k] = w[csc_blk[j]][i][k]. */
@@ -202,11 +198,18 @@ static void pack_blocks(const pf_plan *p, const pf_bsmm_args *a, int64_t j0, int
         if (p->op == PF_OP_FWD) {
             float *dst = pack + j * b2 * Np;
             const int64_t src = j * b1 * b2;
-            for (int64_t k = 0; k < b2; ++k) {
-                float *d = dst + k * Np;
-                for (int64_t i = 0; i < b1; ++i) d[i] = load_elem(a->w, p->bf16, src + i * b2 + k);
-                for (int64_t i = b1; i < Np; ++i) d[i] = 0.0f;
+            /* transpose: rows of the block are read contiguously, one column at a time */
+            for (int64_t i = 0; i < b1; ++i) {
+                if (p->bf16) {
+                    const uint16_t *w = (const uint16_t *)a->w + src + i * b2;
+                    for (int64_t k = 0; k < b2; ++k) dst[k * Np + i] = pf_bf16_to_f32(w[k]);
+                } else {
+                    const float *w = (const float *)a->w + src + i * b2;
+                    for (int64_t k = 0; k < b2; ++k) dst[k * Np + i] = w[k];
+                }
             }
+            if (Np > b1)
+                for (int64_t k = 0; k < b2; ++k) memset(dst + k * Np + b1, 0, (size_t)(Np - b1) * 4);
         } else {
             float *dst = pack + j * b1 * Np;
             const int64_t src = a->ix->csc_blk[j] * b1 * b2;
