@@ -233,6 +233,9 @@ class PixelflyLinear(nn.Module):
                 "PixelflyLinear: the layer's parameters are on the meta device (no data); "
                 "materialise it first: to_empty(device=...) then reset_parameters() or "
                 "load_state_dict(...)")
+        if x.device != blocks.device:
+            raise ValueError(f"PixelflyLinear: input x is on {x.device} but the layer's "
+                             f"parameters are on {blocks.device}; move one of them (.to(...))")
         dev = x.device.type
         if dev != "meta" and torch.is_autocast_enabled(dev):  # as nn.Linear: the autocast dtype
             dt = torch.get_autocast_dtype(dev)

@@ -29,7 +29,7 @@ class PixelflyLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(x, blocks, V, Ut, bias, *idx):
-        y = ops.bsmm_fwd(x, blocks, *idx)
+        y = ops.internal("bsmm_fwd", x, blocks, *idx)
         h = None
         if V is not None:
             h = x @ V
@@ -54,9 +54,9 @@ class PixelflyLinearFn(torch.autograd.Function):
         gy = kernel_rows(gy)
         dx = db = dV = dUt = dbias = None
         if need_x:
-            dx = ops.bsmm_bwd_x(gy, blocks, *idx)
+            dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
         if need_b:
-            db = ops.bsmm_bwd_w(gy, x, *idx, b1=blocks.shape[1], b2=blocks.shape[2])
+            db = ops.internal("bsmm_bwd_w", gy, x, *idx, blocks.shape[1], blocks.shape[2])
         if V is not None and (need_x or need_v or need_u):
             gh = gy @ Ut.t()
             if need_x:  # with grad enabled (double backward, torch.func) out of place

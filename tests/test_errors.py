@@ -62,6 +62,14 @@ def test_layer_with_an_impossible_input_names_x():
     raises_clear(lambda: lin(torch.randn(1, 64).expand(2 ** 40, 64)), "x", match="memory")
 
 
+def test_layer_input_on_another_device_names_x():
+    # the layer's kernels skip the ops' Python checks (pixelfly.ops.internal): its own check
+    # must catch x on another device (meta here: any machine has it)
+    lin = PixelflyLinear(64, 64, block_size=16, n_factors=1, rank=2)
+    with pytest.raises(ValueError, match="input x is on meta but the layer's parameters are on cpu"):
+        lin(torch.randn(3, 64, device="meta"))
+
+
 def test_expanded_and_strided_inputs_are_computed_not_refused():
     """x with overlapping rows (stride 0, as expand gives) was refused with
     'pf_bsmm: ldx must be >= in = C*b2'; it is a valid input like any other."""
