@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
+from .lowrank_mm import addmm_, mm
 from .ops_func import kernel_rows
 
 
@@ -32,8 +33,8 @@ class PixelflyLinearFn(torch.autograd.Function):
         y = ops.internal("bsmm_fwd", x, blocks, *idx)
         h = None
         if V is not None:
-            h = x @ V
-            y.addmm_(h, Ut)
+            h = mm(x, V)
+            addmm_(y, h, Ut)
         if bias is not None:
             y.add_(bias)
         return y if h is None else (y, h)
@@ -58,15 +59,15 @@ class PixelflyLinearFn(torch.autograd.Function):
         if need_b:
             db = ops.internal("bsmm_bwd_w", gy, x, *idx, blocks.shape[1], blocks.shape[2])
         if V is not None and (need_x or need_v or need_u):
-            gh = gy @ Ut.t()
+            gh = mm(gy, Ut.t())
             if need_x:  # with grad enabled (double backward, torch.func) out of place
-                dx = dx.addmm_(gh, V.t()) if not torch.is_grad_enabled() else dx + gh @ V.t()
+                dx = addmm_(dx, gh, V.t()) if not torch.is_grad_enabled() else dx + mm(gh, V.t())
             if need_v:
-                dV = x.t() @ gh
+                dV = mm(x.t(), gh)
             if need_u:
                 if torch.is_grad_enabled():  # double backward: h must carry its graph to x, V
-                    h = x @ V
-                dUt = h.t() @ gy
+                    h = mm(x, V)
+                dUt = mm(h.t(), gy)
         if need_bias and ctx.has_bias:
             dbias = gy.sum(0)
         return (dx, db, dV, dUt, dbias) + (None,) * len(idx)
