@@ -26,6 +26,11 @@
  *       (fp32, widened from bf16 on the fly) into its slot, then reduces a register tile of
  *       dw over the chunk's rows for every block; partial sums round-trip through fp32
  *       (dw itself for fp32, the workspace for bf16).
+ *   FWD / BWD_X with T <= PF_SMALL_T rows (inference, decoding) skip the packing, whose
+ *     cost (a copy of every block) would exceed the product's: phase 0 transposes the
+ *     activation (T x width, small), phase 1 computes y^T = B x^T (dx^T = B^T dy^T) with
+ *     the blocks read as stored (bf16: widened once) and writes the tile transposed; each
+ *     element sums the same products in the same order as the packed path (bitwise equal).
  *   Results are bitwise identical across ISAs (same fmaf order, kernels.h).
  */
 #include <stdint.h>
@@ -56,6 +61,9 @@
 #define PF_TASK_FLOPS (1 << 21)
 #define PF_MAX_TASKS 256
 #define PF_PACK_BLOCKS 32   /* blocks per phase-0 packing task */
+#ifndef PF_SMALL_T
+#define PF_SMALL_T 16       /* FWD / BWD_X with at most this many rows: the transposed path */
+#endif
 #define PF_CONV_ELEMS (1 << 16) /* bf16 -> fp32 elements per phase-0 conversion task */
 
 typedef struct {
@@ -63,6 +71,9 @@ typedef struct {
     int64_t T, R, C, b1, b2, nnz, in, out;
     /* phase 0 */
     int64_t n_pack, n_convx, n_convdy, convx_rows, convdy_rows;
+    int small;                /* FWD / BWD_X with T <= PF_SMALL_T: blocks read in place (bf16:
+                               * widened to ws_w), the activation transposed to ws_act */
+    int64_t n_tr, tr_cols, ws_act, ws_w;
     /* workspace (bytes offsets) */
     int64_t ws_pack, ws_x, ws_dy, ws_acc, ws_slots, ws_total;
     int64_t TW, slot_bytes;   /* BWD_W: rows per chunk, bytes of one task's panels */
@@ -90,13 +101,27 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
 
     /* workspace */
     int64_t off = 0;
-    if (op != PF_OP_BWD_W) {
+    p->small = op != PF_OP_BWD_W && T > 0 && T <= PF_SMALL_T;
+    if (p->small) {
+        /* y^T = B x^T (FWD), dx^T = B^T dy^T (BWD_X): no packing of the weights, whose
+         * copy would cost as much as the product at a few rows */
+        const int64_t width = op == PF_OP_FWD ? p->in : p->out;
+        p->ws_act = off;
+        off += round_up(width * T * 4, 64);
+        p->tr_cols = clamp64(PF_CONV_ELEMS / T, 1, width > 0 ? width : 1);
+        p->n_tr = width > 0 ? ceil_div(width, p->tr_cols) : 0;
+        if (p->bf16) {
+            p->ws_w = off;
+            off += round_up(nnz * b1 * b2 * 4, 64);
+            p->n_pack = ceil_div(nnz, PF_PACK_BLOCKS);
+        }
+    } else if (op != PF_OP_BWD_W) {
         p->Np = round_up(op == PF_OP_FWD ? b1 : b2, 16);
         p->ws_pack = off;
         off += round_up(nnz * (op == PF_OP_FWD ? b2 : b1) * p->Np * 4, 64);
         p->n_pack = T > 0 ? ceil_div(nnz, PF_PACK_BLOCKS) : 0;
     }
-    if (p->bf16) {
+    if (p->bf16 && !p->small) {
         const int need_x = op == PF_OP_FWD, need_dy = op == PF_OP_BWD_X; /* BWD_W packs */
         if (need_x) {
             p->ws_x = off;
@@ -177,7 +202,7 @@ int64_t pf_bsmm_num_tasks(int op, int phase, const pf_bsmm_args *a) {
     if (a && a->dtype == PF_FLOAT64) return pf_bsmm_f64_num_tasks(op, phase, a);
     pf_plan p;
     if (!make_plan(op, a, &p)) return 0;
-    if (phase == 0) return p.n_pack + p.n_convx + p.n_convdy;
+    if (phase == 0) return p.n_pack + p.n_convx + p.n_convdy + p.n_tr;
     if (phase == 1) return p.n1;
     return 0;
 }
@@ -194,6 +219,11 @@ static void convert_rows(const uint16_t *src, int64_t ld, float *dst, int64_t wi
 static void pack_blocks(const pf_plan *p, const pf_bsmm_args *a, int64_t j0, int64_t j1) {
     float *pack = (float *)((char *)a->work + p->ws_pack);
     const int64_t b1 = p->b1, b2 = p->b2, Np = p->Np;
+    if (p->small) { /* the transposed path reads the blocks as they are: bf16 widened */
+        float *w = (float *)((char *)a->work + p->ws_w);
+        pf_bf16_to_f32_n(w + j0 * b1 * b2, (const uint16_t *)a->w + j0 * b1 * b2, (j1 - j0) * b1 * b2);
+        return;
+    }
     for (int64_t j = j0; j < j1; ++j) {
         if (p->op == PF_OP_FWD) {
             float *dst = pack + j * b2 * Np;
@@ -245,6 +275,63 @@ static void run_phase0(const pf_plan *p, const pf_bsmm_args *a, int64_t task) {
         const int64_t r0 = task * p->convdy_rows;
         const int64_t r1 = r0 + p->convdy_rows < p->T ? r0 + p->convdy_rows : p->T;
         convert_rows((const uint16_t *)a->dy, a->ldy, (float *)(ws + p->ws_dy), p->out, r0, r1);
+        return;
+    }
+    task -= p->n_convdy;
+    if (task < p->n_tr) { /* columns [c0, c1) of x (FWD) / dy (BWD_X) into act^T [width][T] */
+        const int fwd = p->op == PF_OP_FWD;
+        const void *src = fwd ? a->x : a->dy;
+        const int64_t ld = fwd ? a->ldx : a->ldy, width = fwd ? p->in : p->out, T = p->T;
+        const int64_t c0 = task * p->tr_cols, c1 = c0 + p->tr_cols < width ? c0 + p->tr_cols : width;
+        float *dst = (float *)(ws + p->ws_act);
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t c = c0; c < c1; ++c)
+                dst[c * T + t] = p->bf16 ? pf_bf16_to_f32(((const uint16_t *)src)[t * ld + c])
+                                         : ((const float *)src)[t * ld + c];
+    }
+}
+
+/* FWD / BWD_X task with T <= PF_SMALL_T: output units [u0, u1) of group `task`, computed
+ * transposed from the blocks as stored. FWD: y^T block-row u = sum_j W_j x^T[cols of j]
+ * (A = W_j rows, segments the CSR blocks); BWD_X: dx^T block-column c = sum_j W_j^T
+ * dy^T[rows of j] (A = W_j read down its columns, segments the CSC blocks). The tile's
+ * N is T and its output is written transposed; each element sums the same products in
+ * the same order as the packed path, so the two agree bitwise. */
+static void run_rows_small(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int64_t task) {
+    const pf_bsr_index *ix = a->ix;
+    const int fwd = p->op == PF_OP_FWD;
+    const int64_t *ptr = fwd ? ix->row_ptr : ix->col_ptr;
+    const int64_t units = fwd ? p->R : p->C, b1 = p->b1, b2 = p->b2, T = p->T;
+    const int64_t u0 = group_start(ptr, units, p->nG, task), u1 = group_start(ptr, units, p->nG, task + 1);
+    const float *W = p->bf16 ? (const float *)((const char *)a->work + p->ws_w) : (const float *)a->w;
+    const int64_t es = p->bf16 ? 2 : 4;
+    pf_tile t;
+    memset(&t, 0, sizeof t);
+    t.B = (const float *)((const char *)a->work + p->ws_act);
+    t.bss = T;
+    t.bscale = (fwd ? b2 : b1) * T;
+    t.K = fwd ? b2 : b1;
+    t.M = fwd ? b1 : b2;
+    t.N = T;
+    t.ldc = a->ldo;
+    t.c_bf16 = p->bf16;
+    t.c_trans = 1;
+    if (fwd) { /* A(i, k) = W_j[i][k] */
+        t.ams = b2;
+        t.ass = 1;
+        t.aseg = b1 * b2;
+    } else {   /* A(k, i) = W_j[i][k] */
+        t.ams = 1;
+        t.ass = b2;
+        t.ascale = b1 * b2;
+    }
+    for (int64_t u = u0; u < u1; ++u) {
+        t.nseg = ptr[u + 1] - ptr[u];
+        t.bidx = (fwd ? ix->col_idx : ix->row_idx) + ptr[u];
+        if (fwd) t.A = W + ptr[u] * b1 * b2;
+        else { t.A = W; t.aidx = ix->csc_blk + ptr[u]; }
+        t.C = (char *)a->out + u * t.M * es;
+        fn(&t);
     }
 }
 
@@ -393,7 +480,7 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
     if (!make_plan(op, a, &p)) return;
     if (begin < 0) begin = 0;
     if (phase == 0) {
-        const int64_t n = p.n_pack + p.n_convx + p.n_convdy;
+        const int64_t n = p.n_pack + p.n_convx + p.n_convdy + p.n_tr;
         if (end > n) end = n;
         for (int64_t task = begin; task < end; ++task) run_phase0(&p, a, task);
         return;
@@ -405,7 +492,10 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
     if (op == PF_OP_BWD_W) {
         for (int64_t task = begin; task < end; ++task) run_bwd_w_task(&p, a, fn, task);
     } else {
-        for (int64_t task = begin; task < end; ++task) run_rows(&p, a, fn, task);
+        for (int64_t task = begin; task < end; ++task) {
+            if (p.small) run_rows_small(&p, a, fn, task);
+            else run_rows(&p, a, fn, task);
+        }
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
         __builtin_ia32_sfence(); /* order the non-temporal stores before the caller's join */
 #endif

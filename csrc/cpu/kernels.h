@@ -6,9 +6,10 @@
  *
  * Tiles. Every matmul is reduced to "tiles": C[M x N] = (Cin or 0) + sum_seg sum_{s<K}
  * A(m, s) B(s, n) with fp32 operands and accumulation, where for segment `seg`
- *   A(m, s) = A[aoff(seg) + m*ams + s*ass],   aoff(seg) = aidx ? aidx[seg] * ascale : 0
- *   B(s, n) = B[seg*bseg + s*bss + n]
- * and the result goes to C (fp32, or bf16 rounded to nearest even) with row stride ldc.
+ *   A(m, s) = A[aoff(seg) + m*ams + s*ass],   aoff(seg) = aidx ? aidx[seg] * ascale : seg * aseg
+ *   B(s, n) = B[boff(seg) + s*bss + n],        boff(seg) = bidx ? bidx[seg] * bscale : seg * bseg
+ * and the result goes to C (fp32, or bf16 rounded to nearest even): element (m, n) at
+ * C[m*ldc + n], or at C[n*ldc + m] with c_trans (then Cin must be NULL).
  * Exactly one of ams/ass is 1 (a_rows: ass == 1, A rows are x/dy rows; otherwise ams == 1).
  * C may be Cin (in place): each element is read before it is written.
  *
@@ -31,10 +32,12 @@
 typedef struct {
     const float *A;
     int64_t ams, ass;       /* strides of A over m and over s (one of them is 1) */
-    const int64_t *aidx;    /* per-segment block index, NULL: offset 0 */
-    int64_t ascale;         /* elements per unit of aidx */
+    const int64_t *aidx;    /* per-segment block index, NULL: uniform segments aseg apart */
+    int64_t ascale, aseg;   /* elements per unit of aidx; per-segment stride without it */
     const float *B;
-    int64_t bss, bseg;      /* B row stride (over s) and per-segment stride */
+    int64_t bss, bseg;      /* B row stride (over s) and per-segment stride (no bidx) */
+    const int64_t *bidx;    /* per-segment block index of B, NULL: segments bseg apart */
+    int64_t bscale;         /* elements per unit of bidx */
     int b_padded;           /* B rows may be read up to round_up(N, 16) floats */
     int64_t nseg, K;        /* segments, steps per segment (K may be 0: C = Cin or 0) */
     int64_t M, N;           /* tile size */
@@ -43,6 +46,7 @@ typedef struct {
     void *C;                /* output, fp32 or bf16 (uint16_t) */
     int64_t ldc;
     int c_bf16;
+    int c_trans;            /* C(m, n) at C[n * ldc + m] (the transposed output; no Cin) */
     int c_stream;           /* C is large and written once: aligned full vectors may use
                              * non-temporal stores (pf_bsmm_run fences after phase 1) */
 } pf_tile;

@@ -23,15 +23,21 @@ void pf_tile_portable(const pf_tile *t) {
             else
                 for (int64_t n = 0; n < nc; ++n) acc[n] = 0.0f;
             for (int64_t seg = 0; seg < t->nseg; ++seg) {
-                const float *a = t->A + m * t->ams + (t->aidx ? t->aidx[seg] * t->ascale : 0);
-                const float *b = t->B + seg * t->bseg + n0;
+                const float *a = t->A + m * t->ams + (t->aidx ? t->aidx[seg] * t->ascale : seg * t->aseg);
+                const float *b = t->B + (t->bidx ? t->bidx[seg] * t->bscale : seg * t->bseg) + n0;
                 for (int64_t s = 0; s < t->K; ++s) {
                     const float av = a[s * t->ass];
                     const float *bs = b + s * t->bss;
                     for (int64_t n = 0; n < nc; ++n) acc[n] = fmaf(av, bs[n], acc[n]);
                 }
             }
-            if (t->c_bf16) {
+            if (t->c_trans) {
+                for (int64_t n = 0; n < nc; ++n) {
+                    const int64_t at = (n0 + n) * t->ldc + m;
+                    if (t->c_bf16) ((uint16_t *)t->C)[at] = pf_f32_to_bf16(acc[n]);
+                    else ((float *)t->C)[at] = acc[n];
+                }
+            } else if (t->c_bf16) {
                 uint16_t *c = (uint16_t *)t->C + m * t->ldc + n0;
                 for (int64_t n = 0; n < nc; ++n) c[n] = pf_f32_to_bf16(acc[n]);
             } else {

@@ -45,7 +45,16 @@ PF_PRAGMA(GCC target(PF_TARGET))
 
 VI void store_vec(const pf_tile *t, int64_t m, int64_t n, pf_vf v, pf_vmask k, int64_t cnt,
                   int full) {
-    if (t->c_bf16) {
+    if (t->c_trans) { /* a column of the output: lane l is element (m, n + l) */
+        float lanes[PF_VL];
+        v_store(lanes, v);
+        const int64_t nl = full ? PF_VL : cnt;
+        for (int64_t l = 0; l < nl; ++l) {
+            const int64_t at = (n + l) * t->ldc + m;
+            if (t->c_bf16) ((uint16_t *)t->C)[at] = pf_f32_to_bf16(lanes[l]);
+            else ((float *)t->C)[at] = lanes[l];
+        }
+    } else if (t->c_bf16) {
         uint16_t *c = (uint16_t *)t->C + m * t->ldc + n;
         if (full && t->c_stream && ((uintptr_t)c & (2 * PF_VL - 1)) == 0) v_stream_bf16(c, v);
         else if (full) v_store_bf16(c, v);
@@ -88,8 +97,8 @@ VI void mk(const int NV, const int MR, const int AROWS, const int FULL, const pf
     const int64_t ams = AROWS ? t->ams : 1, ass = AROWS ? 1 : t->ass;
     const int64_t K = t->K, bss = t->bss;
     for (int64_t seg = 0; seg < t->nseg; ++seg) {
-        const float *a = t->A + m0 * ams + (t->aidx ? t->aidx[seg] * t->ascale : 0);
-        const float *b = t->B + seg * t->bseg + n0;
+        const float *a = t->A + m0 * ams + (t->aidx ? t->aidx[seg] * t->ascale : seg * t->aseg);
+        const float *b = t->B + (t->bidx ? t->bidx[seg] * t->bscale : seg * t->bseg) + n0;
         if (AROWS && t->aidx) {
             /* prefetch the rows of A that the block PF_PFD segments ahead will read (the
              * next row tile's first blocks when this tile is about to end): A rows of
@@ -189,7 +198,7 @@ void PF_SIMD(pf_tile)(const pf_tile *t) {
         b.M = t->M - m0 < PF_BAND ? t->M - m0 : PF_BAND;
         b.A = t->A + m0 * (t->ass == 1 ? t->ams : 1);
         if (t->Cin) b.Cin = t->Cin + m0 * t->ldcin;
-        b.C = (char *)t->C + m0 * t->ldc * es;
+        b.C = (char *)t->C + m0 * (t->c_trans ? 1 : t->ldc) * es;
         pieces(&b);
     }
 }

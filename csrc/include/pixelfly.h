@@ -354,7 +354,8 @@ int64_t pf_peak_dpbf16(int64_t iters, double *sink);
 pf_err pf_bsmm_check(int op, const pf_bsmm_args *a);
 
 /* Bytes of scratch the op needs: FWD / BWD_X the packed (fp32, padded) blocks, with bf16
- * storage also an fp32 copy of x / dy; BWD_W per task (max_tasks) a slot of fp32 panels of
+ * storage also an fp32 copy of x / dy (at T <= 16 rows instead: x / dy transposed, and
+ * with bf16 the blocks widened); BWD_W per task (max_tasks) a slot of fp32 panels of
  * at most ~4 MiB (x and dy rows of one chunk), with bf16 also fp32 partial sums of dw.
  * It must be 8-byte aligned; 64 bytes is best. */
 int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a);

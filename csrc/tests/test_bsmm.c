@@ -336,18 +336,67 @@ static void test_bf16_rounding(void) {
     }
 }
 
+/* FWD / BWD_X with few rows (the transposed path, blocks read in place) give bitwise the
+ * rows that the packed path gives for the same rows inside a larger T. */
+static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
+    const int64_t R = 5, C = 4, Tbig = 40;
+    uint8_t layout[20];
+    for (int i = 0; i < 20; ++i) layout[i] = rndi(3) != 0;
+    memset(layout + 2 * C, 0, (size_t)C); /* an empty block-row */
+    index_t I;
+    make_index(&I, layout, R, C, b1, b2);
+    const int64_t in = C * b2, out = R * b1, es = bf ? 2 : 4;
+    void *x = alloc_fill(Tbig * in, bf), *dy = alloc_fill(Tbig * out, bf), *w = alloc_fill(I.ix.nnz * b1 * b2, bf);
+    const int64_t smalls[3] = {1, 5, 16};
+    const int isas[3] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512};
+    const int have[3] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512()};
+    for (int op = 0; op < 2; ++op) {
+        const int64_t width = op == 0 ? out : in;
+        void *big = malloc((size_t)(Tbig * width * es)), *sm = malloc((size_t)(Tbig * width * es));
+        for (int k = 0; k < 3; ++k) {
+            if (!have[k]) continue;
+            pf_bsmm_args a;
+            memset(&a, 0, sizeof a);
+            a.dtype = bf ? PF_BFLOAT16 : PF_FLOAT32;
+            a.ix = &I.ix;
+            a.isa = isas[k];
+            a.x = x; a.ldx = in; a.dy = dy; a.ldy = out; a.w = w;
+            a.ldo = width;
+            a.T = Tbig;
+            a.out = big;
+            run_op(op, &a, 0);
+            for (int si = 0; si < 3; ++si) {
+                a.T = smalls[si];
+                a.out = sm;
+                run_op(op, &a, 1);
+                CHECK(memcmp(big, sm, (size_t)(smalls[si] * width * es)) == 0,
+                      "op %d b=%lldx%lld %s isa %d: T=%lld rows differ from the packed path's", op,
+                      (long long)b1, (long long)b2, bf ? "bf16" : "fp32", isas[k], (long long)smalls[si]);
+            }
+        }
+        free(big); free(sm);
+    }
+    free(x); free(dy); free(w);
+    free_index(&I);
+}
+
 int main(void) {
     printf("ISAs: avx2+fma %d, avx512 %d\n", pf_cpu_has_avx2_fma(), pf_cpu_has_avx512());
     test_bf16_rounding();
     test_checks();
     test_serial_edges();
-    const int64_t Ts[5] = {0, 1, 7, 33, 100};
+    for (int bf = 0; bf < 2; ++bf) {
+        test_small_t_matches_packed(32, 32, bf);
+        test_small_t_matches_packed(16, 48, bf);
+        test_small_t_matches_packed(7, 5, bf);
+    }
+    const int64_t Ts[7] = {0, 1, 7, 16, 17, 33, 100}; /* <= 16 rows: the transposed path */
     const int64_t blocks[][2] = {{16, 16}, {32, 32}, {64, 64}, {16, 32}, {32, 16}, {8, 24}, {3, 5}, {1, 1}, {48, 40}};
     const int nb = (int)(sizeof blocks / sizeof blocks[0]);
     for (int bi = 0; bi < nb; ++bi) {
         const int64_t b1 = blocks[bi][0], b2 = blocks[bi][1];
         const int64_t maxg = b1 * b2 >= 2048 ? 3 : 5;
-        for (int ti = 0; ti < 5; ++ti)
+        for (int ti = 0; ti < 7; ++ti)
             for (int bf = 0; bf < 2; ++bf) {
                 const int64_t R = 1 + rndi(maxg), C = 1 + rndi(maxg);
                 const double dens = (ti + bf) % 4 == 3 ? 0.0 : 0.3 + 0.6 * (double)rndi(100) / 100.0;
@@ -359,7 +408,7 @@ int main(void) {
     test_case(3, 0, 16, 16, 7, 0.5, 1, 1);
     test_case(2, 3, 32, 16, 600, 0.7, 0, 3);
     test_case(3, 2, 16, 32, 530, 0.7, 1, 0);
-    /* BWD_W packs blocks up to 64 x 64 per 128-row chunk and reads larger ones in place */
+    /* BWD_W with blocks of 64 and more, T over several 128-row chunks */
     test_case(2, 2, 64, 64, 300, 0.8, 0, 2);
     test_case(2, 3, 64, 48, 257, 0.8, 1, 0);
     test_case(2, 2, 80, 72, 300, 0.8, 0, 1);
