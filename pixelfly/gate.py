@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .linear_fn import pixelfly_linear
+from .lowrank_mm import mm
 
 __all__ = ["GATES", "check_gate", "new_token_gate", "token_gated_linear"]
 
@@ -56,7 +56,7 @@ def token_gated_linear(x, blocks, idx, V, U, gate_weight, gate_bias, bias=None):
     All operands in one dtype. Returns ``[T, out]``.
     """
     sparse = pixelfly_linear(x, blocks, idx)
-    low = (x @ V) @ U.t()
-    g = torch.sigmoid(F.linear(x, gate_weight, gate_bias))  # [T, 1], broadcast over out
+    low = mm(mm(x, V), U.t())
+    g = torch.sigmoid(mm(x, gate_weight.t()) + gate_bias)  # [T, 1], broadcast over out
     y = torch.lerp(sparse, low, g)
     return y if bias is None else y + bias

@@ -36,7 +36,7 @@ def bf16_matmul_is_slow() -> bool:
         g = torch.Generator().manual_seed(0)
         a, b = torch.randn(256, 512, generator=g), torch.randn(512, 64, generator=g)
         ab, bb = a.bfloat16(), b.bfloat16()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):  # first use may be under autocast
             _SLOW = _best(lambda: ab @ bb) > 4 * _best(lambda: a @ b)
     return _SLOW
 
@@ -49,7 +49,8 @@ def _via_fp32(a):
 def mm(a, b):
     """``a @ b`` (2-D, one dtype); bf16 on a CPU with a slow bf16 matmul: in fp32, rounded once."""
     if _via_fp32(a):
-        return (a.float() @ b.float()).to(a.dtype)
+        with torch.autocast(a.device.type, enabled=False):  # else autocast casts back to bf16
+            return (a.float() @ b.float()).to(a.dtype)
     return a @ b
 
 

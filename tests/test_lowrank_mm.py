@@ -44,10 +44,36 @@ def test_mm_routes_only_bf16_cpu(monkeypatch):
     assert calls == [torch.bfloat16, torch.bfloat16]
 
 
+def test_fp32_route_holds_under_autocast(monkeypatch):
+    # autocast would cast the fp32 copies back to bf16 (the slow matmul again)
+    monkeypatch.setattr(lowrank_mm, "_SLOW", True)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(64, 257, generator=g).bfloat16(), torch.randn(257, 33, generator=g).bfloat16()
+    want = (a.float() @ b.float()).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lowrank_mm.mm(a, b)
+    assert torch.equal(got, want)
+
+
 def test_probe_is_a_cached_bool(monkeypatch):
     monkeypatch.setattr(lowrank_mm, "_SLOW", None)
     first = lowrank_mm.bf16_matmul_is_slow()
     assert isinstance(first, bool) and lowrank_mm.bf16_matmul_is_slow() is first
+
+
+def test_probe_ignores_autocast(monkeypatch):
+    # the first call usually comes from a layer's forward under autocast, which would turn
+    # the fp32 half of the probe into bf16 and hide a slow bf16 matmul
+    for ac in (False, True):
+        monkeypatch.setattr(lowrank_mm, "_SLOW", None)
+        calls = []
+        real = torch.Tensor.__matmul__
+        monkeypatch.setattr(torch.Tensor, "__matmul__",
+                            lambda s, o: calls.append((s.dtype, real(s, o).dtype)) or real(s, o))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
+            lowrank_mm.bf16_matmul_is_slow()
+        monkeypatch.undo()
+        assert (torch.float32, torch.float32) in calls and (torch.bfloat16, torch.bfloat16) in calls
 
 
 def test_layer_under_autocast_matches_float64(route):
