@@ -5,7 +5,9 @@ where the CPU has AVX512_BF16), checks correctness (every method against the flo
 masked-dense reference on a slice of the rows; bf16 kernels at most twice dense bf16's own
 error), then times the kernels in fp32 and bf16 and the modules' forward, backward and
 forward+backward in the same run, and prints ratios against dense PyTorch and fractions of
-the peak; effective GFLOP/s count nonzero-block FLOPs only.
+the peak; effective GFLOP/s count nonzero-block FLOPs only. Block sizes 16 and 64 run the
+kernels beside block 32; the modules also run under bf16 autocast (against nn.Linear under
+autocast) and at a few rows (T = 1, 8, 64: per-call overhead).
 
     python -m benchmarks.bench_linear                      # the issue's full grid
     python -m benchmarks.bench_linear --quick              # small shapes, seconds
