@@ -46,16 +46,16 @@ def _via_fp32(a):
             and not torch.compiler.is_compiling() and bf16_matmul_is_slow())
 
 
+def _mm_fp32(a, b):
+    with torch.autocast(a.device.type, enabled=False):  # else autocast casts back to bf16
+        return (a.float() @ b.float()).to(a.dtype)
+
+
 def mm(a, b):
     """``a @ b`` (2-D, one dtype); bf16 on a CPU with a slow bf16 matmul: in fp32, rounded once."""
-    if _via_fp32(a):
-        with torch.autocast(a.device.type, enabled=False):  # else autocast casts back to bf16
-            return (a.float() @ b.float()).to(a.dtype)
-    return a @ b
+    return _mm_fp32(a, b) if _via_fp32(a) else a @ b
 
 
 def addmm_(c, a, b):
     """``c += a @ b`` in place (``c`` as :func:`mm` computes the product)."""
-    if _via_fp32(a):
-        return c.add_(mm(a, b))
-    return c.addmm_(a, b)
+    return c.add_(_mm_fp32(a, b)) if _via_fp32(a) else c.addmm_(a, b)

@@ -93,12 +93,6 @@ def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
     return _run("bsmm_bwd_w", dy, x, *idx, b1, b2)
 
 
-_OPS = {"bsmm_fwd": _ops_ns.bsmm_fwd.default, "bsmm_bwd_x": _ops_ns.bsmm_bwd_x.default,
-        "bsmm_bwd_w": _ops_ns.bsmm_bwd_w.default}
-_CHECKED = {"bsmm_fwd": bsmm_fwd, "bsmm_bwd_x": bsmm_bwd_x,
-            "bsmm_bwd_w": lambda dy, x, *rest: bsmm_bwd_w(dy, x, *rest[:-2], b1=rest[-2], b2=rest[-1])}
-
-
 def internal(name, *args):
     """``torch.ops.pixelfly.<name>(*args)`` (schema order) for a caller whose operands are
     its own, already checked (:class:`~pixelfly.PixelflyLinear`'s function): with grad mode
@@ -107,9 +101,11 @@ def internal(name, *args):
     as much as the kernel itself at a few rows). With grad mode on, under ``torch.func`` or
     while ``torch.compile`` traces, it is the checked, differentiable op."""
     if torch.is_grad_enabled() or _func_active() or torch.compiler.is_compiling():
-        return _CHECKED[name](*args)
+        act, other, *rest = args
+        bsmm_args(name, act, other, rest[:len(INDEX_FIELDS)], *rest[len(INDEX_FIELDS):])
+        return _run(name, *args)
     with torch._C._AutoDispatchBelowAutograd():
-        return _OPS[name](*args)
+        return getattr(_ops_ns, name).default(*args)
 
 
 def bsmm(x, blocks, idx):
