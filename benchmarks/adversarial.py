@@ -167,7 +167,7 @@ def build_cases():
     from pixelfly import layouts, ops, data, PixelflyLinear, PixelflyAttention, attention_ops
     cases = []
     # attention: NaN/inf in q, k or v, every dtype, causal or not, sparse or sparse + low rank
-    isas = [1] + ([3] if ops.cpu_isa() == 3 else [])
+    isas = [1] + ([3] if ops.cpu_isa() >= 3 else [])
     for where in "qkv":
         for value in (float("nan"), float("inf"), float("-inf")):
             for dt in ("float32", "bfloat16", "float64"):

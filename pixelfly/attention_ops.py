@@ -77,8 +77,9 @@ def bsattn(q, k, v, index: AttentionIndex, block: int, scale: float | None = Non
 
 
 def set_cpu_isa(isa: int) -> int:
-    """Force the CPU attention kernels' ISA (0 auto, 1 portable, 2 AVX2+FMA, 3 AVX-512); returns the
-    previous setting. A process-wide switch for tests and benchmarks."""
+    """Force the CPU attention kernels' ISA (0 auto, 1 portable, 2 AVX2+FMA, 3 AVX-512, 4 the same
+    as 3 on a CPU with AVX512_BF16); returns the previous setting. A process-wide switch for tests
+    and benchmarks."""
     return _ops.set_attention_isa(int_arg("set_cpu_isa", "isa", isa))
 
 

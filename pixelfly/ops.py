@@ -56,13 +56,15 @@ def cache_held() -> int:
 
 def cpu_isa() -> int:
     """The best instruction set of this CPU for the block-sparse kernels: 1 portable,
-    2 AVX2+FMA, 3 AVX-512 (F/BW/VL)."""
+    2 AVX2+FMA, 3 AVX-512 (F/BW/VL), 4 AVX-512 with AVX512_BF16 (bf16 matmuls on ``vdpbf16ps``)."""
     return _ops.cpu_isa()
 
 
 def set_cpu_isa(isa: int) -> int:
     """Force the CPU block-sparse kernels' instruction set (0 auto: the best available,
-    1 portable, 2 AVX2+FMA, 3 AVX-512; tests and benchmarks). Returns the previous setting."""
+    1 portable, 2 AVX2+FMA, 3 AVX-512, 4 AVX-512 + AVX512_BF16; tests and benchmarks). Results
+    are bitwise equal across them (4 differs only where a bf16 product or partial sum is
+    subnormal: ``vdpbf16ps`` flushes those to zero). Returns the previous setting."""
     return _ops.set_cpu_isa(int_arg("set_cpu_isa", "isa", isa))
 
 

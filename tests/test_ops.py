@@ -97,12 +97,14 @@ def test_opcheck(dtype):
         torch.library.opcheck(op, args)
 
 
-def test_threads_and_isas_agree():
-    layout, it, blocks, x, dy = make_case(6, 5, 32, 32, 77, torch.float32, seed=5)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threads_and_isas_agree(dtype):
+    """Bitwise: every ISA (with bf16, 4 computes on bf16 pairs with vdpbf16ps) and thread count."""
+    layout, it, blocks, x, dy = make_case(6, 5, 32, 32, 77, dtype, seed=5)
     prev = torch.get_num_threads()
     results = {}
     try:
-        for threads, isa in itertools.product([1, 2], [1, 2, 3]):
+        for threads, isa in itertools.product([1, 2], [1, 2, 3, 4]):
             if isa > ops.cpu_isa():
                 continue
             torch.set_num_threads(threads)
@@ -117,7 +119,7 @@ def test_threads_and_isas_agree():
     first = next(iter(results.values()))
     for key, outs in results.items():
         for a, b in zip(first, outs):
-            torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6, msg=f"threads/isa {key}")
+            assert torch.equal(a, b), f"threads/isa {key}"
 
 
 def test_bad_inputs_raise_clear_errors():

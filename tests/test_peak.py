@@ -8,8 +8,8 @@ import torch
 
 from pixelfly import _C, ops
 
-ISAS = [i for i in (1, 2, 3) if i <= int(ops.cpu_isa())]
-LANES = {1: 1, 2: 8, 3: 16}
+ISAS = [i for i in (1, 2, 3, 4) if i <= int(ops.cpu_isa())]
+LANES = {1: 1, 2: 8, 3: 16, 4: 16}   # 4 (AVX-512 + AVX512_BF16): the fp32 FMA of AVX-512
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -24,13 +24,13 @@ def test_peak_fma_auto_is_the_best_isa():
     assert _C.peak_fma(0, 10)[0] == 10 * 12 * LANES[int(ops.cpu_isa())] * 2
 
 
-@pytest.mark.skipif(int(ops.cpu_isa()) == 3, reason="this CPU runs every ISA")
+@pytest.mark.skipif(int(ops.cpu_isa()) == 4, reason="this CPU runs every ISA")
 def test_peak_fma_refuses_an_isa_the_cpu_lacks():
     with pytest.raises(ValueError, match="isa"):
-        _C.peak_fma(3, 10)
+        _C.peak_fma(4, 10)
 
 
-@pytest.mark.parametrize("bad", [-1, 4])
+@pytest.mark.parametrize("bad", [-1, 5])
 def test_peak_fma_bad_arguments(bad):
     with pytest.raises(ValueError, match="isa"):
         _C.peak_fma(bad, 10)
@@ -52,7 +52,7 @@ def test_peak_dpbf16_follows_the_cpu():
 def test_measure_reports_every_isa():
     from benchmarks.peak import describe, measure
     p = measure(threads=1, seconds=0.01)
-    assert set(p["fp32_gflops"]) == {("portable", "avx2", "avx512")[i - 1] for i in ISAS}
+    assert set(p["fp32_gflops"]) == {("portable", "avx2", "avx512")[i - 1] for i in ISAS if i <= 3}
     assert all(v > 0 for v in p["fp32_gflops"].values()) and p["fp32_best"] > 0
     assert (p["bf16_gflops"] is None) != bool(_C.has_avx512_bf16())
     assert "fp32 FMA" in describe(p)

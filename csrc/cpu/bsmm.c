@@ -12,7 +12,10 @@
  *   phase 0 (packing): FWD packs every block transposed, W^T[b2][Np] with Np = b1 rounded
  *     up to 16 (zero padding), in CSR order; BWD_X packs W[b1][Np] (Np = b2 rounded up) in
  *     CSC order so the blocks of one block-column are contiguous. With bf16 storage the
- *     dense operands (x, dy) are also widened once to fp32 in the workspace.
+ *     dense operands (x, dy) are also widened once to fp32 in the workspace, unless the
+ *     op runs on bf16 pairs (plan.pairs: AVX512_BF16, or forced by bf16_pairs): then the
+ *     blocks are packed as bf16 pairs of steps ([K/2][Np][2]), x / dy are read as stored
+ *     (a pair of adjacent bf16 per step), and the pair tiles run vdpbf16ps (kernels.h).
  *   phase 1 (compute):
  *     FWD / BWD_X: task = (chunk of TC rows of T) x (group of consecutive block-rows /
  *       block-columns, balanced by nnz). For every output block-row the kernel holds an
@@ -23,7 +26,8 @@
  *       of dy are adjacent), at most max_tasks of them, each with a workspace slot of its
  *       own. A task cuts T into chunks of TW rows (outermost); per chunk it packs the x
  *       panels its blocks need (once each, block-major) and the dy panel of each block-row
- *       (fp32, widened from bf16 on the fly) into its slot, then reduces a register tile of
+ *       (fp32, widened from bf16 on the fly; on bf16 pairs, pairs of rows) into its slot,
+ *       then reduces a register tile of
  *       dw over the chunk's rows for every block; partial sums round-trip through fp32
  *       (dw itself for fp32, the workspace for bf16).
  *   FWD / BWD_X with T <= PF_SMALL_T rows (inference, decoding) skip the packing, whose
@@ -68,6 +72,8 @@
 
 typedef struct {
     int op, bf16;
+    int pairs;                /* bf16 on bf16 pairs (pair tiles, kernels.h): blocks and BWD_W
+                               * panels packed pairwise, x / dy read as stored */
     int64_t T, R, C, b1, b2, nnz, in, out;
     /* phase 0 */
     int64_t n_pack, n_convx, n_convdy, convx_rows, convdy_rows;
@@ -76,7 +82,7 @@ typedef struct {
     int64_t n_tr, tr_cols, ws_act, ws_w;
     /* workspace (bytes offsets) */
     int64_t ws_pack, ws_x, ws_dy, ws_acc, ws_slots, ws_total;
-    int64_t TW, slot_bytes;   /* BWD_W: rows per chunk, bytes of one task's panels */
+    int64_t TW, slot_bytes;   /* BWD_W: rows per chunk (even), bytes of one task's slot */
     int64_t Np;               /* padded N of packed blocks (FWD: b1, BWD_X: b2) */
     /* phase 1 */
     int64_t TC, nTC, nG, n1;  /* FWD/BWD_X: T chunk, #chunks, #groups, #tasks */
@@ -98,10 +104,16 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
     p->T = a->T; p->R = ix->R; p->C = ix->C; p->b1 = ix->b1; p->b2 = ix->b2; p->nnz = ix->nnz;
     p->in = ix->C * ix->b2; p->out = ix->R * ix->b1;
     const int64_t T = p->T, nnz = p->nnz, b1 = p->b1, b2 = p->b2;
+    p->small = op != PF_OP_BWD_W && T > 0 && T <= PF_SMALL_T;
+    /* pairs of steps need an even K where x / dy rows are read in place (FWD: b2, BWD_X:
+     * b1); BWD_W packs its panels and pads */
+    const int want_pairs = a->bf16_pairs > 0 || (a->bf16_pairs == 0 && pf_kernels_pick(a->isa)->pairs_native);
+    p->pairs = p->bf16 && want_pairs && !p->small &&
+               (op == PF_OP_BWD_W || (op == PF_OP_FWD ? b2 : b1) % 2 == 0);
+    const int64_t pes = p->pairs ? 2 : 4; /* bytes of a packed element */
 
     /* workspace */
     int64_t off = 0;
-    p->small = op != PF_OP_BWD_W && T > 0 && T <= PF_SMALL_T;
     if (p->small) {
         /* y^T = B x^T (FWD), dx^T = B^T dy^T (BWD_X): no packing of the weights, whose
          * copy would cost as much as the product at a few rows */
@@ -118,10 +130,10 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
     } else if (op != PF_OP_BWD_W) {
         p->Np = round_up(op == PF_OP_FWD ? b1 : b2, 16);
         p->ws_pack = off;
-        off += round_up(nnz * (op == PF_OP_FWD ? b2 : b1) * p->Np * 4, 64);
+        off += round_up(nnz * (op == PF_OP_FWD ? b2 : b1) * p->Np * pes, 64);
         p->n_pack = T > 0 ? ceil_div(nnz, PF_PACK_BLOCKS) : 0;
     }
-    if (p->bf16 && !p->small) {
+    if (p->bf16 && !p->small && !p->pairs) {
         const int need_x = op == PF_OP_FWD, need_dy = op == PF_OP_BWD_X; /* BWD_W packs */
         if (need_x) {
             p->ws_x = off;
@@ -138,7 +150,8 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
     }
     if (op == PF_OP_BWD_W) {
         const int64_t per_row = p->in + b1;
-        p->TW = clamp64(PF_SLOT_FLOATS / (per_row > 0 ? per_row : 1), 16, PF_TW);
+        /* even, so chunks start on a pair (bf16 sums steps in pairs, kernels.h) */
+        p->TW = clamp64(PF_SLOT_FLOATS / (per_row > 0 ? per_row : 1), 16, PF_TW) & ~(int64_t)1;
         if (T > 0 && T < p->TW) p->TW = T;
         if (p->bf16 && T > p->TW) {
             p->ws_acc = off;
@@ -149,7 +162,7 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
                             (double)nnz * (double)b1 * (double)b2;
         p->n1 = nnz == 0 ? 0 : clamp64((int64_t)(work / PF_TASK_FLOPS), 1,
                                        nnz < cap ? nnz : cap);
-        p->slot_bytes = T == 0 ? 0 : round_up(p->C * 8, 64) + round_up(per_row * p->TW * 4, 64);
+        p->slot_bytes = T == 0 ? 0 : round_up(p->C * 8, 64) + round_up(per_row * round_up(p->TW, 2) * pes, 64);
         p->ws_slots = off;
         off += p->n1 * p->slot_bytes;
     }
@@ -213,6 +226,38 @@ static void convert_rows(const uint16_t *src, int64_t ld, float *dst, int64_t wi
     for (int64_t t = r0; t < r1; ++t) pf_bf16_to_f32_n(dst + t * width, src + t * ld, width);
 }
 
+/* Phase 0 packing of blocks [j0, j1) on bf16 pairs (p->pairs): the steps s of the tile
+ * (FWD: k, BWD_X: i) pairwise, dst[s / 2][n][s % 2] with Np (zero-padded) columns n. FWD
+ * packs in CSR order, dst[k/2][i][k%2] = w[j][i][k] (a pair of a block row is its two
+ * adjacent bf16, so the transpose moves 32-bit pairs); BWD_X in CSC order, position j
+ * holding dst[i/2][k][i%2] = w[csc_blk[j]][i][k] (two block rows interleaved). */
+static void pack_block_pairs(const pf_plan *p, const pf_bsmm_args *a, int64_t j0, int64_t j1) {
+    uint16_t *pack = (uint16_t *)(void *)((char *)a->work + p->ws_pack);
+    const uint16_t *w = (const uint16_t *)a->w;
+    const int64_t b1 = p->b1, b2 = p->b2, Np = p->Np;
+    for (int64_t j = j0; j < j1; ++j) {
+        if (p->op == PF_OP_FWD) {
+            uint16_t *dst = pack + j * b2 * Np;
+            for (int64_t i = 0; i < b1; ++i)
+                for (int64_t q = 0; q < b2 / 2; ++q)
+                    memcpy(dst + (q * Np + i) * 2, w + (j * b1 + i) * b2 + 2 * q, 4);
+            for (int64_t q = 0; q < b2 / 2; ++q)
+                memset(dst + (q * Np + b1) * 2, 0, (size_t)(Np - b1) * 4);
+        } else {
+            uint16_t *dst = pack + j * b1 * Np;
+            const uint16_t *src = w + a->ix->csc_blk[j] * b1 * b2;
+            for (int64_t q = 0; q < b1 / 2; ++q) {
+                uint16_t *d = dst + q * Np * 2;
+                for (int64_t k = 0; k < b2; ++k) {
+                    d[2 * k] = src[2 * q * b2 + k];
+                    d[2 * k + 1] = src[(2 * q + 1) * b2 + k];
+                }
+                memset(d + 2 * b2, 0, (size_t)(Np - b2) * 4);
+            }
+        }
+    }
+}
+
 /* Phase 0 packing task: blocks [j0, j1) into fp32 panels of Np (zero-padded) columns. FWD
  * packs in CSR order, transposed: dst[k][i] = w[j][i][k]; BWD_X in CSC order: CSC position
  * j holds dst[i][k] = w[csc_blk[j]][i][k]. */
@@ -222,6 +267,10 @@ static void pack_blocks(const pf_plan *p, const pf_bsmm_args *a, int64_t j0, int
     if (p->small) { /* the transposed path reads the blocks as they are: bf16 widened */
         float *w = (float *)((char *)a->work + p->ws_w);
         pf_bf16_to_f32_n(w + j0 * b1 * b2, (const uint16_t *)a->w + j0 * b1 * b2, (j1 - j0) * b1 * b2);
+        return;
+    }
+    if (p->pairs) {
+        pack_block_pairs(p, a, j0, j1);
         return;
     }
     for (int64_t j = j0; j < j1; ++j) {
@@ -315,6 +364,7 @@ static void run_rows_small(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn f
     t.N = T;
     t.ldc = a->ldo;
     t.c_bf16 = p->bf16;
+    t.pairs = p->bf16;
     t.c_trans = 1;
     if (fwd) { /* A(i, k) = W_j[i][k] */
         t.ams = b2;
@@ -335,8 +385,9 @@ static void run_rows_small(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn f
     }
 }
 
-/* FWD / BWD_X task: T rows [t0, t1) x output units [u0, u1). */
-static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int64_t task) {
+/* FWD / BWD_X task: T rows [t0, t1) x output units [u0, u1). On bf16 pairs A is x / dy as
+ * stored (two bf16 per step), B the pair-packed blocks. */
+static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *k, int64_t task) {
     const pf_bsr_index *ix = a->ix;
     const int fwd = p->op == PF_OP_FWD;
     const int64_t tci = task / p->nG, g = task % p->nG;
@@ -348,7 +399,10 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int
     const int64_t K = fwd ? p->b2 : p->b1, N = fwd ? p->b1 : p->b2;
     const float *A;
     int64_t lda;
-    if (p->bf16) {
+    if (p->pairs) {
+        A = (const float *)(fwd ? a->x : a->dy); /* bf16, addressed by the pair tile */
+        lda = fwd ? a->ldx : a->ldy;
+    } else if (p->bf16) {
         A = (const float *)((const char *)a->work + (fwd ? p->ws_x : p->ws_dy));
         lda = fwd ? p->in : p->out;
     } else {
@@ -356,22 +410,25 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int
         lda = fwd ? a->ldx : a->ldy;
     }
     if (!A) lda = 0; /* in (or out) == 0: A is never read */
-    const float *pack = (const float *)((const char *)a->work + p->ws_pack);
+    const char *pack = (const char *)a->work + p->ws_pack;
     const int64_t es = p->bf16 ? 2 : 4;
+    const int64_t aes = p->pairs ? 2 : 4; /* bytes of an element of A and of the pack */
+    const pf_tile_fn fn = p->pairs ? k->tile_pairs : k->tile;
     pf_tile t;
     memset(&t, 0, sizeof t);
-    t.A = A + t0 * lda;
+    t.A = (const float *)(const void *)((const char *)A + t0 * lda * aes);
     t.ams = lda;
-    t.ass = 1;
-    t.ascale = fwd ? p->b2 : p->b1;
-    t.bss = p->Np;
+    t.ass = p->pairs ? 2 : 1;
+    t.ascale = K;
+    t.bss = p->pairs ? 2 * p->Np : p->Np;
     t.bseg = K * p->Np;
     t.b_padded = 1;
-    t.K = K;
+    t.K = p->pairs ? K / 2 : K;
     t.M = t1 - t0;
     t.N = N;
     t.ldc = a->ldo;
     t.c_bf16 = p->bf16;
+    t.pairs = p->bf16 && !p->pairs;
     /* An output larger than a core's L2 is streamed past the caches: it is written exactly
      * once, and plain stores would first read every line (RFO) and evict the operands
      * (measured: up to +45% kernel throughput into an already-touched buffer). Not into a
@@ -383,7 +440,7 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int
     for (int64_t u = u0; u < u1; ++u) {
         t.aidx = idx + ptr[u];
         t.nseg = ptr[u + 1] - ptr[u];
-        t.B = pack + ptr[u] * K * p->Np;
+        t.B = (const float *)(const void *)(pack + ptr[u] * K * p->Np * aes);
         t.C = (char *)a->out + (t0 * a->ldo + u * N) * es;
         fn(&t);
     }
@@ -407,6 +464,21 @@ static void pack_panel(float *dst, const void *src, int bf16, int64_t ld, int64_
     }
 }
 
+/* rows [s0, s1) of the w columns from col0 of bf16 src (row stride ld) into pairs of rows:
+ * dst[q][i][h] = src[s0 + 2q + h][col0 + i], a missing last row zero */
+static void pack_panel_pairs(uint16_t *dst, const uint16_t *src, int64_t ld, int64_t col0,
+                             int64_t w, int64_t s0, int64_t s1) {
+    for (int64_t q = 0; s0 + 2 * q < s1; ++q) {
+        const uint16_t *r0 = src + (s0 + 2 * q) * ld + col0;
+        const uint16_t *r1 = s0 + 2 * q + 1 < s1 ? r0 + ld : NULL;
+        uint16_t *d = dst + q * w * 2;
+        for (int64_t i = 0; i < w; ++i) {
+            d[2 * i] = r0[i];
+            d[2 * i + 1] = r1 ? r1[i] : 0;
+        }
+    }
+}
+
 /* BWD_W task w. T is cut into chunks of TW rows (outermost); per chunk the task walks its
  * blocks in CSR order. Its workspace slot holds the chunk's x panels, block-major
  * (xp[c] = [rows][b2], each packed the first time one of the task's blocks needs it in this
@@ -416,7 +488,7 @@ static void pack_panel(float *dst, const void *src, int bf16, int64_t ld, int64_
  * and in the TLB when the feature sizes are powers of two). Partial sums over the chunks
  * round-trip through fp32 (dw itself for fp32, the workspace for bf16); the last chunk
  * writes dw. */
-static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, int64_t w) {
+static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *k, int64_t w) {
     const pf_bsr_index *ix = a->ix;
     const int64_t lo = task_first_block(p, w), hi = task_first_block(p, w + 1);
     if (lo >= hi) return;
@@ -428,20 +500,24 @@ static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn f
     }
     char *slot = (char *)a->work + p->ws_slots + w * p->slot_bytes;
     int64_t *stamp = (int64_t *)slot; /* stamp[c]: chunk + 1 whose rows xp[c] holds */
-    float *xp = (float *)(slot + round_up(p->C * 8, 64)), *pa = xp + p->in * TW;
+    /* panels: fp32 [rows][width], or bf16 pairs of rows [rows / 2][width][2] (pes = 2) */
+    const int64_t pes = p->pairs ? 2 : 4, TWp = round_up(TW, 2);
+    char *xp = slot + round_up(p->C * 8, 64), *pa = xp + p->in * TWp * pes;
     for (int64_t c = 0; c < p->C; ++c) stamp[c] = 0;
     float *acc = p->bf16 ? (float *)((char *)a->work + p->ws_acc) : (float *)a->out;
+    const pf_tile_fn fn = p->pairs ? k->tile_pairs : k->tile;
     pf_tile t;
     memset(&t, 0, sizeof t);
-    t.ams = 1;
-    t.ass = b1;
-    t.bss = b2;
+    t.ams = p->pairs ? 2 : 1;
+    t.ass = p->pairs ? 2 * b1 : b1;
+    t.bss = p->pairs ? 2 * b2 : b2;
+    t.pairs = p->bf16 && !p->pairs;
     t.nseg = 1;
     t.M = b1;
     t.N = b2;
     t.ldcin = b2;
     t.ldc = b2;
-    t.A = pa;
+    t.A = (const float *)(const void *)pa;
     const int64_t nchunks = ceil_div(T, TW);
     const int64_t r_first = pf_block_row(ix->row_ptr, p->R, lo);
     for (int64_t ch = 0; ch < nchunks; ++ch) {
@@ -451,16 +527,19 @@ static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn f
         for (int64_t j = lo; j < hi; ++j) {
             while (ix->row_ptr[r + 1] <= j) ++r;
             const int64_t c = ix->col_idx[j];
+            char *xc = xp + c * TWp * b2 * pes;
             if (r != packed_r) {
-                pack_panel(pa, a->dy, p->bf16, a->ldy, r * b1, b1, s0, s1);
+                if (p->pairs) pack_panel_pairs((uint16_t *)(void *)pa, (const uint16_t *)a->dy, a->ldy, r * b1, b1, s0, s1);
+                else pack_panel((float *)(void *)pa, a->dy, p->bf16, a->ldy, r * b1, b1, s0, s1);
                 packed_r = r;
             }
             if (stamp[c] != ch + 1) {
-                pack_panel(xp + c * TW * b2, a->x, p->bf16, a->ldx, c * b2, b2, s0, s1);
+                if (p->pairs) pack_panel_pairs((uint16_t *)(void *)xc, (const uint16_t *)a->x, a->ldx, c * b2, b2, s0, s1);
+                else pack_panel((float *)(void *)xc, a->x, p->bf16, a->ldx, c * b2, b2, s0, s1);
                 stamp[c] = ch + 1;
             }
-            t.B = xp + c * TW * b2;
-            t.K = s1 - s0;
+            t.B = (const float *)(const void *)xc;
+            t.K = p->pairs ? ceil_div(s1 - s0, 2) : s1 - s0;
             t.Cin = ch == 0 ? NULL : acc + j * b1 * b2;
             t.C = last ? (char *)a->out + j * b1 * b2 * (p->bf16 ? 2 : 4) : (void *)(acc + j * b1 * b2);
             t.c_bf16 = last && p->bf16;
@@ -488,13 +567,13 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
     if (phase != 1) return;
     if (end > p.n1) end = p.n1;
     if (begin >= end) return;
-    const pf_tile_fn fn = pf_kernels_pick(a->isa)->tile;
+    const pf_kernels *k = pf_kernels_pick(a->isa);
     if (op == PF_OP_BWD_W) {
-        for (int64_t task = begin; task < end; ++task) run_bwd_w_task(&p, a, fn, task);
+        for (int64_t task = begin; task < end; ++task) run_bwd_w_task(&p, a, k, task);
     } else {
         for (int64_t task = begin; task < end; ++task) {
-            if (p.small) run_rows_small(&p, a, fn, task);
-            else run_rows(&p, a, fn, task);
+            if (p.small) run_rows_small(&p, a, k->tile, task);
+            else run_rows(&p, a, k, task);
         }
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
         __builtin_ia32_sfence(); /* order the non-temporal stores before the caller's join */

@@ -15,7 +15,20 @@
  *
  * Summation order (the contract that makes every ISA bitwise identical): each output
  * element is acc = Cin or +0.0f, then acc = fmaf(A(m,s), B(s,n), acc) for seg ascending and
- * s ascending. The SIMD kernels vectorise over n (and register-tile m) only.
+ * s ascending; with `pairs` the steps of a segment go in pairs, the odd one first:
+ * s = 1, 0, 3, 2, ..., then K - 1 alone if K is odd (the order of vdpbf16ps, used for bf16
+ * operands so the widened kernels equal the pair tiles below). The SIMD kernels vectorise
+ * over n (and register-tile m) only.
+ *
+ * Pair tiles (pf_tile_pairs_fn): bf16 operands, two steps per load. The same pf_tile, with
+ * A and B pointing to bf16 (uint16_t) data and K counting pairs of steps: the pair p of
+ * A(m, .) is the two bf16 at A + aoff(seg) + m*ams + p*ass (step 2p at the lower address),
+ * the pair p of B(., n) the two at B + boff(seg) + p*bss + 2n (b_padded: readable up to
+ * n = round_up(N, 16)). Each pair adds its step-2p+1 product, then its step-2p one: the
+ * `pairs` order of the fp32 tiles over 2K steps. A product of two bf16 is exact in fp32, so
+ * vdpbf16ps (which rounds after each addition) is bitwise equal to that order, except that
+ * it flushes subnormal inputs and results to zero. The other ISAs emulate it with two
+ * FMAs (pf_tile_pairs_<isa>; used when forced, for tests). Cin and C as for fp32 tiles.
  *
  * Attention ops. Attention's small GEMMs are tiles too (pf_tile_gemm); its softmax row
  * operations are in pf_attn_ops, one table per ISA (fp32) plus the float64 one.
@@ -49,6 +62,7 @@ typedef struct {
     int c_trans;            /* C(m, n) at C[n * ldc + m] (the transposed output; no Cin) */
     int c_stream;           /* C is large and written once: aligned full vectors may use
                              * non-temporal stores (pf_bsmm_run fences after phase 1) */
+    int pairs;              /* fp32 tiles: steps in the pair order (see above) */
 } pf_tile;
 
 typedef void (*pf_tile_fn)(const pf_tile *t);
@@ -56,6 +70,11 @@ typedef void (*pf_tile_fn)(const pf_tile *t);
 void pf_tile_portable(const pf_tile *t);
 void pf_tile_avx2(const pf_tile *t);
 void pf_tile_avx512(const pf_tile *t);
+void pf_tile_avx512bf16(const pf_tile *t); /* = pf_tile_avx512, built with the bf16 target */
+void pf_tile_pairs_portable(const pf_tile *t);
+void pf_tile_pairs_avx2(const pf_tile *t);
+void pf_tile_pairs_avx512(const pf_tile *t);
+void pf_tile_pairs_avx512bf16(const pf_tile *t);
 
 /* C[m x n] = (acc ? C : 0) + A B, fp32, A(i, p) = A[i * ams + p * ass] (one stride is 1), B
  * and C row-major with row strides ldb, ldc, computed by `tile` (so with its summation order). */
@@ -116,13 +135,15 @@ typedef struct {
 } pf_attn_ops;
 
 extern const pf_attn_ops pf_attn_ops_f64, pf_attn_ops_portable, pf_attn_ops_avx2,
-    pf_attn_ops_avx512;
+    pf_attn_ops_avx512, pf_attn_ops_avx512bf16;
 
 /* The kernels of one ISA. */
 typedef struct {
-    int isa;                  /* PF_ISA_PORTABLE, PF_ISA_AVX2 or PF_ISA_AVX512 */
+    int isa;                  /* PF_ISA_PORTABLE, _AVX2, _AVX512 or _AVX512BF16 */
     pf_tile_fn tile;
     const pf_attn_ops *attn;  /* fp32 attention ops */
+    pf_tile_fn tile_pairs;    /* bf16 pair tiles (emulated unless pairs_native) */
+    int pairs_native;         /* 1: tile_pairs is vdpbf16ps, faster than widening bf16 */
 } pf_kernels;
 
 /* The kernels for a PF_ISA_* request (isa.c): AUTO is the best this CPU has; an ISA the

@@ -12,9 +12,33 @@
 
 /* ------------------------------------------------------------------ tile */
 
-void pf_tile_portable(const pf_tile *t) {
+/* acc[0..nc) += the steps of one segment for row m: fp32 operands, steps in the contract's
+ * order (pairs: 1, 0, 3, 2, ..., K - 1 alone if K is odd) */
+static void seg_fp32(const pf_tile *t, const float *a, const float *b, float *acc, int64_t nc) {
+    for (int64_t i = 0; i < t->K; ++i) {
+        const int64_t s = t->pairs && (i ^ 1) < t->K ? i ^ 1 : i;
+        const float av = a[s * t->ass];
+        const float *bs = b + s * t->bss;
+        for (int64_t n = 0; n < nc; ++n) acc[n] = fmaf(av, bs[n], acc[n]);
+    }
+}
+
+/* the same for bf16 pairs (pair tiles): per pair the step-2p+1 product, then the step-2p one */
+static void seg_pairs(const pf_tile *t, const uint16_t *a, const uint16_t *b, float *acc, int64_t nc) {
+    for (int64_t p = 0; p < t->K; ++p) {
+        const uint16_t *ap = a + p * t->ass, *bp = b + p * t->bss;
+        const float a1 = pf_bf16_to_f32(ap[1]), a0 = pf_bf16_to_f32(ap[0]);
+        for (int64_t n = 0; n < nc; ++n) {
+            acc[n] = fmaf(a1, pf_bf16_to_f32(bp[2 * n + 1]), acc[n]);
+            acc[n] = fmaf(a0, pf_bf16_to_f32(bp[2 * n]), acc[n]);
+        }
+    }
+}
+
+static void tile(const pf_tile *t, int bf16_pairs) {
     enum { NC = 64 };
     float acc[NC];
+    const int64_t ew = bf16_pairs ? 2 : 1; /* B elements per column */
     for (int64_t n0 = 0; n0 < t->N; n0 += NC) {
         const int64_t nc = t->N - n0 < NC ? t->N - n0 : NC;
         for (int64_t m = 0; m < t->M; ++m) {
@@ -23,13 +47,13 @@ void pf_tile_portable(const pf_tile *t) {
             else
                 for (int64_t n = 0; n < nc; ++n) acc[n] = 0.0f;
             for (int64_t seg = 0; seg < t->nseg; ++seg) {
-                const float *a = t->A + m * t->ams + (t->aidx ? t->aidx[seg] * t->ascale : seg * t->aseg);
-                const float *b = t->B + (t->bidx ? t->bidx[seg] * t->bscale : seg * t->bseg) + n0;
-                for (int64_t s = 0; s < t->K; ++s) {
-                    const float av = a[s * t->ass];
-                    const float *bs = b + s * t->bss;
-                    for (int64_t n = 0; n < nc; ++n) acc[n] = fmaf(av, bs[n], acc[n]);
-                }
+                const int64_t ao = m * t->ams + (t->aidx ? t->aidx[seg] * t->ascale : seg * t->aseg);
+                const int64_t bo = (t->bidx ? t->bidx[seg] * t->bscale : seg * t->bseg) + n0 * ew;
+                if (bf16_pairs)
+                    seg_pairs(t, (const uint16_t *)(const void *)t->A + ao,
+                              (const uint16_t *)(const void *)t->B + bo, acc, nc);
+                else
+                    seg_fp32(t, t->A + ao, t->B + bo, acc, nc);
             }
             if (t->c_trans) {
                 for (int64_t n = 0; n < nc; ++n) {
@@ -46,6 +70,9 @@ void pf_tile_portable(const pf_tile *t) {
         }
     }
 }
+
+void pf_tile_portable(const pf_tile *t) { tile(t, 0); }
+void pf_tile_pairs_portable(const pf_tile *t) { tile(t, 1); }
 
 /* ------------------------------------------------------------------ attention */
 

@@ -1,14 +1,14 @@
 /*
  * peak.c - the machine's arithmetic peak, measured rather than looked up: one thread's
  * fp32 FMA loop in the ISA asked for (the loops are in kernels_simd.h, compiled per ISA)
- * and, where the CPU has AVX512_BF16, the bf16 dot-product loop (kernels_avx512bf16.c).
+ * and, where the CPU has AVX512_BF16, the bf16 pair-product loop (vdpbf16ps, also there).
  * The benchmarks run one loop per thread at once and divide the FLOPs by the wall time.
  */
 #include "kernels.h"
 
 double pf_peak_fma_avx2(int64_t iters);
 double pf_peak_fma_avx512(int64_t iters);
-double pf_peak_dpbf16_avx512(int64_t iters);
+double pf_peak_dp_avx512bf16(int64_t iters);
 
 /* The portable loop: PF_PEAK_CHAINS scalar FMA chains (whatever the compiler makes
  * of fmaf without an ISA target: the portable kernels' own speed limit). */
@@ -29,6 +29,7 @@ int64_t pf_peak_fma(int isa, int64_t iters, double *sink) {
     int64_t lanes;
     switch (k->isa) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    case PF_ISA_AVX512BF16: /* the fp32 FMA of AVX-512 */
     case PF_ISA_AVX512: s = pf_peak_fma_avx512(iters); lanes = 16; break;
     case PF_ISA_AVX2: s = pf_peak_fma_avx2(iters); lanes = 8; break;
 #endif
@@ -41,7 +42,7 @@ int64_t pf_peak_fma(int isa, int64_t iters, double *sink) {
 int64_t pf_peak_dpbf16(int64_t iters, double *sink) {
     if (!pf_cpu_has_avx512_bf16() || iters < 0) return -1;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-    const double s = pf_peak_dpbf16_avx512(iters);
+    const double s = pf_peak_dp_avx512bf16(iters);
     if (sink) *sink = s;
     return iters * PF_PEAK_CHAINS * 32 * 2; /* chains x 32 bf16 products (a multiply and an add each) */
 #else

@@ -97,4 +97,17 @@ VI void v_store_bf16_m(uint16_t *p, pf_vmask k, int64_t n, pf_vf v) {
 
 VI void v_prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
 
+/* bf16 pairs (pair tiles): a lane holds two bf16, the even step in its low half */
+VI pf_vf v_bcast_pair(const uint16_t *p) { /* the pair at p in every lane */
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return _mm256_castsi256_ps(_mm256_set1_epi32((int)u));
+}
+VI pf_vf v_pair_hi(pf_vf v) { /* the high (odd-step) bf16 of each lane, as fp32 */
+    return _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32((int)0xffff0000u)));
+}
+VI pf_vf v_pair_lo(pf_vf v) { /* the low (even-step) bf16 of each lane, as fp32 */
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(v), 16));
+}
+
 #endif /* PF_VEC_AVX2_H */

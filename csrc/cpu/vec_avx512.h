@@ -8,6 +8,7 @@
 
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #define PF_VL 16   /* fp32 lanes */
 #define PF_MR2 8   /* rows of the 2-vector register tile (16 accumulators) */
@@ -73,5 +74,18 @@ VI void v_store_bf16_m(uint16_t *p, pf_vmask k, int64_t n, pf_vf v) {
 }
 
 VI void v_prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
+
+/* bf16 pairs (pair tiles): a lane holds two bf16, the even step in its low half */
+VI pf_vf v_bcast_pair(const uint16_t *p) { /* the pair at p in every lane */
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return _mm512_castsi512_ps(_mm512_set1_epi32((int)u));
+}
+VI pf_vf v_pair_hi(pf_vf v) { /* the high (odd-step) bf16 of each lane, as fp32 */
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0xffff0000u)));
+}
+VI pf_vf v_pair_lo(pf_vf v) { /* the low (even-step) bf16 of each lane, as fp32 */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(v), 16));
+}
 
 #endif /* PF_VEC_AVX512_H */

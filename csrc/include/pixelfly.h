@@ -328,9 +328,16 @@ typedef struct {
     int64_t max_tasks;            /* BWD_W: cap on the phase-1 tasks, each with a workspace
                                    * slot of its own (0: 1). Set it to the threads that will
                                    * run them; results do not depend on it. */
+    int bf16_pairs;               /* bf16 only: 0 computes on bf16 pairs (packed pairwise,
+                                   * x / dy read as stored) where the ISA has vdpbf16ps
+                                   * (PF_ISA_AVX512BF16), else widens to fp32; 1 always uses
+                                   * the pair layout (elsewhere with emulated kernels: for
+                                   * tests); -1 never. Results do not depend on it. */
 } pf_bsmm_args;
 
-enum { PF_ISA_AUTO = 0, PF_ISA_PORTABLE = 1, PF_ISA_AVX2 = 2, PF_ISA_AVX512 = 3 };
+/* PF_ISA_AVX512BF16: AVX-512 plus vdpbf16ps, which the bf16 matmuls use on bf16 pairs
+ * (the fp32 kernels are AVX-512's). */
+enum { PF_ISA_AUTO = 0, PF_ISA_PORTABLE = 1, PF_ISA_AVX2 = 2, PF_ISA_AVX512 = 3, PF_ISA_AVX512BF16 = 4 };
 
 /* The CPU features the kernels use (csrc/cpu/isa.c; the attention kernels use the same). */
 int pf_cpu_has_avx2_fma(void);
@@ -353,10 +360,11 @@ int64_t pf_peak_dpbf16(int64_t iters, double *sink);
  * (it is sized afterwards with pf_bsmm_workspace). */
 pf_err pf_bsmm_check(int op, const pf_bsmm_args *a);
 
-/* Bytes of scratch the op needs: FWD / BWD_X the packed (fp32, padded) blocks, with bf16
- * storage also an fp32 copy of x / dy (at T <= 16 rows instead: x / dy transposed, and
- * with bf16 the blocks widened); BWD_W per task (max_tasks) a slot of fp32 panels of
- * at most ~4 MiB (x and dy rows of one chunk), with bf16 also fp32 partial sums of dw.
+/* Bytes of scratch the op needs: FWD / BWD_X the packed (padded) blocks, fp32 or, on bf16
+ * pairs, bf16; with bf16 widened to fp32 also an fp32 copy of x / dy (at T <= 16 rows
+ * instead: x / dy transposed, and with bf16 the blocks widened); BWD_W per task
+ * (max_tasks) a slot of panels (x and dy rows of one chunk, fp32 or bf16 pairs) of at most
+ * ~4 MiB, with bf16 also fp32 partial sums of dw.
  * It must be 8-byte aligned; 64 bytes is best. */
 int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a);
 
@@ -370,8 +378,11 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
 
 /* Results do not depend on the task split, the order tasks run in, or the ISA: every ISA
  * accumulates each output in fp32 with fused multiply-adds in the same order (blocks in
- * index order, then k / t ascending), so AVX2, AVX-512 and portable are bitwise equal.
- * bf16 outputs are rounded to nearest even once, at the end. */
+ * index order, then k / t ascending; with bf16 operands k / t go in pairs, the odd one
+ * first: 1, 0, 3, 2, ..., the order of vdpbf16ps), so AVX2, AVX-512 and portable are
+ * bitwise equal. AVX512_BF16's vdpbf16ps gives the same bits except where a product or a
+ * partial sum is subnormal (it flushes those to zero). bf16 outputs are rounded to
+ * nearest even once, at the end. */
 
 /* Convenience: check, then run every phase serially (a->work must hold
  * pf_bsmm_workspace bytes when that is > 0, else an error is returned). */

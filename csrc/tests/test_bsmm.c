@@ -66,11 +66,13 @@ static double get(const void *p, int bf, int64_t i) {
     return bf ? (double)pf_bf16_to_f32(((const uint16_t *)p)[i]) : (double)((const float *)p)[i];
 }
 
-static void *alloc_fill(int64_t n, int bf) { /* random values, exactly representable */
+/* random values, exactly representable; bf16 ones spread over 2^-8 .. 2^8 so that sums
+ * of their (exact) products round, and a change of summation order shows */
+static void *alloc_fill(int64_t n, int bf) {
     const size_t es = bf ? 2 : 4;
     void *p = malloc((size_t)(n > 0 ? n : 1) * es);
     for (int64_t i = 0; i < n; ++i) {
-        const float f = rndf();
+        const float f = bf ? ldexpf(rndf(), (int)rndi(17) - 8) : rndf();
         if (bf) ((uint16_t *)p)[i] = pf_f32_to_bf16(f);
         else ((float *)p)[i] = f;
     }
@@ -138,19 +140,25 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
     for (int64_t r = 0; r < R; ++r)
         for (int64_t j = I.row_ptr[r]; j < I.row_ptr[r + 1]; ++j) blk_row[j] = r;
 
-    const int isas[3] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512};
-    const int have[3] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512()};
+    /* runs: every ISA with bf16 widened (bf16_pairs -1), then with bf16 the pair layout:
+     * emulated pair kernels (bf16_pairs 1) and, where the CPU has it, vdpbf16ps */
+    enum { NR = 8 };
+    const int isas[NR] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512, PF_ISA_PORTABLE,
+                          PF_ISA_AVX2, PF_ISA_AVX512, PF_ISA_AVX512BF16, PF_ISA_AVX512BF16};
+    const int pairs[NR] = {-1, -1, -1, 1, 1, 1, 0, -1};
+    const int have[NR] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512(), bf, bf && pf_cpu_has_avx2_fma(),
+                          bf && pf_cpu_has_avx512(), bf && pf_cpu_has_avx512_bf16(), pf_cpu_has_avx512_bf16()};
     char what[160];
     for (int op = 0; op < 3; ++op) {
         const int64_t rows = op == 2 ? 1 : T;
         const int64_t width = op == 0 ? out : (op == 1 ? in : nnz * b1 * b2);
         const int64_t ld = op == 0 ? ldo_y : (op == 1 ? ldo_x : width);
         const int64_t total = rows * ld;
-        void *res[3] = {NULL, NULL, NULL};
+        void *res[NR] = {NULL};
         snprintf(what, sizeof what, "op %d R=%lld C=%lld b=%lldx%lld T=%lld nnz=%lld %s pad=%d", op,
                  (long long)R, (long long)C, (long long)b1, (long long)b2, (long long)T,
                  (long long)nnz, bf ? "bf16" : "fp32", pad);
-        for (int k = 0; k < 3; ++k) {
+        for (int k = 0; k < NR; ++k) {
             if (!have[k]) continue;
             res[k] = malloc((size_t)(total > 0 ? total : 1) * (size_t)es);
             fill_sentinel(res[k], total, bf);
@@ -160,6 +168,7 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
             a.T = T;
             a.ix = &I.ix;
             a.isa = isas[k];
+            a.bf16_pairs = pairs[k];
             if (op != 1) { a.x = x; a.ldx = ldx; }
             if (op != 0) { a.dy = dy; a.ldy = ldy; }
             if (op != 2) a.w = w;
@@ -213,11 +222,14 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
                 }
             }
         CHECK(!bad, "%s: portable vs double reference", what);
-        for (int k = 1; k < 3; ++k) {
+        /* every run bitwise equal to the portable one (no subnormals in these operands,
+         * so vdpbf16ps's flushing does not show) */
+        for (int k = 1; k < NR; ++k) {
             if (!res[k]) continue;
-            CHECK(memcmp(res[0], res[k], (size_t)(total * es)) == 0, "%s: isa %d not bitwise equal to portable", what, isas[k]);
+            CHECK(memcmp(res[0], res[k], (size_t)(total * es)) == 0,
+                  "%s: isa %d bf16_pairs %d not bitwise equal to portable", what, isas[k], pairs[k]);
         }
-        for (int k = 0; k < 3; ++k) free(res[k]);
+        for (int k = 0; k < NR; ++k) free(res[k]);
     }
     free(blk_row); free(x); free(dy); free(w); free(layout);
     free_index(&I);

@@ -6,9 +6,12 @@
 #include "pixelfly.h"
 
 int main(void) {
-    const int best = pf_cpu_has_avx512() ? PF_ISA_AVX512 : pf_cpu_has_avx2_fma() ? PF_ISA_AVX2 : PF_ISA_PORTABLE;
-    const int64_t lanes[] = {0, 1, 8, 16};
-    for (int isa = PF_ISA_PORTABLE; isa <= PF_ISA_AVX512; ++isa) {
+    const int best = pf_cpu_has_avx512_bf16() ? PF_ISA_AVX512BF16
+                     : pf_cpu_has_avx512()    ? PF_ISA_AVX512
+                     : pf_cpu_has_avx2_fma()  ? PF_ISA_AVX2
+                                              : PF_ISA_PORTABLE;
+    const int64_t lanes[] = {0, 1, 8, 16, 16}; /* AVX512BF16: AVX-512's fp32 FMA */
+    for (int isa = PF_ISA_PORTABLE; isa <= PF_ISA_AVX512BF16; ++isa) {
         double sink = NAN;
         const int64_t flops = pf_peak_fma(isa, 1000, &sink);
         if (isa <= best) {
@@ -20,7 +23,7 @@ int main(void) {
         }
     }
     CHECK(pf_peak_fma(PF_ISA_AUTO, 10, NULL) == 10 * 12 * lanes[best] * 2, "auto = the best ISA");
-    CHECK(pf_peak_fma(-1, 10, NULL) == -1 && pf_peak_fma(4, 10, NULL) == -1, "bad isa refused");
+    CHECK(pf_peak_fma(-1, 10, NULL) == -1 && pf_peak_fma(5, 10, NULL) == -1, "bad isa refused");
     CHECK(pf_peak_fma(PF_ISA_PORTABLE, -1, NULL) == -1, "negative iterations refused");
     double sink = NAN;
     const int64_t bf = pf_peak_dpbf16(100, &sink);

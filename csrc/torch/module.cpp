@@ -23,6 +23,7 @@ std::atomic<int> g_attn_isa{PF_ISA_AUTO};
 std::atomic<int> g_attn_bwd_mode{0};
 
 int best_cpu_isa() {
+  if (pf_cpu_has_avx512_bf16()) return PF_ISA_AVX512BF16;
   if (pf_cpu_has_avx512()) return PF_ISA_AVX512;
   return pf_cpu_has_avx2_fma() ? PF_ISA_AVX2 : PF_ISA_PORTABLE;
 }
@@ -49,8 +50,8 @@ PyObject *py_cpu_isa(PyObject *, PyObject *) { return PyLong_FromLong(best_cpu_i
 
 // Installs `isa` in `slot` after checking it names an ISA this CPU runs; returns the old one.
 long long exchange_isa(std::atomic<int> &slot, long long isa) {
-  TORCH_CHECK_VALUE(isa >= PF_ISA_AUTO && isa <= PF_ISA_AVX512, "isa must be 0 (auto), 1 "
-                    "(portable), 2 (AVX2+FMA) or 3 (AVX-512), got ", isa);
+  TORCH_CHECK_VALUE(isa >= PF_ISA_AUTO && isa <= PF_ISA_AVX512BF16, "isa must be 0 (auto), 1 "
+                    "(portable), 2 (AVX2+FMA), 3 (AVX-512) or 4 (AVX-512 + AVX512_BF16), got ", isa);
   TORCH_CHECK_VALUE(isa <= best_cpu_isa(), "isa ", isa, " is not supported by this CPU (best: ",
                     best_cpu_isa(), ")");
   return slot.exchange(static_cast<int>(isa));
