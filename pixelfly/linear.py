@@ -247,17 +247,17 @@ class PixelflyLinear(nn.Module):
         return dt, torch.float32 if dt == torch.float16 and dev == "cpu" else dt
 
     def _operands(self, cdt):
-        """``(gamma B, index, V, ((1 - gamma) U)^T, bias)`` for :func:`pixelfly_linear`, in
-        ``cdt``."""
-        blocks, V, Ut, bias = self.blocks, None, None, self.bias
+        """``(B, index, V, ((1 - gamma) U)^T, bias, gamma)`` for :func:`pixelfly_linear`, in
+        ``cdt`` (gamma: the parameter's dtype, a one-element tensor)."""
+        blocks, V, Ut, bias, g = self.blocks, None, None, self.bias, None
         if self.rank:
             g = torch.sigmoid(self.gamma_logit)
-            blocks, V, Ut = blocks * g, self.V, (self.U * (1 - g)).t()
+            V, Ut = self.V, (self.U * (1 - g)).t()
         if blocks.dtype != cdt:
             blocks = blocks.to(cdt)
             V, Ut = (None, None) if V is None else (V.to(cdt), Ut.to(cdt))
             bias = None if bias is None else bias.to(cdt)
-        return blocks, self._idx(), V, Ut, bias
+        return blocks, self._idx(), V, Ut, bias, g
 
     def _token_operands(self, cdt):
         """``(B, index, V, U, gate weight, gate bias, bias)`` for :func:`token_gated_linear`."""

@@ -2,6 +2,12 @@
 
     y = x Bs^T + (x V) Ut + bias            Bs = gamma*B (blocks), Ut = ((1-gamma) U)^T
 
+``gamma`` (a one-element tensor) scales whichever is smaller: the kernel's output ``[T, out]``
+(a few rows: decoding, small batches) or the blocks (a scaled copy); in backward likewise
+``dx`` or the blocks, and ``dB = gamma * dBs`` in place, ``dgamma = <dBs, B>``. Autograd
+would scale a copy of the blocks on every call and again twice in backward, which costs
+more than the few-row product itself.
+
 Written as one ``torch.autograd.Function`` over the block-sparse ops so that every large
 ``[T, out]`` / ``[T, in]`` tensor is allocated once per pass, as in ``nn.Linear``'s fused
 ``addmm``: the low-rank and bias terms are added in place to the kernel's output, and in
@@ -29,8 +35,13 @@ class PixelflyLinearFn(torch.autograd.Function):
     (an output, as ``torch.func`` wants intermediates; not differentiable)."""
 
     @staticmethod
-    def forward(x, blocks, V, Ut, bias, *idx):
+    def forward(x, blocks, gamma, V, Ut, bias, *idx):
+        rows = gamma is not None and _scale_rows(x.shape[0], blocks, idx)
+        if gamma is not None and not rows:
+            blocks = blocks * _scalar(gamma)
         y = ops.internal("bsmm_fwd", x, blocks, *idx)
+        if rows:
+            y.mul_(_scalar(gamma))
         h = None
         if V is not None:
             h = mm(x, V)
@@ -41,52 +52,68 @@ class PixelflyLinearFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, blocks, V, Ut, bias, *idx = inputs
+        x, blocks, gamma, V, Ut, bias, *idx = inputs
         h = output[1] if V is not None else None
-        ctx.save_for_backward(x, blocks, V, Ut, h, *idx)
+        ctx.save_for_backward(x, blocks, gamma, V, Ut, h, *idx)
         ctx.has_bias = bias is not None
         if h is not None:
             ctx.mark_non_differentiable(h)
 
     @staticmethod
     def backward(ctx, gy, *_gh):
-        x, blocks, V, Ut, h, *idx = ctx.saved_tensors
-        need_x, need_b, need_v, need_u, need_bias = ctx.needs_input_grad[:5]
+        x, blocks, gamma, V, Ut, h, *idx = ctx.saved_tensors
+        need_x, need_b, need_g, need_v, need_u, need_bias = ctx.needs_input_grad[:6]
+        need_g = need_g and gamma is not None
         gy = kernel_rows(gy)
-        dx = db = dV = dUt = dbias = None
+        graph = torch.is_grad_enabled()  # double backward: differentiable, out of place
+        dx = db = dg = dV = dUt = dbias = None
         if need_x:
-            dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
-        if need_b:
+            if gamma is None:
+                dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
+            elif _scale_rows(gy.shape[0], blocks, idx):
+                dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
+                dx = dx * _scalar(gamma) if graph else dx.mul_(_scalar(gamma))
+            else:
+                dx = ops.internal("bsmm_bwd_x", gy, blocks * _scalar(gamma), *idx)
+        if need_b or need_g:
             db = ops.internal("bsmm_bwd_w", gy, x, *idx, blocks.shape[1], blocks.shape[2])
+            if need_g:  # d/dgamma <gy, x (gamma B)^T> = <dBs, B>, in gamma's dtype (fp32
+                # under autocast: the sum of nnz products would lose bits in bf16)
+                a, b = db.reshape(-1).to(gamma.dtype), blocks.reshape(-1).to(gamma.dtype)
+                dg = ((a * b).sum() if graph else torch.dot(a, b)).reshape(gamma.shape)
+            if gamma is not None:
+                db = db * _scalar(gamma) if graph else db.mul_(_scalar(gamma))
+            if not need_b:
+                db = None
         if V is not None and (need_x or need_v or need_u):
             gh = mm(gy, Ut.t())
             if need_x:  # with grad enabled (double backward, torch.func) out of place
-                dx = addmm_(dx, gh, V.t()) if not torch.is_grad_enabled() else dx + mm(gh, V.t())
+                dx = addmm_(dx, gh, V.t()) if not graph else dx + mm(gh, V.t())
             if need_v:
                 dV = mm(x.t(), gh)
             if need_u:
-                if torch.is_grad_enabled():  # double backward: h must carry its graph to x, V
+                if graph:  # double backward: h must carry its graph to x, V
                     h = mm(x, V)
                 dUt = mm(h.t(), gy)
         if need_bias and ctx.has_bias:
             dbias = gy.sum(0)
-        return (dx, db, dV, dUt, dbias) + (None,) * len(idx)
+        return (dx, db, dg, dV, dUt, dbias) + (None,) * len(idx)
 
     @staticmethod
-    def vmap(info, in_dims, x, blocks, V, Ut, bias, *idx):
-        if any(d is not None for d in in_dims[5:]):
+    def vmap(info, in_dims, x, blocks, gamma, V, Ut, bias, *idx):
+        if any(d is not None for d in in_dims[6:]):
             raise ValueError("pixelfly_linear: vmap over the layout index is not supported")
-        if all(d is None for d in in_dims[1:5]):  # activations only: the batch becomes rows
+        if all(d is None for d in in_dims[1:6]):  # activations only: the batch becomes rows
             xb = x.movedim(in_dims[0], 0)
             B, T = xb.shape[0], xb.shape[1]
             out = PixelflyLinearFn.apply(kernel_rows(xb.reshape(B * T, xb.shape[2])),
-                                         blocks, V, Ut, bias, *idx)
+                                         blocks, gamma, V, Ut, bias, *idx)
             if V is None:
                 return out.view(B, T, out.shape[1]), 0
             return tuple(o.view(B, T, o.shape[1]) for o in out), (0, 0)
         outs = []  # a batched weight: one call per batch entry
         for i in range(info.batch_size):
-            a = [t if d is None else t.select(d, i) for t, d in zip((x, blocks, V, Ut, bias), in_dims)]
+            a = [t if d is None else t.select(d, i) for t, d in zip((x, blocks, gamma, V, Ut, bias), in_dims)]
             outs.append(PixelflyLinearFn.apply(kernel_rows(a[0]), *a[1:], *idx))
         if V is None:
             return torch.stack(outs), 0
@@ -107,15 +134,37 @@ class _EagerFn(torch.autograd.Function):
     backward = PixelflyLinearFn.backward
 
 
-def pixelfly_linear(x, blocks, idx, V=None, Ut=None, bias=None):
-    """``x Bs^T + (x V) Ut + bias`` for ``x [T, in]`` (all operands in one dtype; ``x`` in
-    any strides: views the kernels cannot read are copied).
+def _scalar(gamma):
+    """gamma as a 0-d tensor: it then scales a tensor of another float dtype (fp32 gamma,
+    bf16 blocks under autocast) without promoting the result."""
+    return gamma.reshape(())
+
+
+def _scale_rows(T, blocks, idx):
+    """Whether gamma scales the rows (the output or dx: T x features) rather than the blocks:
+    the smaller of the two. Features: the wider side of the weight (block-rows x b1 out,
+    block-columns x b2 in; idx[0] is row_ptr, idx[2] col_ptr)."""
+    width = max((idx[0].shape[0] - 1) * blocks.shape[1], (idx[2].shape[0] - 1) * blocks.shape[2])
+    return T * width <= blocks.numel()
+
+
+def pixelfly_linear(x, blocks, idx, V=None, Ut=None, bias=None, gamma=None):
+    """``x (gamma B)^T + (x V) Ut + bias`` for ``x [T, in]`` (all operands in one dtype; ``x``
+    in any strides: views the kernels cannot read are copied).
 
     ``blocks [nnz, b1, b2]`` with the five index tensors ``idx`` (:func:`ops.index_tensors`);
-    ``V [in, r]`` and ``Ut [r, out]`` together or neither; ``bias [out]`` or ``None``.
+    ``V [in, r]`` and ``Ut [r, out]`` together or neither; ``bias [out]`` or ``None``;
+    ``gamma``: a one-element tensor (differentiable) scaling the blocks, or ``None`` (1).
     """
     if (V is None) != (Ut is None):
         raise ValueError("pixelfly_linear: give both V and Ut (the low-rank factors) or neither")
-    fn = PixelflyLinearFn if torch._C._are_functorch_transforms_active() else _EagerFn
-    out = fn.apply(kernel_rows(x), blocks, V, Ut, bias, *idx)
+    if gamma is not None and gamma.numel() != 1:
+        raise ValueError(f"pixelfly_linear: gamma must have one element, got shape {tuple(gamma.shape)}")
+    args = (kernel_rows(x), blocks, gamma, V, Ut, bias, *idx)
+    if torch._C._are_functorch_transforms_active():
+        out = PixelflyLinearFn.apply(*args)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:6]):
+        out = _EagerFn.apply(*args)
+    else:  # nothing to differentiate: no autograd node (Function.apply costs ~50 us a call)
+        out = PixelflyLinearFn.forward(*args)
     return out if V is None else out[0]

@@ -102,6 +102,30 @@ def test_fused_function_matches_reference_and_frees_nothing_it_needs(rank, bias)
         pixelfly_linear(x, b, layer._idx(), V=torch.zeros(64, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("T", [2, 60])  # gamma scales the rows (T x 64 <= 12 blocks x 16 x 16) / the blocks
+def test_gamma_scales_rows_or_blocks_with_the_same_result(T):
+    """pixelfly_linear's gamma: output and gradients (x, B, gamma) equal the reference with
+    gamma * B on either side of the rows-vs-blocks choice; gradcheck and gradgradcheck too."""
+    from pixelfly.linear_fn import _scale_rows, pixelfly_linear
+    layer = PixelflyLinear(64, 48, block_size=16, n_factors=1, rank=0, bias=False, dtype=torch.float64)
+    idx = layer._idx()
+    b = layer.blocks.detach().clone().requires_grad_()
+    assert _scale_rows(T, b, idx) == (T == 2)
+    x = torch.randn(T, 64, dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    y = pixelfly_linear(x, b, idx, gamma=g)
+    ref = reference.pixelfly_linear(x, b * g, layer.layout, None, None, 1.0, None)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad(y, (x, b, g), gy), torch.autograd.grad(ref, (x, b, g), gy)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    fn = lambda x, b, g: pixelfly_linear(x, b, idx, gamma=g)
+    assert torch.autograd.gradcheck(fn, (x, b, g))
+    assert torch.autograd.gradgradcheck(fn, (x, b, g))
+    with pytest.raises(ValueError, match="gamma must have one element"):
+        pixelfly_linear(x, b, idx, gamma=torch.ones(2, dtype=torch.float64))
+
+
 def test_initial_output_scale_matches_nn_linear():
     x = torch.randn(2048, 1024)
     dense = nn.Linear(1024, 1024)(x).std().item()

@@ -63,6 +63,7 @@
 #define PF_STREAM_MAX_BYTES (32 << 20) /* ... and, if freshly allocated, below this (run_rows) */
 #endif
 #define PF_TASK_FLOPS (1 << 21)
+#define PF_TASK_BYTES (128 << 10) /* of blocks read per task on the few-row path */
 #define PF_MAX_TASKS 256
 #define PF_PACK_BLOCKS 32   /* blocks per phase-0 packing task */
 #ifndef PF_SMALL_T
@@ -174,7 +175,9 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
     if (T == 0 || units == 0) { p->n1 = 0; return 1; }
     const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
                         (double)T * (double)(op == PF_OP_FWD ? p->out : p->in);
-    const int64_t want = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, PF_MAX_TASKS);
+    int64_t want = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, PF_MAX_TASKS);
+    if (p->small) /* a few rows: reading the blocks is the cost, split it too */
+        want = clamp64(ceil_div(nnz * b1 * b2 * (p->bf16 ? 2 : 4), PF_TASK_BYTES), want, PF_MAX_TASKS);
     int64_t TC = PF_TC;
     for (;;) {
         p->TC = TC;
