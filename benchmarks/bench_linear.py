@@ -11,6 +11,7 @@ autocast) and at a few rows (T = 1, 8, 64: per-call overhead).
 
     python -m benchmarks.bench_linear                      # the issue's full grid
     python -m benchmarks.bench_linear --quick              # small shapes, seconds
+    python -m benchmarks.bench_linear --small-only --json results/linear_small.json  # few rows
     python -m benchmarks.bench_linear --json out.json --plot out.png
 """
 from __future__ import annotations
@@ -316,6 +317,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--plot", help="write a PNG plot here")
+    ap.add_argument("--small-only", action="store_true",
+                    help="only the few-row rows (T = 1, 8, 64: per-call overhead), ~1 minute")
     ap.add_argument("--blocks", default=None,
                     help="block sizes, comma-separated: the first runs kernels and modules, "
                          "the others the kernels (default 32,16,64; --quick: 32,16)")
@@ -332,7 +335,7 @@ def main(argv=None):
     peak = measure_peak(args.threads)
     print(describe_peak(peak))
     results = []
-    grid = [(s, d) for s in shapes for d in densities]
+    grid = [] if args.small_only else [(s, d) for s in shapes for d in densities]
     with tqdm(total=len(grid) * 7 + len(small_grid), desc="bench_linear") as bar:
         for (out_f, in_f), d in grid:
             bench_shape(out_f, in_f, T, d, blocks[0], args.reps, results, bar, peak, blocks[1:])
@@ -349,7 +352,7 @@ def main(argv=None):
         with open(path, "w") as f:
             json.dump({"meta": meta, "results": results, "small_t": small}, f, indent=1)
         print(f"results written to {path}")
-    if args.plot:
+    if args.plot and results:
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
         plot(results, args.plot)
     return results

@@ -74,6 +74,20 @@ def test_bench_linear_quick_reports_fractions_of_peak(tmp_path):
             assert all(k["fraction_of_peak"] > 0 for k in row[key].values())
 
 
+def test_bench_linear_small_only_reports_the_few_row_rows(tmp_path):
+    from benchmarks import bench_linear
+    out = tmp_path / "small.json"
+    threads = torch.get_num_threads()
+    try:
+        bench_linear.main(["--quick", "--small-only", "--reps", "1", "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads(out.read_text())
+    assert doc["results"] == [] and len(doc["small_t"]) == 1
+    row = doc["small_t"][0]
+    assert all(row[k][ph] > 0 for k in ("pixelfly_us", "dense_us") for ph in ("fwd", "fwdbwd"))
+
+
 def test_bench_attention_quick_reports_fractions_of_peak(tmp_path):
     from benchmarks import bench_attention
     out = tmp_path / "attention.json"
