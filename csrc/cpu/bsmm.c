@@ -64,6 +64,9 @@
 #endif
 #define PF_TASK_FLOPS (1 << 21)
 #define PF_TASK_BYTES (128 << 10) /* of blocks read per task on the few-row path */
+#ifndef PF_PAIRS_EMU_MAX
+#define PF_PAIRS_EMU_MAX 768 /* bf16_pairs auto with emulated pair tiles: kept weights per activation column */
+#endif
 #define PF_MAX_TASKS 256
 #define PF_PACK_BLOCKS 32   /* blocks per phase-0 packing task */
 #ifndef PF_SMALL_T
@@ -108,7 +111,19 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
     p->small = op != PF_OP_BWD_W && T > 0 && T <= PF_SMALL_T;
     /* pairs of steps need an even K where x / dy rows are read in place (FWD: b2, BWD_X:
      * b1); BWD_W packs its panels and pads */
-    const int want_pairs = a->bf16_pairs > 0 || (a->bf16_pairs == 0 && pf_kernels_pick(a->isa)->pairs_native);
+    const pf_kernels *k = pf_kernels_pick(a->isa);
+    int want_pairs = a->bf16_pairs > 0;
+    if (a->bf16_pairs == 0) {
+        if (k->pairs_native) want_pairs = 1;
+        else if (k->isa != PF_ISA_PORTABLE && op != PF_OP_BWD_W) {
+            /* the FMA emulation: its tile is a little slower than the fp32 one, but it reads
+             * x / dy as stored instead of first copying them to fp32, which pays where few
+             * weights are kept per activation column (AVX2, T = 4096, C harness: +30-55% at
+             * 128-256, +3-16% at 512, -4-6% at 1024) */
+            const int64_t width = op == PF_OP_FWD ? p->in : p->out;
+            want_pairs = nnz * b1 * b2 <= PF_PAIRS_EMU_MAX * width;
+        }
+    }
     p->pairs = p->bf16 && want_pairs && !p->small &&
                (op == PF_OP_BWD_W || (op == PF_OP_FWD ? b2 : b1) % 2 == 0);
     const int64_t pes = p->pairs ? 2 : 4; /* bytes of a packed element */

@@ -328,11 +328,13 @@ typedef struct {
     int64_t max_tasks;            /* BWD_W: cap on the phase-1 tasks, each with a workspace
                                    * slot of its own (0: 1). Set it to the threads that will
                                    * run them; results do not depend on it. */
-    int bf16_pairs;               /* bf16 only: 0 computes on bf16 pairs (packed pairwise,
-                                   * x / dy read as stored) where the ISA has vdpbf16ps
-                                   * (PF_ISA_AVX512BF16), else widens to fp32; 1 always uses
-                                   * the pair layout (elsewhere with emulated kernels: for
-                                   * tests); -1 never. Results do not depend on it. */
+    int bf16_pairs;               /* bf16 only: 0 chooses for speed between computing on
+                                   * bf16 pairs (blocks packed pairwise, x / dy read as
+                                   * stored) and widening to fp32: pairs where the ISA has
+                                   * vdpbf16ps (PF_ISA_AVX512BF16); with its FMA emulation
+                                   * (AVX2, AVX-512) for FWD / BWD_X when at most 768
+                                   * weights are kept per activation column; 1 always pairs,
+                                   * -1 never. Results do not depend on it. */
 } pf_bsmm_args;
 
 /* PF_ISA_AVX512BF16: AVX-512 plus vdpbf16ps, which the bf16 matmuls use on bf16 pairs
