@@ -11,17 +11,22 @@
  * Design (BLIS-like, see kernels.h for the tile abstraction):
  *   phase 0 (packing): FWD packs every block transposed, W^T[b2][Np] with Np = b1 rounded
  *     up to 16 (zero padding), in CSR order; BWD_X packs W[b1][Np] (Np = b2 rounded up) in
- *     CSC order so the blocks of one block-column are contiguous. With bf16 storage the
- *     dense operands (x, dy) are also widened once to fp32 in the workspace, unless the
- *     op runs on bf16 pairs (plan.pairs: AVX512_BF16, or forced by bf16_pairs): then the
- *     blocks are packed as bf16 pairs of steps ([K/2][Np][2]), x / dy are read as stored
- *     (a pair of adjacent bf16 per step), and the pair tiles run vdpbf16ps (kernels.h).
+ *     CSC order so the blocks of one block-column are contiguous. On bf16 pairs (plan.pairs:
+ *     AVX512_BF16, or forced by bf16_pairs) the blocks are
+ *     packed as bf16 pairs of steps ([K/2][Np][2]) and the pair tiles run vdpbf16ps
+ *     (kernels.h); other bf16 ops widen to fp32.
  *   phase 1 (compute):
- *     FWD / BWD_X: task = (chunk of TC rows of T) x (group of consecutive block-rows /
- *       block-columns, balanced by nnz). For every output block-row the kernel holds an
- *       MR x 32 (AVX-512) / 6 x 16 (AVX2) tile of y in registers across ALL the blocks of
- *       that row, so each output element is written exactly once; output block-rows with
- *       no block are written as zeros.
+ *     FWD / BWD_X: a task owns a range of chunks of TC rows of T (at most max_tasks tasks;
+ *       with fewer chunks than that, a chunk is also split into groups of consecutive
+ *       block-rows / block-columns balanced by nnz). Per chunk it copies the activation
+ *       panels its blocks read (x / dy columns of one block, TC x K: fp32, widened bf16, or
+ *       bf16 on pairs) into its workspace slot, block-major, the first time a block needs
+ *       one; so the tile reads each block's rows contiguously from L2 instead of rows a
+ *       whole feature row apart from L3 (those alias in L1 sets and the TLB when the sizes
+ *       are powers of two): measured +15-60% at 4096 features, T = 4096 (AVX2). For every
+ *       output block-row the kernel holds an MR x 32 (AVX-512) / 6 x 16 (AVX2) tile of y in
+ *       registers across ALL the blocks of that row, so each output element is written
+ *       exactly once; output block-rows with no block are written as zeros.
  *     BWD_W: task = a contiguous range of blocks in CSR order (blocks sharing a block-row
  *       of dy are adjacent), at most max_tasks of them, each with a workspace slot of its
  *       own. A task cuts T into chunks of TW rows (outermost); per chunk it packs the x
@@ -48,8 +53,12 @@
 /* ------------------------------------------------------------------ plan */
 
 #ifndef PF_TC
-#define PF_TC 256           /* rows of T per FWD/BWD_X task chunk (may shrink) */
+#define PF_TC 256           /* rows of T per FWD/BWD_X chunk (fewer if the slot would exceed ... */
 #endif
+#ifndef PF_ASLOT_BYTES
+#define PF_ASLOT_BYTES (4 << 20) /* ... this, or to make max_tasks chunks, down to PF_TC_MIN) */
+#endif
+#define PF_TC_MIN 32
 #ifndef PF_TW
 #define PF_TW 128           /* rows of T per BWD_W chunk (panels of 16 KiB at b = 32) ... */
 #endif
@@ -64,9 +73,6 @@
 #endif
 #define PF_TASK_FLOPS (1 << 21)
 #define PF_TASK_BYTES (128 << 10) /* of blocks read per task on the few-row path */
-#ifndef PF_PAIRS_EMU_MAX
-#define PF_PAIRS_EMU_MAX 768 /* bf16_pairs auto with emulated pair tiles: kept weights per activation column */
-#endif
 #define PF_MAX_TASKS 256
 #define PF_PACK_BLOCKS 32   /* blocks per phase-0 packing task */
 #ifndef PF_SMALL_T
@@ -80,16 +86,17 @@ typedef struct {
                                * panels packed pairwise, x / dy read as stored */
     int64_t T, R, C, b1, b2, nnz, in, out;
     /* phase 0 */
-    int64_t n_pack, n_convx, n_convdy, convx_rows, convdy_rows;
+    int64_t n_pack;
     int small;                /* FWD / BWD_X with T <= PF_SMALL_T: blocks read in place (bf16:
                                * widened to ws_w), the activation transposed to ws_act */
     int64_t n_tr, tr_cols, ws_act, ws_w;
     /* workspace (bytes offsets) */
-    int64_t ws_pack, ws_x, ws_dy, ws_acc, ws_slots, ws_total;
-    int64_t TW, slot_bytes;   /* BWD_W: rows per chunk (even), bytes of one task's slot */
+    int64_t ws_pack, ws_acc, ws_slots, ws_total;
+    int64_t TW, slot_bytes;   /* BWD_W: rows per chunk (even); bytes of one task's slot */
     int64_t Np;               /* padded N of packed blocks (FWD: b1, BWD_X: b2) */
     /* phase 1 */
-    int64_t TC, nTC, nG, n1;  /* FWD/BWD_X: T chunk, #chunks, #groups, #tasks */
+    int64_t TC, nTC, nG, n1;  /* FWD/BWD_X: T chunk, #chunks, #groups per chunk, #tasks */
+    int64_t nRT;              /* FWD/BWD_X: tasks over the chunks (each a range of them) */
 } pf_plan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -109,21 +116,13 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
     p->in = ix->C * ix->b2; p->out = ix->R * ix->b1;
     const int64_t T = p->T, nnz = p->nnz, b1 = p->b1, b2 = p->b2;
     p->small = op != PF_OP_BWD_W && T > 0 && T <= PF_SMALL_T;
-    /* pairs of steps need an even K where x / dy rows are read in place (FWD: b2, BWD_X:
-     * b1); BWD_W packs its panels and pads */
+    /* bf16 pairs where the ISA has vdpbf16ps (or forced); FWD / BWD_X need an even K (b2 /
+     * b1) to pair adjacent steps of the panels, BWD_W packs its panels pairwise and pads.
+     * The FMA emulation of the pair tile (AVX2, AVX-512F) is slower than widening the
+     * panels to fp32 (C harness, AVX2, T = 4096, 4096 features: -12-18% at densities
+     * 1/16-1/4), so auto widens there. */
     const pf_kernels *k = pf_kernels_pick(a->isa);
-    int want_pairs = a->bf16_pairs > 0;
-    if (a->bf16_pairs == 0) {
-        if (k->pairs_native) want_pairs = 1;
-        else if (k->isa != PF_ISA_PORTABLE && op != PF_OP_BWD_W) {
-            /* the FMA emulation: its tile is a little slower than the fp32 one, but it reads
-             * x / dy as stored instead of first copying them to fp32, which pays where few
-             * weights are kept per activation column (AVX2, T = 4096, C harness: +30-55% at
-             * 128-256, +3-16% at 512, -4-6% at 1024) */
-            const int64_t width = op == PF_OP_FWD ? p->in : p->out;
-            want_pairs = nnz * b1 * b2 <= PF_PAIRS_EMU_MAX * width;
-        }
-    }
+    const int want_pairs = a->bf16_pairs > 0 || (a->bf16_pairs == 0 && k->pairs_native);
     p->pairs = p->bf16 && want_pairs && !p->small &&
                (op == PF_OP_BWD_W || (op == PF_OP_FWD ? b2 : b1) % 2 == 0);
     const int64_t pes = p->pairs ? 2 : 4; /* bytes of a packed element */
@@ -148,20 +147,25 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
         p->ws_pack = off;
         off += round_up(nnz * (op == PF_OP_FWD ? b2 : b1) * p->Np * pes, 64);
         p->n_pack = T > 0 ? ceil_div(nnz, PF_PACK_BLOCKS) : 0;
-    }
-    if (p->bf16 && !p->small && !p->pairs) {
-        const int need_x = op == PF_OP_FWD, need_dy = op == PF_OP_BWD_X; /* BWD_W packs */
-        if (need_x) {
-            p->ws_x = off;
-            off += round_up(T * p->in * 4, 64);
-            p->convx_rows = p->in > 0 ? clamp64(PF_CONV_ELEMS / p->in, 1, T > 0 ? T : 1) : 1;
-            p->n_convx = (p->in > 0 && T > 0) ? ceil_div(T, p->convx_rows) : 0;
-        }
-        if (need_dy) {
-            p->ws_dy = off;
-            off += round_up(T * p->out * 4, 64);
-            p->convdy_rows = p->out > 0 ? clamp64(PF_CONV_ELEMS / p->out, 1, T > 0 ? T : 1) : 1;
-            p->n_convdy = (p->out > 0 && T > 0) ? ceil_div(T, p->convdy_rows) : 0;
+        /* phase 1: chunks of TC rows, a task a range of them (or one chunk x a group of
+         * output units when there are fewer chunks than tasks), a slot per task */
+        const int fwd = op == PF_OP_FWD;
+        const int64_t units = fwd ? p->R : p->C, width = fwd ? p->in : p->out;
+        if (T > 0 && units > 0) {
+            const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
+                                (double)T * (double)(fwd ? p->out : p->in);
+            const int64_t cap = clamp64((int64_t)(work / PF_TASK_FLOPS), 1,
+                                        clamp64(a->max_tasks, 1, PF_MAX_TASKS));
+            int64_t TC = clamp64(PF_ASLOT_BYTES / (width > 0 ? width * pes : 1), PF_TC_MIN, PF_TC);
+            if (ceil_div(T, TC) < cap) TC = clamp64(ceil_div(T, cap), PF_TC_MIN, TC);
+            p->TC = TC < T ? TC : T;
+            p->nTC = ceil_div(T, p->TC);
+            p->nRT = p->nTC < cap ? p->nTC : cap;
+            p->nG = p->nTC < cap ? clamp64(ceil_div(cap, p->nTC), 1, units) : 1;
+            p->n1 = p->nRT * p->nG;
+            p->slot_bytes = round_up((fwd ? p->C : p->R) * 8, 64) + round_up(p->TC * width * pes, 64);
+            p->ws_slots = off;
+            off += p->n1 * p->slot_bytes;
         }
     }
     if (op == PF_OP_BWD_W) {
@@ -184,24 +188,17 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
     }
     p->ws_total = off;
 
-    /* phase 1 */
-    if (op == PF_OP_BWD_W) return 1;
-    const int64_t units = op == PF_OP_FWD ? p->R : p->C; /* output block-rows / block-cols */
-    if (T == 0 || units == 0) { p->n1 = 0; return 1; }
+    /* phase 1 of the few-row path: groups of output units (block-rows / block-cols) */
+    if (!p->small) return 1;
+    const int64_t units = op == PF_OP_FWD ? p->R : p->C;
+    if (units == 0) return 1;
     const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
                         (double)T * (double)(op == PF_OP_FWD ? p->out : p->in);
-    int64_t want = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, PF_MAX_TASKS);
-    if (p->small) /* a few rows: reading the blocks is the cost, split it too */
-        want = clamp64(ceil_div(nnz * b1 * b2 * (p->bf16 ? 2 : 4), PF_TASK_BYTES), want, PF_MAX_TASKS);
-    int64_t TC = PF_TC;
-    for (;;) {
-        p->TC = TC;
-        p->nTC = ceil_div(T, TC);
-        p->nG = clamp64(ceil_div(want, p->nTC), 1, units);
-        if (p->nTC * p->nG >= want || TC <= 64 || TC >= T * 2) break;
-        TC /= 2;
-    }
-    p->n1 = p->nTC * p->nG;
+    const int64_t want = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, PF_MAX_TASKS);
+    /* a few rows: reading the blocks is the cost, split it too */
+    p->nG = clamp64(ceil_div(nnz * b1 * b2 * (p->bf16 ? 2 : 4), PF_TASK_BYTES), want, PF_MAX_TASKS);
+    if (p->nG > units) p->nG = units;
+    p->n1 = p->nG;
     return 1;
 }
 
@@ -233,15 +230,9 @@ int64_t pf_bsmm_num_tasks(int op, int phase, const pf_bsmm_args *a) {
     if (a && a->dtype == PF_FLOAT64) return pf_bsmm_f64_num_tasks(op, phase, a);
     pf_plan p;
     if (!make_plan(op, a, &p)) return 0;
-    if (phase == 0) return p.n_pack + p.n_convx + p.n_convdy + p.n_tr;
+    if (phase == 0) return p.n_pack + p.n_tr;
     if (phase == 1) return p.n1;
     return 0;
-}
-
-/* rows [r0, r1) of a bf16 [T, width] matrix (row stride ld) into fp32 dst [T][width] */
-static void convert_rows(const uint16_t *src, int64_t ld, float *dst, int64_t width,
-                         int64_t r0, int64_t r1) {
-    for (int64_t t = r0; t < r1; ++t) pf_bf16_to_f32_n(dst + t * width, src + t * ld, width);
 }
 
 /* Phase 0 packing of blocks [j0, j1) on bf16 pairs (p->pairs): the steps s of the tile
@@ -322,7 +313,7 @@ static void pack_blocks(const pf_plan *p, const pf_bsmm_args *a, int64_t j0, int
     }
 }
 
-/* Phase 0 task: packing tasks first, then bf16 -> fp32 conversion of x, then of dy. */
+/* Phase 0 task: packing tasks first, then (few-row path) the transposes. */
 static void run_phase0(const pf_plan *p, const pf_bsmm_args *a, int64_t task) {
     char *ws = (char *)a->work;
     if (task < p->n_pack) {
@@ -331,20 +322,6 @@ static void run_phase0(const pf_plan *p, const pf_bsmm_args *a, int64_t task) {
         return;
     }
     task -= p->n_pack;
-    if (task < p->n_convx) {
-        const int64_t r0 = task * p->convx_rows;
-        const int64_t r1 = r0 + p->convx_rows < p->T ? r0 + p->convx_rows : p->T;
-        convert_rows((const uint16_t *)a->x, a->ldx, (float *)(ws + p->ws_x), p->in, r0, r1);
-        return;
-    }
-    task -= p->n_convx;
-    if (task < p->n_convdy) {
-        const int64_t r0 = task * p->convdy_rows;
-        const int64_t r1 = r0 + p->convdy_rows < p->T ? r0 + p->convdy_rows : p->T;
-        convert_rows((const uint16_t *)a->dy, a->ldy, (float *)(ws + p->ws_dy), p->out, r0, r1);
-        return;
-    }
-    task -= p->n_convdy;
     if (task < p->n_tr) { /* columns [c0, c1) of x (FWD) / dy (BWD_X) into act^T [width][T] */
         const int fwd = p->op == PF_OP_FWD;
         const void *src = fwd ? a->x : a->dy;
@@ -403,46 +380,59 @@ static void run_rows_small(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn f
     }
 }
 
-/* FWD / BWD_X task: T rows [t0, t1) x output units [u0, u1). On bf16 pairs A is x / dy as
- * stored (two bf16 per step), B the pair-packed blocks. */
+/* How an activation panel is copied into a slot: fp32 as is, bf16 widened to fp32, or
+ * bf16 as is (pair tiles read adjacent steps as pairs). */
+enum { PANEL_F32, PANEL_WIDEN, PANEL_BF16 };
+
+/* rows [s0, s1) of the w columns from col0 of src (row stride ld elements) into dst
+ * [s1 - s0][w] (mode: PANEL_*) */
+static void pack_panel(void *dst, const void *src, int mode, int64_t ld, int64_t col0,
+                       int64_t w, int64_t s0, int64_t s1) {
+    for (int64_t k = s0; k < s1; ++k) {
+        if (mode == PANEL_WIDEN)
+            pf_bf16_to_f32_n((float *)dst + (k - s0) * w, (const uint16_t *)src + k * ld + col0, w);
+        else if (mode == PANEL_BF16)
+            memcpy((uint16_t *)dst + (k - s0) * w, (const uint16_t *)src + k * ld + col0, (size_t)w * 2);
+        else
+            memcpy((float *)dst + (k - s0) * w, (const float *)src + k * ld + col0, (size_t)w * 4);
+    }
+}
+
+/* FWD / BWD_X task: chunks [i nTC / nRT, (i + 1) nTC / nRT) of TC rows (i = task / nG) x
+ * output units [u0, u1) of group task % nG. Per chunk, the activation panel of every
+ * block-column of x (FWD; block-row of dy for BWD_X) that a block reads is copied into
+ * the task's slot, block-major (panel c = [rows][K] at c * TC * K), the first time it is
+ * needed (stamp[c] = chunk + 1); the tile of each output unit then reads it as A. On bf16
+ * pairs the panels stay bf16 (A pairs: adjacent steps), else fp32. */
 static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *k, int64_t task) {
     const pf_bsr_index *ix = a->ix;
     const int fwd = p->op == PF_OP_FWD;
-    const int64_t tci = task / p->nG, g = task % p->nG;
-    const int64_t t0 = tci * p->TC, t1 = t0 + p->TC < p->T ? t0 + p->TC : p->T;
+    const int64_t i = task / p->nG, g = task % p->nG;
     const int64_t *ptr = fwd ? ix->row_ptr : ix->col_ptr;
     const int64_t *idx = fwd ? ix->col_idx : ix->row_idx;
     const int64_t units = fwd ? p->R : p->C;
     const int64_t u0 = group_start(ptr, units, p->nG, g), u1 = group_start(ptr, units, p->nG, g + 1);
-    const int64_t K = fwd ? p->b2 : p->b1, N = fwd ? p->b1 : p->b2;
-    const float *A;
-    int64_t lda;
-    if (p->pairs) {
-        A = (const float *)(fwd ? a->x : a->dy); /* bf16, addressed by the pair tile */
-        lda = fwd ? a->ldx : a->ldy;
-    } else if (p->bf16) {
-        A = (const float *)((const char *)a->work + (fwd ? p->ws_x : p->ws_dy));
-        lda = fwd ? p->in : p->out;
-    } else {
-        A = (const float *)(fwd ? a->x : a->dy);
-        lda = fwd ? a->ldx : a->ldy;
-    }
-    if (!A) lda = 0; /* in (or out) == 0: A is never read */
+    const int64_t K = fwd ? p->b2 : p->b1, N = fwd ? p->b1 : p->b2, TC = p->TC;
+    const void *src = fwd ? a->x : a->dy;
+    const int64_t ld = fwd ? a->ldx : a->ldy;
+    const int mode = p->pairs ? PANEL_BF16 : (p->bf16 ? PANEL_WIDEN : PANEL_F32);
+    const int64_t aes = p->pairs ? 2 : 4; /* bytes of an element of A (the slot) and of the pack */
+    char *slot = (char *)a->work + p->ws_slots + task * p->slot_bytes;
+    int64_t *stamp = (int64_t *)(void *)slot;
+    char *panels = slot + round_up((fwd ? p->C : p->R) * 8, 64);
+    for (int64_t c = 0; c < (fwd ? p->C : p->R); ++c) stamp[c] = 0;
     const char *pack = (const char *)a->work + p->ws_pack;
     const int64_t es = p->bf16 ? 2 : 4;
-    const int64_t aes = p->pairs ? 2 : 4; /* bytes of an element of A and of the pack */
-    const pf_tile_fn fn = p->pairs ? k->tile_pairs : k->tile;
     pf_tile t;
     memset(&t, 0, sizeof t);
-    t.A = (const float *)(const void *)((const char *)A + t0 * lda * aes);
-    t.ams = lda;
+    t.A = (const float *)(const void *)panels;
+    t.ams = K;
     t.ass = p->pairs ? 2 : 1;
-    t.ascale = K;
+    t.ascale = TC * K;
     t.bss = p->pairs ? 2 * p->Np : p->Np;
     t.bseg = K * p->Np;
     t.b_padded = 1;
     t.K = p->pairs ? K / 2 : K;
-    t.M = t1 - t0;
     t.N = N;
     t.ldc = a->ldo;
     t.c_bf16 = p->bf16;
@@ -455,12 +445,24 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *
      * faulted in, and streaming into pages the OS has just zeroed measured 10-20% slower. */
     const double out_bytes = (double)p->T * (double)(fwd ? p->out : p->in) * (double)es;
     t.c_stream = out_bytes >= PF_STREAM_BYTES && (!a->out_fresh || out_bytes < PF_STREAM_MAX_BYTES);
-    for (int64_t u = u0; u < u1; ++u) {
-        t.aidx = idx + ptr[u];
-        t.nseg = ptr[u + 1] - ptr[u];
-        t.B = (const float *)(const void *)(pack + ptr[u] * K * p->Np * aes);
-        t.C = (char *)a->out + (t0 * a->ldo + u * N) * es;
-        fn(&t);
+    const pf_tile_fn fn = p->pairs ? k->tile_pairs : k->tile;
+    const int64_t ch1 = (i + 1) * p->nTC / p->nRT;
+    for (int64_t ch = i * p->nTC / p->nRT; ch < ch1; ++ch) {
+        const int64_t t0 = ch * TC, t1 = t0 + TC < p->T ? t0 + TC : p->T;
+        t.M = t1 - t0;
+        for (int64_t u = u0; u < u1; ++u) {
+            for (int64_t j = ptr[u]; j < ptr[u + 1]; ++j) {
+                const int64_t c = idx[j];
+                if (stamp[c] == ch + 1) continue;
+                pack_panel(panels + c * TC * K * aes, src, mode, ld, c * K, K, t0, t1);
+                stamp[c] = ch + 1;
+            }
+            t.aidx = idx + ptr[u];
+            t.nseg = ptr[u + 1] - ptr[u];
+            t.B = (const float *)(const void *)(pack + ptr[u] * K * p->Np * aes);
+            t.C = (char *)a->out + (t0 * a->ldo + u * N) * es;
+            fn(&t);
+        }
     }
 }
 
@@ -468,18 +470,6 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *
 static int64_t task_first_block(const pf_plan *p, int64_t w) {
     const int64_t q = p->nnz / p->n1, rem = p->nnz % p->n1;
     return w * q + (w < rem ? w : rem);
-}
-
-/* rows [s0, s1) of the w columns from col0 of src (fp32 or bf16, row stride ld elements)
- * into fp32 dst [s1 - s0][w] */
-static void pack_panel(float *dst, const void *src, int bf16, int64_t ld, int64_t col0,
-                       int64_t w, int64_t s0, int64_t s1) {
-    for (int64_t k = s0; k < s1; ++k) {
-        if (bf16)
-            pf_bf16_to_f32_n(dst + (k - s0) * w, (const uint16_t *)src + k * ld + col0, w);
-        else
-            memcpy(dst + (k - s0) * w, (const float *)src + k * ld + col0, (size_t)w * sizeof(float));
-    }
 }
 
 /* rows [s0, s1) of the w columns from col0 of bf16 src (row stride ld) into pairs of rows:
@@ -548,12 +538,12 @@ static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, const pf_ker
             char *xc = xp + c * TWp * b2 * pes;
             if (r != packed_r) {
                 if (p->pairs) pack_panel_pairs((uint16_t *)(void *)pa, (const uint16_t *)a->dy, a->ldy, r * b1, b1, s0, s1);
-                else pack_panel((float *)(void *)pa, a->dy, p->bf16, a->ldy, r * b1, b1, s0, s1);
+                else pack_panel(pa, a->dy, p->bf16 ? PANEL_WIDEN : PANEL_F32, a->ldy, r * b1, b1, s0, s1);
                 packed_r = r;
             }
             if (stamp[c] != ch + 1) {
                 if (p->pairs) pack_panel_pairs((uint16_t *)(void *)xc, (const uint16_t *)a->x, a->ldx, c * b2, b2, s0, s1);
-                else pack_panel((float *)(void *)xc, a->x, p->bf16, a->ldx, c * b2, b2, s0, s1);
+                else pack_panel(xc, a->x, p->bf16 ? PANEL_WIDEN : PANEL_F32, a->ldx, c * b2, b2, s0, s1);
                 stamp[c] = ch + 1;
             }
             t.B = (const float *)(const void *)xc;
@@ -577,7 +567,7 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
     if (!make_plan(op, a, &p)) return;
     if (begin < 0) begin = 0;
     if (phase == 0) {
-        const int64_t n = p.n_pack + p.n_convx + p.n_convdy + p.n_tr;
+        const int64_t n = p.n_pack + p.n_tr;
         if (end > n) end = n;
         for (int64_t task = begin; task < end; ++task) run_phase0(&p, a, task);
         return;

@@ -325,16 +325,16 @@ typedef struct {
                                    * faulted in yet (0: already touched, e.g. reused).
                                    * A hint: large FWD / BWD_X outputs are written with
                                    * streaming stores unless fresh and >= 32 MiB */
-    int64_t max_tasks;            /* BWD_W: cap on the phase-1 tasks, each with a workspace
+    int64_t max_tasks;            /* cap on the phase-1 tasks of T > 16 rows (FWD / BWD_X
+                                   * a little more when T is short), each with a workspace
                                    * slot of its own (0: 1). Set it to the threads that will
                                    * run them; results do not depend on it. */
     int bf16_pairs;               /* bf16 only: 0 chooses for speed between computing on
-                                   * bf16 pairs (blocks packed pairwise, x / dy read as
-                                   * stored) and widening to fp32: pairs where the ISA has
-                                   * vdpbf16ps (PF_ISA_AVX512BF16); with its FMA emulation
-                                   * (AVX2, AVX-512) for FWD / BWD_X when at most 768
-                                   * weights are kept per activation column; 1 always pairs,
-                                   * -1 never. Results do not depend on it. */
+                                   * bf16 pairs (blocks and activation panels packed
+                                   * pairwise) and widening to fp32: pairs where the ISA
+                                   * has vdpbf16ps (PF_ISA_AVX512BF16); 1 always pairs
+                                   * (emulated by FMAs elsewhere), -1 never. Results do not
+                                   * depend on it. */
 } pf_bsmm_args;
 
 /* PF_ISA_AVX512BF16: AVX-512 plus vdpbf16ps, which the bf16 matmuls use on bf16 pairs
@@ -363,10 +363,11 @@ int64_t pf_peak_dpbf16(int64_t iters, double *sink);
 pf_err pf_bsmm_check(int op, const pf_bsmm_args *a);
 
 /* Bytes of scratch the op needs: FWD / BWD_X the packed (padded) blocks, fp32 or, on bf16
- * pairs, bf16; with bf16 widened to fp32 also an fp32 copy of x / dy (at T <= 16 rows
- * instead: x / dy transposed, and with bf16 the blocks widened); BWD_W per task
- * (max_tasks) a slot of panels (x and dy rows of one chunk, fp32 or bf16 pairs) of at most
- * ~4 MiB, with bf16 also fp32 partial sums of dw.
+ * pairs, bf16, and per task (about max_tasks) a slot for the activation panels of one
+ * chunk of rows (x / dy, fp32 or bf16 pairs) of at most ~4 MiB (at T <= 16 rows instead:
+ * x / dy transposed, and with bf16 the blocks widened); BWD_W per task (max_tasks) a slot
+ * of panels (x and dy rows of one chunk, fp32 or bf16 pairs) of at most ~4 MiB, with bf16
+ * also fp32 partial sums of dw.
  * It must be 8-byte aligned; 64 bytes is best. */
 int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a);
 

@@ -392,6 +392,58 @@ static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
     free_index(&I);
 }
 
+/* FWD / BWD_X results do not depend on how the rows and output units are split into
+ * tasks (max_tasks: one task over several row chunks, a task per chunk, chunks split
+ * into groups of output units), nor on the ISA or the bf16 pair choice: bitwise equal to
+ * the portable single-task run. */
+static void test_task_splits(int64_t b1, int64_t b2, int64_t T, int bf) {
+    const int64_t R = 9, C = 7;
+    uint8_t layout[63];
+    for (int i = 0; i < 63; ++i) layout[i] = rndi(3) == 0;
+    memset(layout + 3 * C, 0, (size_t)C); /* an empty block-row */
+    index_t I;
+    make_index(&I, layout, R, C, b1, b2);
+    const int64_t in = C * b2, out = R * b1, es = bf ? 2 : 4;
+    void *x = alloc_fill(T * in, bf), *dy = alloc_fill(T * out, bf), *w = alloc_fill(I.ix.nnz * b1 * b2, bf);
+    const int isas[4] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512, PF_ISA_AVX512BF16};
+    const int have[4] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512(), pf_cpu_has_avx512_bf16()};
+    const int64_t caps[6] = {1, 2, 3, 5, 16, 64};
+    for (int op = 0; op < 2; ++op) {
+        const int64_t width = op == 0 ? out : in;
+        void *ref = malloc((size_t)(T * width * es)), *got = malloc((size_t)(T * width * es));
+        pf_bsmm_args a;
+        memset(&a, 0, sizeof a);
+        a.dtype = bf ? PF_BFLOAT16 : PF_FLOAT32;
+        a.ix = &I.ix;
+        a.x = x; a.ldx = in; a.dy = dy; a.ldy = out; a.w = w;
+        a.ldo = width;
+        a.T = T;
+        a.isa = PF_ISA_PORTABLE;
+        a.max_tasks = 1;
+        a.bf16_pairs = -1;
+        a.out = ref;
+        run_op(op, &a, 0);
+        for (int k = 0; k < 4; ++k)
+            for (int ci = 0; ci < 6; ++ci)
+                for (int pairs = -1; pairs <= (bf ? 1 : -1); ++pairs) {
+                    if (!have[k]) continue;
+                    a.isa = isas[k];
+                    a.max_tasks = caps[ci];
+                    a.bf16_pairs = pairs;
+                    a.out = got;
+                    fill_sentinel(got, T * width, bf);
+                    run_op(op, &a, (int)rndi(2));
+                    CHECK(memcmp(ref, got, (size_t)(T * width * es)) == 0,
+                          "op %d b=%lldx%lld T=%lld %s isa %d max_tasks %lld pairs %d: differs from one portable task",
+                          op, (long long)b1, (long long)b2, (long long)T, bf ? "bf16" : "fp32", isas[k],
+                          (long long)caps[ci], pairs);
+                }
+        free(ref); free(got);
+    }
+    free(x); free(dy); free(w);
+    free_index(&I);
+}
+
 int main(void) {
     printf("ISAs: avx2+fma %d, avx512 %d\n", pf_cpu_has_avx2_fma(), pf_cpu_has_avx512());
     test_bf16_rounding();
@@ -401,6 +453,9 @@ int main(void) {
         test_small_t_matches_packed(32, 32, bf);
         test_small_t_matches_packed(16, 48, bf);
         test_small_t_matches_packed(7, 5, bf);
+        test_task_splits(32, 32, 300, bf);
+        test_task_splits(16, 48, 530, bf);
+        test_task_splits(7, 5, 77, bf);
     }
     const int64_t Ts[7] = {0, 1, 7, 16, 17, 33, 100}; /* <= 16 rows: the transposed path */
     const int64_t blocks[][2] = {{16, 16}, {32, 32}, {64, 64}, {16, 32}, {32, 16}, {8, 24}, {3, 5}, {1, 1}, {48, 40}};

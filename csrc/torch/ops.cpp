@@ -23,7 +23,7 @@ pf_dtype cpu_dtype(const char *name, const at::Tensor &t) {
 // Runs the op's phases with at::parallel_for (honours torch.set_num_threads).
 void run(int op, pf_bsmm_args &a) {
   a.isa = pixelfly::bsmm_isa();
-  a.max_tasks = at::get_num_threads(); // BWD_W: one task (and workspace slot) per thread
+  a.max_tasks = at::get_num_threads(); // about one phase-1 task (and workspace slot) per thread
   pf_err err = pf_bsmm_check(op, &a);
   PF_CHECK(err == nullptr, err ? err : "");
   const int64_t ws = pf_bsmm_workspace(op, &a);
