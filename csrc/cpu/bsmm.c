@@ -26,7 +26,9 @@
  *       are powers of two): measured +15-60% at 4096 features, T = 4096 (AVX2). For every
  *       output block-row the kernel holds an MR x 32 (AVX-512) / 6 x 16 (AVX2) tile of y in
  *       registers across ALL the blocks of that row, so each output element is written
- *       exactly once; output block-rows with no block are written as zeros.
+ *       exactly once; output block-rows with no block are written as zeros. bf16 with at
+ *       most PF_INPLACE_REUSE blocks per activation column runs on pairs reading x / dy as
+ *       stored instead (no copy to amortise).
  *     BWD_W: task = a contiguous range of blocks in CSR order (blocks sharing a block-row
  *       of dy are adjacent), at most max_tasks of them, each with a workspace slot of its
  *       own. A task cuts T into chunks of TW rows (outermost); per chunk it packs the x
@@ -79,11 +81,16 @@
 #define PF_SMALL_T 16       /* FWD / BWD_X with at most this many rows: the transposed path */
 #endif
 #define PF_CONV_ELEMS (1 << 16) /* bf16 -> fp32 elements per phase-0 conversion task */
+#ifndef PF_INPLACE_REUSE
+#define PF_INPLACE_REUSE 2  /* bf16 FWD / BWD_X: at most this many blocks per activation column
+                             * (on average) read x / dy in place on pairs */
+#endif
 
 typedef struct {
     int op, bf16;
-    int pairs;                /* bf16 on bf16 pairs (pair tiles, kernels.h): blocks and BWD_W
-                               * panels packed pairwise, x / dy read as stored */
+    int pairs;                /* bf16 on bf16 pairs (pair tiles, kernels.h): blocks and the
+                               * activation panels packed pairwise */
+    int a_inplace;            /* FWD / BWD_X on pairs: x / dy read as stored (no panels) */
     int64_t T, R, C, b1, b2, nnz, in, out;
     /* phase 0 */
     int64_t n_pack;
@@ -120,11 +127,16 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
      * b1) to pair adjacent steps of the panels, BWD_W packs its panels pairwise and pads.
      * The FMA emulation of the pair tile (AVX2, AVX-512F) is slower than widening the
      * panels to fp32 (C harness, AVX2, T = 4096, 4096 features: -12-18% at densities
-     * 1/16-1/4), so auto widens there. */
+     * 1/16-1/4), so auto widens there, except where a copy of the activation has too little
+     * reuse to pay (at most PF_INPLACE_REUSE blocks per activation block-column for FWD,
+     * block-row for BWD_X): there pairs read x / dy as stored (C harness, AVX2, bf16,
+     * T = 4096, 2 blocks per column: +25-30% over widened panels; at 4: -10%). */
     const pf_kernels *k = pf_kernels_pick(a->isa);
-    const int want_pairs = a->bf16_pairs > 0 || (a->bf16_pairs == 0 && k->pairs_native);
+    const int low_reuse = op != PF_OP_BWD_W && nnz <= PF_INPLACE_REUSE * (op == PF_OP_FWD ? p->C : p->R);
+    const int want_pairs = a->bf16_pairs > 0 || (a->bf16_pairs == 0 && (k->pairs_native || low_reuse));
     p->pairs = p->bf16 && want_pairs && !p->small &&
                (op == PF_OP_BWD_W || (op == PF_OP_FWD ? b2 : b1) % 2 == 0);
+    p->a_inplace = p->pairs && low_reuse;
     const int64_t pes = p->pairs ? 2 : 4; /* bytes of a packed element */
 
     /* workspace */
@@ -163,7 +175,7 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
             p->nRT = p->nTC < cap ? p->nTC : cap;
             p->nG = p->nTC < cap ? clamp64(ceil_div(cap, p->nTC), 1, units) : 1;
             p->n1 = p->nRT * p->nG;
-            p->slot_bytes = round_up((fwd ? p->C : p->R) * 8, 64) + round_up(p->TC * width * pes, 64);
+            p->slot_bytes = p->a_inplace ? 0 : round_up((fwd ? p->C : p->R) * 8, 64) + round_up(p->TC * width * pes, 64);
             p->ws_slots = off;
             off += p->n1 * p->slot_bytes;
         }
@@ -403,7 +415,8 @@ static void pack_panel(void *dst, const void *src, int mode, int64_t ld, int64_t
  * block-column of x (FWD; block-row of dy for BWD_X) that a block reads is copied into
  * the task's slot, block-major (panel c = [rows][K] at c * TC * K), the first time it is
  * needed (stamp[c] = chunk + 1); the tile of each output unit then reads it as A. On bf16
- * pairs the panels stay bf16 (A pairs: adjacent steps), else fp32. */
+ * pairs the panels stay bf16 (A pairs: adjacent steps), else fp32; with a_inplace (pairs,
+ * too few blocks per column for the copy to pay) A is x / dy as stored. */
 static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *k, int64_t task) {
     const pf_bsr_index *ix = a->ix;
     const int fwd = p->op == PF_OP_FWD;
@@ -417,18 +430,17 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *
     const int64_t ld = fwd ? a->ldx : a->ldy;
     const int mode = p->pairs ? PANEL_BF16 : (p->bf16 ? PANEL_WIDEN : PANEL_F32);
     const int64_t aes = p->pairs ? 2 : 4; /* bytes of an element of A (the slot) and of the pack */
-    char *slot = (char *)a->work + p->ws_slots + task * p->slot_bytes;
+    char *slot = p->a_inplace ? NULL : (char *)a->work + p->ws_slots + task * p->slot_bytes;
     int64_t *stamp = (int64_t *)(void *)slot;
-    char *panels = slot + round_up((fwd ? p->C : p->R) * 8, 64);
-    for (int64_t c = 0; c < (fwd ? p->C : p->R); ++c) stamp[c] = 0;
+    char *panels = slot ? slot + round_up((fwd ? p->C : p->R) * 8, 64) : NULL;
+    for (int64_t c = 0; slot && c < (fwd ? p->C : p->R); ++c) stamp[c] = 0;
     const char *pack = (const char *)a->work + p->ws_pack;
     const int64_t es = p->bf16 ? 2 : 4;
     pf_tile t;
     memset(&t, 0, sizeof t);
-    t.A = (const float *)(const void *)panels;
-    t.ams = K;
+    t.ams = p->a_inplace ? ld : K;
     t.ass = p->pairs ? 2 : 1;
-    t.ascale = TC * K;
+    t.ascale = p->a_inplace ? K : TC * K;
     t.bss = p->pairs ? 2 * p->Np : p->Np;
     t.bseg = K * p->Np;
     t.b_padded = 1;
@@ -450,8 +462,9 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *
     for (int64_t ch = i * p->nTC / p->nRT; ch < ch1; ++ch) {
         const int64_t t0 = ch * TC, t1 = t0 + TC < p->T ? t0 + TC : p->T;
         t.M = t1 - t0;
+        t.A = (const float *)(const void *)(p->a_inplace ? (const char *)src + t0 * ld * 2 : panels);
         for (int64_t u = u0; u < u1; ++u) {
-            for (int64_t j = ptr[u]; j < ptr[u + 1]; ++j) {
+            for (int64_t j = ptr[u]; j < ptr[u + 1] && !p->a_inplace; ++j) {
                 const int64_t c = idx[j];
                 if (stamp[c] == ch + 1) continue;
                 pack_panel(panels + c * TC * K * aes, src, mode, ld, c * K, K, t0, t1);

@@ -396,10 +396,12 @@ static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
  * tasks (max_tasks: one task over several row chunks, a task per chunk, chunks split
  * into groups of output units), nor on the ISA or the bf16 pair choice: bitwise equal to
  * the portable single-task run. */
-static void test_task_splits(int64_t b1, int64_t b2, int64_t T, int bf) {
+static void test_task_splits(int64_t b1, int64_t b2, int64_t T, int bf, int sparse) {
     const int64_t R = 9, C = 7;
     uint8_t layout[63];
-    for (int i = 0; i < 63; ++i) layout[i] = rndi(3) == 0;
+    /* sparse: ~1 block per activation column (bf16 pairs read x / dy in place), else ~4
+     * (panels copied into the task's slot) */
+    for (int i = 0; i < 63; ++i) layout[i] = sparse ? rndi(8) == 0 : rndi(2) == 0;
     memset(layout + 3 * C, 0, (size_t)C); /* an empty block-row */
     index_t I;
     make_index(&I, layout, R, C, b1, b2);
@@ -453,9 +455,11 @@ int main(void) {
         test_small_t_matches_packed(32, 32, bf);
         test_small_t_matches_packed(16, 48, bf);
         test_small_t_matches_packed(7, 5, bf);
-        test_task_splits(32, 32, 300, bf);
-        test_task_splits(16, 48, 530, bf);
-        test_task_splits(7, 5, 77, bf);
+        for (int sparse = 0; sparse < 2; ++sparse) {
+            test_task_splits(32, 32, 300, bf, sparse);
+            test_task_splits(16, 48, 530, bf, sparse);
+            test_task_splits(7, 5, 77, bf, sparse);
+        }
     }
     const int64_t Ts[7] = {0, 1, 7, 16, 17, 33, 100}; /* <= 16 rows: the transposed path */
     const int64_t blocks[][2] = {{16, 16}, {32, 32}, {64, 64}, {16, 32}, {32, 16}, {8, 24}, {3, 5}, {1, 1}, {48, 40}};
