@@ -332,9 +332,11 @@ typedef struct {
     int bf16_pairs;               /* bf16 only: 0 chooses for speed between computing on
                                    * bf16 pairs (blocks and activation panels packed
                                    * pairwise) and widening to fp32: pairs where the ISA
-                                   * has vdpbf16ps (PF_ISA_AVX512BF16); 1 always pairs
-                                   * (emulated by FMAs elsewhere), -1 never. Results do not
-                                   * depend on it. */
+                                   * has vdpbf16ps (PF_ISA_AVX512BF16), and for FWD /
+                                   * BWD_X with at most 2 blocks per activation column
+                                   * (x / dy then read as stored, no copy); 1 always pairs
+                                   * (emulated by FMAs without the instruction), -1 never.
+                                   * Results do not depend on it. */
 } pf_bsmm_args;
 
 /* PF_ISA_AVX512BF16: AVX-512 plus vdpbf16ps, which the bf16 matmuls use on bf16 pairs
