@@ -11,10 +11,9 @@
  * Design (BLIS-like, see kernels.h for the tile abstraction):
  *   phase 0 (packing): FWD packs every block transposed, W^T[b2][Np] with Np = b1 rounded
  *     up to 16 (zero padding), in CSR order; BWD_X packs W[b1][Np] (Np = b2 rounded up) in
- *     CSC order so the blocks of one block-column are contiguous. On bf16 pairs (plan.pairs:
- *     AVX512_BF16, or forced by bf16_pairs) the blocks are
- *     packed as bf16 pairs of steps ([K/2][Np][2]) and the pair tiles run vdpbf16ps
- *     (kernels.h); other bf16 ops widen to fp32.
+ *     CSC order so the blocks of one block-column are contiguous. On bf16 pairs (plan.pairs,
+ *     see make_plan) the blocks are packed as bf16 pairs of steps ([K/2][Np][2]) and the
+ *     pair tiles run vdpbf16ps (kernels.h); other bf16 ops widen to fp32.
  *   phase 1 (compute):
  *     FWD / BWD_X: a task owns a range of chunks of TC rows of T (at most max_tasks tasks;
  *       with fewer chunks than that, a chunk is also split into groups of consecutive
@@ -23,7 +22,7 @@
  *       bf16 on pairs) into its workspace slot, block-major, the first time a block needs
  *       one; so the tile reads each block's rows contiguously from L2 instead of rows a
  *       whole feature row apart from L3 (those alias in L1 sets and the TLB when the sizes
- *       are powers of two): measured +15-60% at 4096 features, T = 4096 (AVX2). For every
+ *       are powers of two): measured +5-20% at 4096 features, T = 4096 (AVX2, fp32). For every
  *       output block-row the kernel holds an MR x 32 (AVX-512) / 6 x 16 (AVX2) tile of y in
  *       registers across ALL the blocks of that row, so each output element is written
  *       exactly once; output block-rows with no block are written as zeros. bf16 with at
@@ -138,6 +137,11 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
                (op == PF_OP_BWD_W || (op == PF_OP_FWD ? b2 : b1) % 2 == 0);
     p->a_inplace = p->pairs && low_reuse;
     const int64_t pes = p->pairs ? 2 : 4; /* bytes of a packed element */
+    /* FWD / BWD_X: phase-1 tasks the work is worth (PF_TASK_FLOPS each) */
+    const int64_t units = op == PF_OP_FWD ? p->R : p->C; /* output block-rows / block-cols */
+    const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
+                        (double)T * (double)(op == PF_OP_FWD ? p->out : p->in);
+    const int64_t want = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, PF_MAX_TASKS);
 
     /* workspace */
     int64_t off = 0;
@@ -162,12 +166,10 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
         /* phase 1: chunks of TC rows, a task a range of them (or one chunk x a group of
          * output units when there are fewer chunks than tasks), a slot per task */
         const int fwd = op == PF_OP_FWD;
-        const int64_t units = fwd ? p->R : p->C, width = fwd ? p->in : p->out;
+        const int64_t width = fwd ? p->in : p->out;
         if (T > 0 && units > 0) {
-            const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
-                                (double)T * (double)(fwd ? p->out : p->in);
-            const int64_t cap = clamp64((int64_t)(work / PF_TASK_FLOPS), 1,
-                                        clamp64(a->max_tasks, 1, PF_MAX_TASKS));
+            const int64_t tasks = clamp64(a->max_tasks, 1, PF_MAX_TASKS);
+            const int64_t cap = want < tasks ? want : tasks;
             int64_t TC = clamp64(PF_ASLOT_BYTES / (width > 0 ? width * pes : 1), PF_TC_MIN, PF_TC);
             if (ceil_div(T, TC) < cap) TC = clamp64(ceil_div(T, cap), PF_TC_MIN, TC);
             p->TC = TC < T ? TC : T;
@@ -201,12 +203,7 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
     p->ws_total = off;
 
     /* phase 1 of the few-row path: groups of output units (block-rows / block-cols) */
-    if (!p->small) return 1;
-    const int64_t units = op == PF_OP_FWD ? p->R : p->C;
-    if (units == 0) return 1;
-    const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
-                        (double)T * (double)(op == PF_OP_FWD ? p->out : p->in);
-    const int64_t want = clamp64((int64_t)(work / PF_TASK_FLOPS), 1, PF_MAX_TASKS);
+    if (!p->small || units == 0) return 1;
     /* a few rows: reading the blocks is the cost, split it too */
     p->nG = clamp64(ceil_div(nnz * b1 * b2 * (p->bf16 ? 2 : 4), PF_TASK_BYTES), want, PF_MAX_TASKS);
     if (p->nG > units) p->nG = units;
