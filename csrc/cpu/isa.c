@@ -53,13 +53,15 @@ pf_err pf_isa_check(int isa) {
 }
 
 static const pf_kernels k_portable = {PF_ISA_PORTABLE, pf_tile_portable, &pf_attn_ops_portable,
-                                      pf_tile_pairs_portable, 0};
+                                      pf_tile_pairs_portable, 0, pf_tile_portable};
 #ifdef PF_X86
-static const pf_kernels k_avx2 = {PF_ISA_AVX2, pf_tile_avx2, &pf_attn_ops_avx2, pf_tile_pairs_avx2, 0};
+static const pf_kernels k_avx2 = {PF_ISA_AVX2, pf_tile_avx2, &pf_attn_ops_avx2, pf_tile_pairs_avx2, 0,
+                                 pf_tile_narrow_avx2};
 static const pf_kernels k_avx512 = {PF_ISA_AVX512, pf_tile_avx512, &pf_attn_ops_avx512,
-                                    pf_tile_pairs_avx512, 0};
+                                    pf_tile_pairs_avx512, 0, pf_tile_narrow_avx2};
 static const pf_kernels k_avx512bf16 = {PF_ISA_AVX512BF16, pf_tile_avx512bf16,
-                                        &pf_attn_ops_avx512bf16, pf_tile_pairs_avx512bf16, 1};
+                                        &pf_attn_ops_avx512bf16, pf_tile_pairs_avx512bf16, 1,
+                                        pf_tile_narrow_avx2};
 #endif
 
 const pf_kernels *pf_kernels_pick(int isa) {

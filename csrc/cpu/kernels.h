@@ -76,6 +76,12 @@ void pf_tile_pairs_avx2(const pf_tile *t);
 void pf_tile_pairs_avx512(const pf_tile *t);
 void pf_tile_pairs_avx512bf16(const pf_tile *t);
 
+/* The few-row tile (tile_narrow.c, AVX2 + FMA; the AVX-512 ISAs use it too): a transposed
+ * tile (c_trans, no Cin) with N < PF_NARROW_N vectorised over m instead of n; any other
+ * tile goes to pf_tile_avx2. Bitwise equal to pf_tile_portable. */
+#define PF_NARROW_N 8
+void pf_tile_narrow_avx2(const pf_tile *t);
+
 /* C[m x n] = (acc ? C : 0) + A B, fp32, A(i, p) = A[i * ams + p * ass] (one stride is 1), B
  * and C row-major with row strides ldb, ldc, computed by `tile` (so with its summation order). */
 static inline void pf_tile_gemm_strided(pf_tile_fn tile, int64_t m, int64_t n, int64_t k,
@@ -144,6 +150,7 @@ typedef struct {
     const pf_attn_ops *attn;  /* fp32 attention ops */
     pf_tile_fn tile_pairs;    /* bf16 pair tiles (emulated unless pairs_native) */
     int pairs_native;         /* 1: tile_pairs is vdpbf16ps, faster than widening bf16 */
+    pf_tile_fn tile_narrow;   /* transposed tiles with N < PF_NARROW_N (bsmm.c's few rows) */
 } pf_kernels;
 
 /* The kernels for a PF_ISA_* request (isa.c): AUTO is the best this CPU has; an ISA the

@@ -348,8 +348,9 @@ static void test_bf16_rounding(void) {
     }
 }
 
-/* FWD / BWD_X with few rows (the transposed path, blocks read in place) give bitwise the
- * rows that the packed path gives for the same rows inside a larger T. */
+/* FWD / BWD_X with few rows (the transposed path, blocks read in place; below 8 rows the
+ * few-row tile) give bitwise the rows that the packed path gives for the same rows inside
+ * a larger T. */
 static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
     const int64_t R = 5, C = 4, Tbig = 40;
     uint8_t layout[20];
@@ -359,7 +360,8 @@ static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
     make_index(&I, layout, R, C, b1, b2);
     const int64_t in = C * b2, out = R * b1, es = bf ? 2 : 4;
     void *x = alloc_fill(Tbig * in, bf), *dy = alloc_fill(Tbig * out, bf), *w = alloc_fill(I.ix.nnz * b1 * b2, bf);
-    const int64_t smalls[3] = {1, 5, 16};
+    /* 1..7: every width of the few-row tile (tile_narrow.c), 8 and 16: the general one */
+    const int64_t smalls[9] = {1, 2, 3, 4, 5, 6, 7, 8, 16};
     const int isas[3] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512};
     const int have[3] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512()};
     for (int op = 0; op < 2; ++op) {
@@ -377,7 +379,7 @@ static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
             a.T = Tbig;
             a.out = big;
             run_op(op, &a, 0);
-            for (int si = 0; si < 3; ++si) {
+            for (int si = 0; si < 9; ++si) {
                 a.T = smalls[si];
                 a.out = sm;
                 run_op(op, &a, 1);
@@ -455,6 +457,7 @@ int main(void) {
         test_small_t_matches_packed(32, 32, bf);
         test_small_t_matches_packed(16, 48, bf);
         test_small_t_matches_packed(7, 5, bf);
+        test_small_t_matches_packed(20, 13, bf); /* 8-row / 8-step groups and remainders */
         for (int sparse = 0; sparse < 2; ++sparse) {
             test_task_splits(32, 32, 300, bf, sparse);
             test_task_splits(16, 48, 530, bf, sparse);

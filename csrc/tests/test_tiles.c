@@ -5,7 +5,8 @@
  * where the CPU has it) must be bitwise equal to the portable fp32 tile in the pair
  * order; the plain order must differ from it somewhere (so these comparisons can fail).
  * Register-tile edges (M, N not multiples of the tile), padded and unpadded B, segments
- * uniform and indexed, A as rows and as columns, Cin, transposed output.
+ * uniform and indexed, A as rows and as columns, Cin, transposed output; the few-row tile
+ * (tile_narrow.c) at every width it specialises. fp32 tiles in the plain order as well.
  */
 #include <math.h>
 #include <stdint.h>
@@ -110,7 +111,9 @@ static void run_pairs(const tcase *c, pf_tile_fn fn, float *out) {
 
 static int order_differs; /* cases where the plain order gave other bits than the pair order */
 
-static void test_case(int64_t M, int64_t N, int64_t S, int64_t ns) {
+/* narrow: a tile of bsmm.c's few-row path (transposed output, no Cin, B rows N apart),
+ * the one pf_tile_narrow_avx2 computes itself rather than passing to pf_tile_avx2 */
+static void test_case(int64_t M, int64_t N, int64_t S, int64_t ns, int narrow) {
     tcase c;
     memset(&c, 0, sizeof c);
     c.M = M; c.N = N; c.S = S; c.nseg = ns;
@@ -118,8 +121,8 @@ static void test_case(int64_t M, int64_t N, int64_t S, int64_t ns) {
     c.aindexed = (int)rndi(2);
     c.bindexed = (int)rndi(2);
     c.cin = NULL;
-    c.ctrans = (int)rndi(4) == 0;
-    c.Nb = rndi(2) ? (N + 15) / 16 * 16 : N;
+    c.ctrans = narrow || (int)rndi(4) == 0;
+    c.Nb = !narrow && rndi(2) ? (N + 15) / 16 * 16 : N;
     c.a = malloc((size_t)(ns * M * S + 1) * 2);
     c.b = malloc((size_t)(ns * S * N + 1) * 2);
     for (int64_t i = 0; i < ns * M * S; ++i) c.a[i] = rnd_bf16();
@@ -141,13 +144,15 @@ static void test_case(int64_t M, int64_t N, int64_t S, int64_t ns) {
              (long long)M, (long long)N, (long long)S, (long long)ns, c.arows, c.aindexed, c.bindexed,
              (int)(c.Nb > N), c.cin != NULL, c.ctrans);
 
-    memset(got, 0, bytes);
-    run_fp32(&c, pf_tile_portable, 0, got);
-    if (memcmp(ref, got, bytes) != 0) order_differs++;
+    float *plain = malloc(bytes);
+    memset(plain, 0, bytes);
+    run_fp32(&c, pf_tile_portable, 0, plain);
+    if (memcmp(ref, plain, bytes) != 0) order_differs++;
 
     struct { const char *name; pf_tile_fn fn; int pair_tile, have; } runs[] = {
         {"fp32 avx2", pf_tile_avx2, 0, pf_cpu_has_avx2_fma()},
         {"fp32 avx512", pf_tile_avx512, 0, pf_cpu_has_avx512()},
+        {"fp32 narrow", pf_tile_narrow_avx2, 0, pf_cpu_has_avx2_fma()},
         {"pairs portable", pf_tile_pairs_portable, 1, 1},
         {"pairs avx2", pf_tile_pairs_avx2, 1, pf_cpu_has_avx2_fma()},
         {"pairs avx512", pf_tile_pairs_avx512, 1, pf_cpu_has_avx512()},
@@ -159,8 +164,12 @@ static void test_case(int64_t M, int64_t N, int64_t S, int64_t ns) {
         if (runs[r].pair_tile) run_pairs(&c, runs[r].fn, got);
         else run_fp32(&c, runs[r].fn, 1, got);
         CHECK(memcmp(ref, got, bytes) == 0, "%s: %s differs from the portable pair order", what, runs[r].name);
+        if (runs[r].pair_tile) continue;
+        memset(got, 0, bytes); /* fp32 tiles in the plain order too */
+        run_fp32(&c, runs[r].fn, 0, got);
+        CHECK(memcmp(plain, got, bytes) == 0, "%s: %s differs from the portable plain order", what, runs[r].name);
     }
-    free(ref); free(got); free(c.a); free(c.b); free(c.aidx); free(c.bidx); free(c.cin);
+    free(plain); free(ref); free(got); free(c.a); free(c.b); free(c.aidx); free(c.bidx); free(c.cin);
 }
 
 int main(void) {
@@ -171,7 +180,10 @@ int main(void) {
     const int64_t Ss[] = {1, 2, 3, 8, 31, 64};
     for (size_t i = 0; i < sizeof Ms / sizeof Ms[0]; ++i)
         for (size_t j = 0; j < sizeof Ns / sizeof Ns[0]; ++j)
-            for (size_t k = 0; k < sizeof Ss / sizeof Ss[0]; ++k) test_case(Ms[i], Ns[j], Ss[k], 1 + rndi(3));
+            for (size_t k = 0; k < sizeof Ss / sizeof Ss[0]; ++k) test_case(Ms[i], Ns[j], Ss[k], 1 + rndi(3), 0);
+    for (int64_t n = 1; n < PF_NARROW_N; ++n) /* every width of the few-row tile */
+        for (size_t i = 0; i < sizeof Ms / sizeof Ms[0]; ++i)
+            for (size_t k = 0; k < sizeof Ss / sizeof Ss[0]; ++k) test_case(Ms[i], n, Ss[k], 1 + rndi(3), 1);
     CHECK(order_differs > 0, "the pair order never changed a result: the comparisons cannot fail");
     printf("pair order != plain order in %d cases\n", order_differs);
     printf("test_tiles: %d passed, %d failed\n", n_pass, n_fail);
