@@ -247,17 +247,15 @@ class PixelflyLinear(nn.Module):
         return dt, torch.float32 if dt == torch.float16 and dev == "cpu" else dt
 
     def _operands(self, cdt):
-        """``(B, index, V, ((1 - gamma) U)^T, bias, gamma)`` for :func:`pixelfly_linear`, in
-        ``cdt`` (gamma: the parameter's dtype, a one-element tensor)."""
-        blocks, V, Ut, bias, g = self.blocks, None, None, self.bias, None
-        if self.rank:
-            g = torch.sigmoid(self.gamma_logit)
-            V, Ut = self.V, (self.U * (1 - g)).t()
+        """``(B, index, V, U, bias, gamma)`` for :func:`pixelfly_linear`, in ``cdt`` (gamma:
+        the parameter's dtype, a one-element tensor; ``None`` without a low-rank part)."""
+        blocks, V, U, bias = self.blocks, self.V, self.U, self.bias
+        g = torch.sigmoid(self.gamma_logit) if self.rank else None
         if blocks.dtype != cdt:
             blocks = blocks.to(cdt)
-            V, Ut = (None, None) if V is None else (V.to(cdt), Ut.to(cdt))
+            V, U = (None, None) if V is None else (V.to(cdt), U.to(cdt))
             bias = None if bias is None else bias.to(cdt)
-        return blocks, self._idx(), V, Ut, bias, g
+        return blocks, self._idx(), V, U, bias, g
 
     def _token_operands(self, cdt):
         """``(B, index, V, U, gate weight, gate bias, bias)`` for :func:`token_gated_linear`."""

@@ -1,12 +1,13 @@
 """The fused forward/backward of a Pixelfly linear layer (used by :class:`PixelflyLinear`).
 
-    y = x Bs^T + (x V) Ut + bias            Bs = gamma*B (blocks), Ut = ((1-gamma) U)^T
+    y = x (gamma B)^T + (1 - gamma) (x V) U^T + bias        (gamma None: 1, no mixing)
 
 ``gamma`` (a one-element tensor) scales whichever is smaller: the kernel's output ``[T, out]``
 (a few rows: decoding, small batches) or the blocks (a scaled copy); in backward likewise
-``dx`` or the blocks, and ``dB = gamma * dBs`` in place, ``dgamma = <dBs, B>``. Autograd
-would scale a copy of the blocks on every call and again twice in backward, which costs
-more than the few-row product itself.
+``dx`` or the blocks, and ``dB = gamma * dBs`` in place, ``dgamma = <dBs, B> - <gy U, x V>``.
+``1 - gamma`` likewise scales ``h = x V`` (``[T, r]``) or ``U`` (``[out, r]``). Autograd
+would scale a copy of the blocks and of ``U`` on every call, add a node per scaling, and
+do it again in backward, which costs more than the few-row product itself.
 
 Written as one ``torch.autograd.Function`` over the block-sparse ops so that every large
 ``[T, out]`` / ``[T, in]`` tensor is allocated once per pass, as in ``nn.Linear``'s fused
@@ -35,7 +36,7 @@ class PixelflyLinearFn(torch.autograd.Function):
     (an output, as ``torch.func`` wants intermediates; not differentiable)."""
 
     @staticmethod
-    def forward(x, blocks, gamma, V, Ut, bias, *idx):
+    def forward(x, blocks, gamma, V, U, bias, *idx):
         rows = gamma is not None and _scale_rows(x.shape[0], blocks, idx)
         if gamma is not None and not rows:
             blocks = blocks * _scalar(gamma)
@@ -45,28 +46,33 @@ class PixelflyLinearFn(torch.autograd.Function):
         h = None
         if V is not None:
             h = mm(x, V)
-            addmm_(y, h, Ut)
+            if gamma is None:
+                addmm_(y, h, U.t())
+            elif x.shape[0] <= U.shape[0]:  # 1 - gamma on the smaller of h [T, r], U [out, r]
+                addmm_(y, h * _mix(gamma), U.t())
+            else:
+                addmm_(y, h, (U * _mix(gamma)).t())
         if bias is not None:
             y.add_(bias)
         return y if h is None else (y, h)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, blocks, gamma, V, Ut, bias, *idx = inputs
+        x, blocks, gamma, V, U, bias, *idx = inputs
         h = output[1] if V is not None else None
-        ctx.save_for_backward(x, blocks, gamma, V, Ut, h, *idx)
+        ctx.save_for_backward(x, blocks, gamma, V, U, h, *idx)
         ctx.has_bias = bias is not None
         if h is not None:
             ctx.mark_non_differentiable(h)
 
     @staticmethod
     def backward(ctx, gy, *_gh):
-        x, blocks, gamma, V, Ut, h, *idx = ctx.saved_tensors
+        x, blocks, gamma, V, U, h, *idx = ctx.saved_tensors
         need_x, need_b, need_g, need_v, need_u, need_bias = ctx.needs_input_grad[:6]
         need_g = need_g and gamma is not None
         gy = kernel_rows(gy)
         graph = torch.is_grad_enabled()  # double backward: differentiable, out of place
-        dx = db = dg = dV = dUt = dbias = None
+        dx = db = dg = dV = dU = dbias = None
         if need_x:
             if gamma is None:
                 dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
@@ -79,41 +85,43 @@ class PixelflyLinearFn(torch.autograd.Function):
             db = ops.internal("bsmm_bwd_w", gy, x, *idx, blocks.shape[1], blocks.shape[2])
             if need_g:  # d/dgamma <gy, x (gamma B)^T> = <dBs, B>, in gamma's dtype (fp32
                 # under autocast: the sum of nnz products would lose bits in bf16)
-                a, b = db.reshape(-1).to(gamma.dtype), blocks.reshape(-1).to(gamma.dtype)
-                dg = ((a * b).sum() if graph else torch.dot(a, b)).reshape(gamma.shape)
+                dg = _dot(db, blocks, gamma, graph)
             if gamma is not None:
                 db = db * _scalar(gamma) if graph else db.mul_(_scalar(gamma))
             if not need_b:
                 db = None
-        if V is not None and (need_x or need_v or need_u):
-            gh = mm(gy, Ut.t())
+        if V is not None and (need_x or need_v or need_u or need_g):
+            if graph:  # double backward: h must carry its graph to x, V
+                h = mm(x, V)
+            gh = mm(gy, U)  # gy U [T, r]; the low-rank term's gradients carry 1 - gamma
+            ghs = gh if gamma is None else gh * _mix(gamma)
             if need_x:  # with grad enabled (double backward, torch.func) out of place
-                dx = addmm_(dx, gh, V.t()) if not graph else dx + mm(gh, V.t())
+                dx = addmm_(dx, ghs, V.t()) if not graph else dx + mm(ghs, V.t())
             if need_v:
-                dV = mm(x.t(), gh)
+                dV = mm(x.t(), ghs)
             if need_u:
-                if graph:  # double backward: h must carry its graph to x, V
-                    h = mm(x, V)
-                dUt = mm(h.t(), gy)
+                dU = mm(gy.t(), h if gamma is None else h * _mix(gamma))
+            if need_g:  # d/dgamma (1 - gamma) <gy, h U^T> = -<gy U, h>
+                dg = dg - _dot(gh, h, gamma, graph)
         if need_bias and ctx.has_bias:
             dbias = gy.sum(0)
-        return (dx, db, dg, dV, dUt, dbias) + (None,) * len(idx)
+        return (dx, db, dg, dV, dU, dbias) + (None,) * len(idx)
 
     @staticmethod
-    def vmap(info, in_dims, x, blocks, gamma, V, Ut, bias, *idx):
+    def vmap(info, in_dims, x, blocks, gamma, V, U, bias, *idx):
         if any(d is not None for d in in_dims[6:]):
             raise ValueError("pixelfly_linear: vmap over the layout index is not supported")
         if all(d is None for d in in_dims[1:6]):  # activations only: the batch becomes rows
             xb = x.movedim(in_dims[0], 0)
             B, T = xb.shape[0], xb.shape[1]
             out = PixelflyLinearFn.apply(kernel_rows(xb.reshape(B * T, xb.shape[2])),
-                                         blocks, gamma, V, Ut, bias, *idx)
+                                         blocks, gamma, V, U, bias, *idx)
             if V is None:
                 return out.view(B, T, out.shape[1]), 0
             return tuple(o.view(B, T, o.shape[1]) for o in out), (0, 0)
         outs = []  # a batched weight: one call per batch entry
         for i in range(info.batch_size):
-            a = [t if d is None else t.select(d, i) for t, d in zip((x, blocks, gamma, V, Ut, bias), in_dims)]
+            a = [t if d is None else t.select(d, i) for t, d in zip((x, blocks, gamma, V, U, bias), in_dims)]
             outs.append(PixelflyLinearFn.apply(kernel_rows(a[0]), *a[1:], *idx))
         if V is None:
             return torch.stack(outs), 0
@@ -140,6 +148,17 @@ def _scalar(gamma):
     return gamma.reshape(())
 
 
+def _mix(gamma):
+    """1 - gamma, the low-rank term's weight, as a 0-d tensor (see :func:`_scalar`)."""
+    return 1 - gamma.reshape(())
+
+
+def _dot(a, b, gamma, graph):
+    """<a, b> summed in gamma's dtype, shaped as gamma."""
+    a, b = a.reshape(-1).to(gamma.dtype), b.reshape(-1).to(gamma.dtype)
+    return ((a * b).sum() if graph else torch.dot(a, b)).reshape(gamma.shape)
+
+
 def _scale_rows(T, blocks, idx):
     """Whether gamma scales the rows (the output or dx: T x features) rather than the blocks:
     the smaller of the two. Features: the wider side of the weight (block-rows x b1 out,
@@ -148,19 +167,20 @@ def _scale_rows(T, blocks, idx):
     return T * width <= blocks.numel()
 
 
-def pixelfly_linear(x, blocks, idx, V=None, Ut=None, bias=None, gamma=None):
-    """``x (gamma B)^T + (x V) Ut + bias`` for ``x [T, in]`` (all operands in one dtype; ``x``
-    in any strides: views the kernels cannot read are copied).
+def pixelfly_linear(x, blocks, idx, V=None, U=None, bias=None, gamma=None):
+    """``x (gamma B)^T + (1 - gamma) (x V) U^T + bias`` for ``x [T, in]`` (all operands in one
+    dtype; ``x`` in any strides: views the kernels cannot read are copied).
 
     ``blocks [nnz, b1, b2]`` with the five index tensors ``idx`` (:func:`ops.index_tensors`);
-    ``V [in, r]`` and ``Ut [r, out]`` together or neither; ``bias [out]`` or ``None``;
-    ``gamma``: a one-element tensor (differentiable) scaling the blocks, or ``None`` (1).
+    ``V [in, r]`` and ``U [out, r]`` together or neither; ``bias [out]`` or ``None``;
+    ``gamma``: a one-element tensor (differentiable) mixing the two terms, or ``None`` (the
+    sum ``x B^T + (x V) U^T``).
     """
-    if (V is None) != (Ut is None):
-        raise ValueError("pixelfly_linear: give both V and Ut (the low-rank factors) or neither")
+    if (V is None) != (U is None):
+        raise ValueError("pixelfly_linear: give both V and U (the low-rank factors) or neither")
     if gamma is not None and gamma.numel() != 1:
         raise ValueError(f"pixelfly_linear: gamma must have one element, got shape {tuple(gamma.shape)}")
-    args = (kernel_rows(x), blocks, gamma, V, Ut, bias, *idx)
+    args = (kernel_rows(x), blocks, gamma, V, U, bias, *idx)
     if torch._C._are_functorch_transforms_active():
         out = PixelflyLinearFn.apply(*args)
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:6]):

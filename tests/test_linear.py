@@ -86,11 +86,11 @@ def test_fused_function_matches_reference_and_frees_nothing_it_needs(rank, bias)
     x = torch.randn(9, 64, dtype=torch.float64, requires_grad=True)
     b = layer.blocks.detach().clone().requires_grad_()
     V = layer.V.detach().clone().requires_grad_() if rank else None
-    Ut = layer.U.detach().t().clone().requires_grad_() if rank else None
+    U = layer.U.detach().clone().requires_grad_() if rank else None
     bb = layer.bias.detach().clone().requires_grad_() if bias else None
-    args = [t for t in (x, b, V, Ut, bb) if t is not None]
-    y = pixelfly_linear(x, b, layer._idx(), V, Ut, bb)
-    ref = reference.pixelfly_linear(x, b, layer.layout, Ut.t() if rank else None, V, 0.5 if rank else 1.0, bb)
+    args = [t for t in (x, b, V, U, bb) if t is not None]
+    y = pixelfly_linear(x, b, layer._idx(), V, U, bb)
+    ref = reference.pixelfly_linear(x, b, layer.layout, U, V, 0.5 if rank else 1.0, bb)
     ref = ref * 2 - (bb if bias else 0) if rank else ref  # gamma=0.5 halves both terms
     torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
     gy = torch.randn_like(y)
@@ -98,30 +98,36 @@ def test_fused_function_matches_reference_and_frees_nothing_it_needs(rank, bias)
     want = torch.autograd.grad(ref, args, gy)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
-    with pytest.raises(ValueError, match="V and Ut"):
+    with pytest.raises(ValueError, match="V and U"):
         pixelfly_linear(x, b, layer._idx(), V=torch.zeros(64, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("rank", [0, 3])
 @pytest.mark.parametrize("T", [2, 60])  # gamma scales the rows (T x 64 <= 12 blocks x 16 x 16) / the blocks
-def test_gamma_scales_rows_or_blocks_with_the_same_result(T):
-    """pixelfly_linear's gamma: output and gradients (x, B, gamma) equal the reference with
-    gamma * B on either side of the rows-vs-blocks choice; gradcheck and gradgradcheck too."""
+def test_gamma_scales_rows_or_blocks_with_the_same_result(T, rank):
+    """pixelfly_linear's gamma: output and gradients (x, B, gamma, and V, U with a low-rank
+    part mixed by 1 - gamma) equal the reference with gamma B + (1 - gamma) U V^T on either
+    side of the rows-vs-weights choices (T = 2: the rows and h = x V; T = 60 > 48 outputs:
+    the blocks and U); gradcheck and gradgradcheck too."""
     from pixelfly.linear_fn import _scale_rows, pixelfly_linear
-    layer = PixelflyLinear(64, 48, block_size=16, n_factors=1, rank=0, bias=False, dtype=torch.float64)
+    layer = PixelflyLinear(64, 48, block_size=16, n_factors=1, rank=rank, bias=False, dtype=torch.float64)
     idx = layer._idx()
     b = layer.blocks.detach().clone().requires_grad_()
     assert _scale_rows(T, b, idx) == (T == 2)
     x = torch.randn(T, 64, dtype=torch.float64, requires_grad=True)
     g = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
-    y = pixelfly_linear(x, b, idx, gamma=g)
-    ref = reference.pixelfly_linear(x, b * g, layer.layout, None, None, 1.0, None)
+    lr = [t.detach().clone().requires_grad_() for t in (layer.V, layer.U)] if rank else []
+    fn = lambda x, b, g, *lr: pixelfly_linear(x, b, idx, *lr, gamma=g)
+    y = fn(x, b, g, *lr)
+    V, U = lr if rank else (None, None)
+    ref = reference.pixelfly_linear(x, b, layer.layout, U, V, g, None)
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     gy = torch.randn_like(y)
-    for got, want in zip(torch.autograd.grad(y, (x, b, g), gy), torch.autograd.grad(ref, (x, b, g), gy)):
+    args = (x, b, g, *lr)
+    for got, want in zip(torch.autograd.grad(y, args, gy), torch.autograd.grad(ref, args, gy)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    fn = lambda x, b, g: pixelfly_linear(x, b, idx, gamma=g)
-    assert torch.autograd.gradcheck(fn, (x, b, g))
-    assert torch.autograd.gradgradcheck(fn, (x, b, g))
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
     with pytest.raises(ValueError, match="gamma must have one element"):
         pixelfly_linear(x, b, idx, gamma=torch.ones(2, dtype=torch.float64))
 
