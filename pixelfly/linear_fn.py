@@ -37,21 +37,25 @@ class PixelflyLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(x, blocks, gamma, V, U, bias, *idx):
+        g, c = _mixing(gamma, False)
         rows = gamma is not None and _scale_rows(x.shape[0], blocks, idx)
         if gamma is not None and not rows:
-            blocks = blocks * _scalar(gamma)
+            blocks = blocks * g
         y = ops.internal("bsmm_fwd", x, blocks, *idx)
-        if rows:
-            y.mul_(_scalar(gamma))
+        fold = rows and V is not None and isinstance(g, float)  # y = g y + c h U^T: one addmm_
+        if rows and not fold:
+            y.mul_(g)
         h = None
         if V is not None:
             h = mm(x, V)
             if gamma is None:
                 addmm_(y, h, U.t())
+            elif isinstance(c, float):
+                addmm_(y, h, U.t(), beta=g if fold else 1.0, alpha=c)
             elif x.shape[0] <= U.shape[0]:  # 1 - gamma on the smaller of h [T, r], U [out, r]
-                addmm_(y, h * _mix(gamma), U.t())
+                addmm_(y, h * c, U.t())
             else:
-                addmm_(y, h, (U * _mix(gamma)).t())
+                addmm_(y, h, (U * c).t())
         if bias is not None:
             y.add_(bias)
         return y if h is None else (y, h)
@@ -72,35 +76,36 @@ class PixelflyLinearFn(torch.autograd.Function):
         need_g = need_g and gamma is not None
         gy = kernel_rows(gy)
         graph = torch.is_grad_enabled()  # double backward: differentiable, out of place
+        g, c = _mixing(gamma, graph)
         dx = db = dg = dV = dU = dbias = None
         if need_x:
             if gamma is None:
                 dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
             elif _scale_rows(gy.shape[0], blocks, idx):
                 dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
-                dx = dx * _scalar(gamma) if graph else dx.mul_(_scalar(gamma))
+                dx = dx * g if graph else dx.mul_(g)
             else:
-                dx = ops.internal("bsmm_bwd_x", gy, blocks * _scalar(gamma), *idx)
+                dx = ops.internal("bsmm_bwd_x", gy, blocks * g, *idx)
         if need_b or need_g:
             db = ops.internal("bsmm_bwd_w", gy, x, *idx, blocks.shape[1], blocks.shape[2])
             if need_g:  # d/dgamma <gy, x (gamma B)^T> = <dBs, B>, in gamma's dtype (fp32
                 # under autocast: the sum of nnz products would lose bits in bf16)
                 dg = _dot(db, blocks, gamma, graph)
             if gamma is not None:
-                db = db * _scalar(gamma) if graph else db.mul_(_scalar(gamma))
+                db = db * g if graph else db.mul_(g)
             if not need_b:
                 db = None
         if V is not None and (need_x or need_v or need_u or need_g):
             if graph:  # double backward: h must carry its graph to x, V
                 h = mm(x, V)
             gh = mm(gy, U)  # gy U [T, r]; the low-rank term's gradients carry 1 - gamma
-            ghs = gh if gamma is None else gh * _mix(gamma)
+            ghs = gh if gamma is None else gh * c
             if need_x:  # with grad enabled (double backward, torch.func) out of place
                 dx = addmm_(dx, ghs, V.t()) if not graph else dx + mm(ghs, V.t())
             if need_v:
                 dV = mm(x.t(), ghs)
             if need_u:
-                dU = mm(gy.t(), h if gamma is None else h * _mix(gamma))
+                dU = mm(gy.t(), h if gamma is None else h * c)
             if need_g:  # d/dgamma (1 - gamma) <gy, h U^T> = -<gy U, h>
                 dg = dg - _dot(gh, h, gamma, graph)
         if need_bias and ctx.has_bias:
@@ -148,9 +153,19 @@ def _scalar(gamma):
     return gamma.reshape(())
 
 
-def _mix(gamma):
-    """1 - gamma, the low-rank term's weight, as a 0-d tensor (see :func:`_scalar`)."""
-    return 1 - gamma.reshape(())
+def _mixing(gamma, graph):
+    """``(gamma, 1 - gamma)``: Python floats for a CPU gamma outside a graph, ``torch.func``
+    and ``torch.compile`` (``item()`` is free there; a scalar op on a 0-d tensor costs ~5-12
+    us, as much as a few-row product), else 0-d tensors (no sync on a GPU, differentiable in
+    double backward). ``(None, None)`` without gamma."""
+    if gamma is None:
+        return None, None
+    if (gamma.device.type == "cpu" and not graph and not torch._C._are_functorch_transforms_active()
+            and not torch.compiler.is_compiling()):
+        g = gamma.item()
+        return g, 1.0 - g
+    g = _scalar(gamma)
+    return g, 1 - g
 
 
 def _dot(a, b, gamma, graph):

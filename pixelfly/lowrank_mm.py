@@ -56,6 +56,8 @@ def mm(a, b):
     return _mm_fp32(a, b) if _via_fp32(a) else a @ b
 
 
-def addmm_(c, a, b):
-    """``c += a @ b`` in place (``c`` as :func:`mm` computes the product)."""
-    return c.add_(_mm_fp32(a, b)) if _via_fp32(a) else c.addmm_(a, b)
+def addmm_(c, a, b, beta=1.0, alpha=1.0):
+    """``c = beta c + alpha (a @ b)`` in place (the product as :func:`mm` computes it)."""
+    if _via_fp32(a):
+        return (c if beta == 1.0 else c.mul_(beta)).add_(_mm_fp32(a, b), alpha=alpha)
+    return c.addmm_(a, b, beta=beta, alpha=alpha)

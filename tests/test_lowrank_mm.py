@@ -28,6 +28,10 @@ def test_mm_and_addmm_match_float64(route, m, k, n):
     want_c = cb.double() + want
     base_c = _err(cb.clone().addmm_(ab, bb), want_c)
     assert _err(lowrank_mm.addmm_(cb.clone(), ab, bb), want_c) <= 2 * base_c + 1e-6
+    # c = beta c + alpha a b (the layer's gamma / 1 - gamma mix at a few rows)
+    want_s = 0.3 * cb.double() + 0.7 * want
+    base_s = _err(cb.clone().addmm_(ab, bb, beta=0.3, alpha=0.7), want_s)
+    assert _err(lowrank_mm.addmm_(cb.clone(), ab, bb, beta=0.3, alpha=0.7), want_s) <= 2 * base_s + 1e-6
     # fp32 is never rerouted
     assert torch.equal(lowrank_mm.mm(a, b), a @ b)
 
