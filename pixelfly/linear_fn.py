@@ -50,8 +50,8 @@ class PixelflyLinearFn(torch.autograd.Function):
             h = mm(x, V)
             if gamma is None:
                 addmm_(y, h, U.t())
-            elif isinstance(c, float):
-                addmm_(y, h, U.t(), beta=g if fold else 1.0, alpha=c)
+            elif fold:
+                addmm_(y, h, U.t(), beta=g, alpha=c)
             elif x.shape[0] <= U.shape[0]:  # 1 - gamma on the smaller of h [T, r], U [out, r]
                 addmm_(y, h * c, U.t())
             else:

@@ -58,6 +58,9 @@ def mm(a, b):
 
 def addmm_(c, a, b, beta=1.0, alpha=1.0):
     """``c = beta c + alpha (a @ b)`` in place (the product as :func:`mm` computes it)."""
-    if _via_fp32(a):
-        return (c if beta == 1.0 else c.mul_(beta)).add_(_mm_fp32(a, b), alpha=alpha)
-    return c.addmm_(a, b, beta=beta, alpha=alpha)
+    if not _via_fp32(a):
+        return c.addmm_(a, b, beta=beta, alpha=alpha)
+    if beta == 1.0 and alpha == 1.0:
+        return c.add_(_mm_fp32(a, b))
+    with torch.autocast(a.device.type, enabled=False):  # scaled: in fp32, rounded once
+        return c.copy_(c.float().addmm_(a.float(), b.float(), beta=beta, alpha=alpha))
