@@ -252,3 +252,27 @@ def test_torch_compile_forward_backward(lead):
     torch.testing.assert_close(out, eager)
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.parametrize("T", [3, 200])  # 1 - gamma on h (T <= 48 outputs) / on U
+def test_gamma_as_tensors_equals_gamma_as_floats(T, monkeypatch):
+    """The fused function mixes with Python floats on a CPU outside a graph and with 0-d
+    tensors elsewhere (GPU, torch.func, torch.compile, double backward): forcing the tensor
+    branch on the CPU gives the same output and gradients."""
+    from pixelfly import linear_fn
+    layer = PixelflyLinear(64, 48, block_size=16, n_factors=1, rank=5, dtype=torch.float64)
+    with torch.no_grad():
+        layer.gamma_logit.fill_(0.7)
+    x = torch.randn(T, 64, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        y = layer(x)
+        grads = torch.autograd.grad(y, (x, *layer.parameters()), torch.ones_like(y))
+        with torch.no_grad():
+            return (y.detach(), layer(x), *grads)
+
+    floats = run()
+    real = linear_fn._mixing
+    monkeypatch.setattr(linear_fn, "_mixing", lambda gamma, graph: real(gamma, True))
+    for a, b in zip(floats, run()):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
