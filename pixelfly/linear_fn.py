@@ -154,14 +154,15 @@ def _scalar(gamma):
 
 
 def _mixing(gamma, graph):
-    """``(gamma, 1 - gamma)``: Python floats for a CPU gamma outside a graph, ``torch.func``
-    and ``torch.compile`` (``item()`` is free there; a scalar op on a 0-d tensor costs ~5-12
-    us, as much as a few-row product), else 0-d tensors (no sync on a GPU, differentiable in
-    double backward). ``(None, None)`` without gamma."""
+    """``(gamma, 1 - gamma)``: Python floats for a CPU gamma outside a graph, ``torch.func``,
+    ``torch.compile`` and ``torch.jit.trace`` (``item()`` is free there; a scalar op on a 0-d
+    tensor costs ~5-12 us, as much as a few-row product), else 0-d tensors (no sync on a
+    GPU, differentiable in double backward, not frozen into a trace). ``(None, None)``
+    without gamma."""
     if gamma is None:
         return None, None
     if (gamma.device.type == "cpu" and not graph and not torch._C._are_functorch_transforms_active()
-            and not torch.compiler.is_compiling()):
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
         g = gamma.item()
         return g, 1.0 - g
     g = _scalar(gamma)

@@ -276,3 +276,14 @@ def test_gamma_as_tensors_equals_gamma_as_floats(T, monkeypatch):
     monkeypatch.setattr(linear_fn, "_mixing", lambda gamma, graph: real(gamma, True))
     for a, b in zip(floats, run()):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_jit_trace_follows_gamma():
+    """A ``torch.jit.trace`` of the layer reads gamma at run time (the CPU's float fast path
+    is off while tracing), so a trace still computes the layer after gamma changes."""
+    layer = PixelflyLinear(64, 48, block_size=16, n_factors=1, rank=5, dtype=torch.float64)
+    x = torch.randn(3, 64, dtype=torch.float64)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, x, check_trace=False)
+        layer.gamma_logit.fill_(2.0)
+        torch.testing.assert_close(traced(x), layer(x), rtol=1e-12, atol=1e-12)
