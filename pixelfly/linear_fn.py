@@ -96,7 +96,7 @@ class PixelflyLinearFn(torch.autograd.Function):
             if not need_b:
                 db = None
         if V is not None and (need_x or need_v or need_u or need_g):
-            if graph:  # double backward: h must carry its graph to x, V
+            if graph and (need_u or need_g):  # double backward: h must carry its graph to x, V
                 h = mm(x, V)
             gh = mm(gy, U)  # gy U [T, r]; the low-rank term's gradients carry 1 - gamma
             ghs = gh if gamma is None else gh * c
