@@ -88,11 +88,13 @@ def autocast(fn):
     return run
 
 
-def bench_kernels(dtype, x, gy, blocks, it, lay, W, block, reps, peak_gflops, t_dense=None):
+def bench_kernels(dtype, x, gy, blocks, it, lay, W, block, reps, peak_gflops, t_dense=None,
+                  tile_gflops=None):
     """fwd / bwd_x / bwd_w of the kernels and of dense PyTorch in ``dtype``, after a check
     against the float64 reference (bf16: at most twice dense bf16's own error). ``t_dense``:
     dense timings of the same shape and dtype measured before (they do not depend on the
-    block size), else measured here."""
+    block size), else measured here. ``tile_gflops``: the tile probe's rate (the fp32
+    register tile in L1, ``benchmarks.peak``) for kernels that run the fp32 tiles, else None."""
     xd, gd, bd, Wd = (t.to(dtype) for t in (x, gy, blocks, W))
     b1 = b2 = block
     xs, gs = x[:64].double(), gy[:64].double()
@@ -131,6 +133,8 @@ def bench_kernels(dtype, x, gy, blocks, it, lay, W, block, reps, peak_gflops, t_
                  "efficiency_vs_dense": (flops_sparse / t_kern[op]) / (flops_dense / t_dense[op]),
                  "fraction_of_peak": flops_sparse / t_kern[op] / 1e9 / peak_gflops,
                  "dense_fraction_of_peak": flops_dense / t_dense[op] / 1e9 / peak_gflops,
+                 "fraction_of_tile": (flops_sparse / t_kern[op] / 1e9 / tile_gflops
+                                      if tile_gflops else None),
                  "speedup_vs_dense": t_dense[op] / t_kern[op]}
             for op in t_kern}
 
@@ -147,11 +151,13 @@ def kernel_block(out_f, in_f, density, block, x, gy, W, reps, peak, dense_rows=N
     row = {"kernel_layout": {"butterfly_size": n, "n_factors": m, "nnz": idx.nnz,
                              "density": idx.nnz / layout.size}}
     # bf16 kernels are measured against the bf16 peak where the CPU has one, else against
-    # the fp32 FMA peak (they widen to fp32 and run the fp32 FMA tiles)
-    for key, dt, pk in (("kernels", torch.float32, peak["fp32_best"]),
-                        ("kernels_bf16", torch.bfloat16, peak["bf16_gflops"] or peak["fp32_best"])):
+    # the fp32 FMA peak and the fp32 tile probe (they widen to fp32 and run the fp32 tiles)
+    native = peak["bf16_gflops"] is not None
+    for key, dt, pk, tk in (("kernels", torch.float32, peak["fp32_best"], peak["tile_best"]),
+                            ("kernels_bf16", torch.bfloat16, peak["bf16_gflops"] or peak["fp32_best"],
+                             None if native else peak["tile_best"])):
         td = None if dense_rows is None else {op: k["dense_time_s"] for op, k in dense_rows[key].items()}
-        row[key] = bench_kernels(dt, x, gy, blocks, it, lay, W, block, reps, pk, td)
+        row[key] = bench_kernels(dt, x, gy, blocks, it, lay, W, block, reps, pk, td, tk)
     return row
 
 
@@ -220,20 +226,26 @@ def bench_shape(out_f, in_f, T, density, block, reps, results, bar, peak, other_
     results.append(row)
 
 
+def fmt_fraction(f) -> str:
+    return "-" if f is None else f"{f:.2f}"
+
+
 def print_table(results, peak, small=()):
     print(f"\n{describe_peak(peak)}")
     if slow_bf16():
         print(f"(dense bf16 is PyTorch's fallback on this CPU: timed on 1/{SUBSAMPLE} of the rows, scaled)")
     print("Kernels (pure flat butterfly at the density; ratios measured in this run; "
-          "'of peak': effective GFLOP/s over the peak above, bf16 over the bf16 peak if any)")
+          "'of peak': effective GFLOP/s over the peak above, bf16 over the bf16 peak if any; "
+          "'of tile': over the fp32 tile probe, the register tile in L1)")
     print(f"{'shape':>10} {'dens':>6} {'block':>5} {'dtype':>5} {'op':>6} {'eff GF/s':>9} {'of peak':>7} "
-          f"{'dense GF/s':>10} {'dense/peak':>10} {'eff/dense':>9} {'speedup':>8}")
+          f"{'of tile':>7} {'dense GF/s':>10} {'dense/peak':>10} {'eff/dense':>9} {'speedup':>8}")
     for r in results:
         for block, kr in [(r["block"], r)] + [(int(b), k) for b, k in r.get("other_blocks", {}).items()]:
             for dt, key in (("fp32", "kernels"), ("bf16", "kernels_bf16")):
                 for op, k in kr[key].items():
                     print(f"{r['shape']:>10} {r['density']:>6.4f} {block:>5} {dt:>5} {op:>6} "
-                          f"{k['gflops_effective']:>9.1f} {k['fraction_of_peak']:>7.2f} {k['gflops_dense']:>10.1f} "
+                          f"{k['gflops_effective']:>9.1f} {k['fraction_of_peak']:>7.2f} "
+                          f"{fmt_fraction(k['fraction_of_tile']):>7} {k['gflops_dense']:>10.1f} "
                           f"{k['dense_fraction_of_peak']:>10.2f} {k['efficiency_vs_dense']:>9.2f} "
                           f"{k['speedup_vs_dense']:>7.2f}x")
     print("\nModules: speedup over nn.Linear (fwd / bwd / fwd+bwd); BSR forward only; the layer's "
@@ -275,7 +287,7 @@ def bench_small(out_f, in_f, T, density, reps):
     return out
 
 
-def plot(results, path):
+def plot(results, path, peak=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -292,7 +304,10 @@ def plot(results, path):
     axes[0].axhline(1.0, color="k", lw=0.8)
     axes[0].set_title("kernel effective GFLOP/s / dense GFLOP/s (block 32)")
     axes[1].axhline(1.0, color="k", lw=0.8)
-    axes[1].set_title("kernel fraction of the measured peak (block 32)")
+    if peak:
+        axes[1].axhline(peak["tile_best"] / peak["fp32_best"], color="C3", lw=0.8, ls="--",
+                        label="tile probe (register tile in L1)")
+    axes[1].set_title("kernel fraction of the measured FMA peak (block 32)")
     for i, name in enumerate(["pixelfly", "masked_dense", "pixelfly_bf16_autocast"]):
         vals = [r["speedup_vs_dense"][name]["fwdbwd"] if name != "pixelfly_bf16_autocast"
                 else r["autocast_speedup"]["fwdbwd"] for r in results]
@@ -354,7 +369,7 @@ def main(argv=None):
         print(f"results written to {path}")
     if args.plot and results:
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
-        plot(results, args.plot)
+        plot(results, args.plot, peak)
     return results
 
 

@@ -40,6 +40,31 @@ def test_peak_fma_bad_arguments(bad):
         _C.peak_fma("1", 10)
 
 
+TILE = {1: 8 * 16, 2: 6 * 16, 3: 8 * 32, 4: 8 * 32}  # register tile per ISA (portable: 8 x 16)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_peak_tile_counts_its_flops(isa):
+    flops, sink = _C.peak_tile(isa, 3)
+    assert flops == 3 * TILE[isa] * 64 * 2               # 64 steps a round
+    assert sink == 3 * TILE[isa] * 64 * 2.0 ** -20       # each multiply-add adds 2^-10 * 2^-10
+    assert _C.peak_tile(isa, 0)[0] == 0
+    assert _C.peak_tile(0, 1)[0] == TILE[int(ops.cpu_isa())] * 64 * 2
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_peak_tile_bad_arguments(bad):
+    with pytest.raises(ValueError, match="isa"):
+        _C.peak_tile(bad, 10)
+    with pytest.raises(ValueError):
+        _C.peak_tile(1, -5)
+    with pytest.raises(TypeError):
+        _C.peak_tile(1, "10")
+    if int(ops.cpu_isa()) < 4:
+        with pytest.raises(ValueError, match="isa"):
+            _C.peak_tile(4, 10)
+
+
 def test_peak_dpbf16_follows_the_cpu():
     if _C.has_avx512_bf16():
         flops, sink = _C.peak_dpbf16(100)
@@ -55,7 +80,8 @@ def test_measure_reports_every_isa():
     assert set(p["fp32_gflops"]) == {("portable", "avx2", "avx512")[i - 1] for i in ISAS if i <= 3}
     assert all(v > 0 for v in p["fp32_gflops"].values()) and p["fp32_best"] > 0
     assert (p["bf16_gflops"] is None) != bool(_C.has_avx512_bf16())
-    assert "fp32 FMA" in describe(p)
+    assert set(p["tile_gflops"]) == set(p["fp32_gflops"]) and p["tile_best"] > 0
+    assert "fp32 FMA" in describe(p) and "fp32 tile" in describe(p)
 
 
 def test_bench_linear_quick_reports_fractions_of_peak(tmp_path):
@@ -72,6 +98,10 @@ def test_bench_linear_quick_reports_fractions_of_peak(tmp_path):
         for key in ("kernels", "kernels_bf16"):
             assert set(row[key]) == {"fwd", "bwd_x", "bwd_w"}
             assert all(k["fraction_of_peak"] > 0 for k in row[key].values())
+        # the fp32 kernels (and bf16 ones that widen to fp32) against the tile probe
+        assert all(k["fraction_of_tile"] > 0 for k in row["kernels"].values())
+        native_bf16 = doc["meta"]["peak"]["bf16_gflops"] is not None
+        assert all((k["fraction_of_tile"] is None) == native_bf16 for k in row["kernels_bf16"].values())
 
 
 def test_bench_linear_small_only_reports_the_few_row_rows(tmp_path):

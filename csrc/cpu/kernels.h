@@ -164,6 +164,9 @@ pf_err pf_isa_check(int isa);
  * kernels_avx512bf16.c): enough to hide the FMA latency on every CPU seen (4 cycles x 2
  * pipes needs 8; 12 leaves margin). */
 #define PF_PEAK_CHAINS 12
+/* Steps per round of the tile probe (peak.c, kernels_simd.h): its operands, PF_MR2 x K and
+ * K x 2 vectors of fp32 (10 KiB on AVX-512), stay in L1. */
+#define PF_PEAK_TILE_K 64
 
 /* ------------------------------------------------------------------ bf16 */
 

@@ -410,6 +410,30 @@ VI double peak_loop(int64_t iters, const int DP, pf_vf a, pf_vf b) {
 
 double PF_SIMD(pf_peak_fma)(int64_t iters) { return peak_loop(iters, 0, v_set1(0.999999f), v_set1(1e-6f)); }
 
+/* The tile probe: the fp32 tile's own step (step(): PF_MR2 broadcasts of A, two vector loads
+ * of B, 2 PF_MR2 FMAs into the PF_MR2 x 2 register tile) looped over PF_PEAK_TILE_K steps
+ * of operands that stay in L1: the FMA peak as far as this core's load path lets the
+ * register tile reach it, with no cache miss, packing or bookkeeping. FLOPs: iters *
+ * PF_PEAK_TILE_K * PF_MR2 * 2 PF_VL * 2. a, b: PF_MR2 x K and K x 2 PF_VL fp32 (peak.c). */
+double PF_SIMD(pf_peak_tile)(int64_t iters, const float *a, const float *b) {
+    pf_vf c[PF_MRMAX][2];
+    const pf_vmask km[2] = {v_mask(PF_VL), v_mask(PF_VL)};
+#pragma GCC unroll 16 /* whole loops over the register tile keep it in registers */
+    for (int m = 0; m < PF_MR2; ++m) c[m][0] = c[m][1] = v_zero();
+    for (int64_t it = 0; it < iters; ++it) {
+        __asm__ volatile("" : "+r"(a), "+r"(b)); /* reload the operands every round */
+        for (int64_t s = 0; s < PF_PEAK_TILE_K; ++s)
+            step(2, PF_MR2, 1, 1, a + s, b + s * 2 * PF_VL, PF_PEAK_TILE_K, km, c);
+    }
+    pf_vf sum = v_add(c[0][0], c[0][1]);
+#pragma GCC unroll 16
+    for (int m = 1; m < PF_MR2; ++m) sum = v_add(sum, v_add(c[m][0], c[m][1]));
+    return (double)v_reduce_add(sum);
+}
+
+/* rows of the tile probe's register tile (peak.c sizes its operands and counts its FLOPs) */
+int PF_SIMD(pf_peak_tile_rows)(void) { return PF_MR2; }
+
 #ifdef PF_DPBF16
 /* bf16 pair products: acc += a . b over both halves of each lane (2 PF_VL products, 4 PF_VL
  * FLOPs per op); a = bf16 1.0, b = bf16 2^-20 in both halves, so acc grows by 2^-19 per

@@ -356,6 +356,13 @@ int pf_cpu_has_avx512_bf16(void); /* the above + avx512bf16 (vdpbf16ps) */
  * the wall time for the machine's peak. */
 int64_t pf_peak_fma(int isa, int64_t iters, double *sink);
 int64_t pf_peak_dpbf16(int64_t iters, double *sink);
+/* The tile probe: `iters` rounds of the fp32 tile kernel's register tile in `isa` (its own
+ * step: broadcasts of A, vector loads of B, FMAs) over 64 steps of operands that stay in L1,
+ * so no cache miss, packing or bookkeeping (PF_ISA_PORTABLE: the portable tile on 8 x 16).
+ * Its rate over the FMA peak is what this core's load path leaves to any GEMM kernel: the
+ * ceiling of the block-sparse kernels (csrc/cpu/kernels_simd.h). FLOPs done, or -1 as
+ * pf_peak_fma; *sink gets a value computed from every accumulator. */
+int64_t pf_peak_tile(int isa, int64_t iters, double *sink);
 
 /* Check sizes, strides, pointers (non-NULL wherever the operand has elements, aligned
  * to the element size), the isa (an explicit PF_ISA_AVX2/AVX512 the CPU lacks is an
