@@ -17,6 +17,7 @@ autocast) and at a few rows (T = 1, 8, 64: per-call overhead).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from benchmarks.peak import describe as describe_peak, measure as measure_peak
+from benchmarks.peak import describe as describe_peak, measure as measure_peak, tile_rate
 from pixelfly import PixelflyLinear, _C, choose_config, ops, reference
 from pixelfly.layouts import BlockIndex, flat_butterfly_layout
 
@@ -89,12 +90,14 @@ def autocast(fn):
 
 
 def bench_kernels(dtype, x, gy, blocks, it, lay, W, block, reps, peak_gflops, t_dense=None,
-                  tile_gflops=None):
+                  tile_probe=None):
     """fwd / bwd_x / bwd_w of the kernels and of dense PyTorch in ``dtype``, after a check
     against the float64 reference (bf16: at most twice dense bf16's own error). ``t_dense``:
     dense timings of the same shape and dtype measured before (they do not depend on the
-    block size), else measured here. ``tile_gflops``: the tile probe's rate (the fp32
-    register tile in L1, ``benchmarks.peak``) for kernels that run the fp32 tiles, else None."""
+    block size), else measured here. ``tile_probe``: for kernels that run the fp32 tiles,
+    ``() -> GFLOP/s`` of the tile probe (the fp32 register tile in L1, ``benchmarks.peak``),
+    run right before each kernel's timing (on a shared VM the rate the load path allows
+    moves within seconds), else None."""
     xd, gd, bd, Wd = (t.to(dtype) for t in (x, gy, blocks, W))
     b1 = b2 = block
     xs, gs = x[:64].double(), gy[:64].double()
@@ -124,17 +127,20 @@ def bench_kernels(dtype, x, gy, blocks, it, lay, W, block, reps, peak_gflops, t_
         t_dense = {"fwd": scale * timeit(lambda: F.linear(xk, Wd), dr, dw),
                    "bwd_x": scale * timeit(lambda: gk @ Wd, dr, dw),
                    "bwd_w": scale * timeit(lambda: gk.t() @ xk, dr, dw)}
-    t_kern = {"fwd": timeit(lambda: ops.bsmm_fwd(xd, bd, *it), reps),
-              "bwd_x": timeit(lambda: ops.bsmm_bwd_x(gd, bd, *it), reps),
-              "bwd_w": timeit(lambda: ops.bsmm_bwd_w(gd, xd, *it, b1=b1, b2=b2), reps)}
+    run = {"fwd": lambda: ops.bsmm_fwd(xd, bd, *it), "bwd_x": lambda: ops.bsmm_bwd_x(gd, bd, *it),
+           "bwd_w": lambda: ops.bsmm_bwd_w(gd, xd, *it, b1=b1, b2=b2)}
+    tile, t_kern = {}, {}
+    for op, fn in run.items():
+        tile[op] = tile_probe() if tile_probe else None
+        t_kern[op] = timeit(fn, reps)
     return {op: {"time_s": t_kern[op], "dense_time_s": t_dense[op],
                  "gflops_effective": flops_sparse / t_kern[op] / 1e9,
                  "gflops_dense": flops_dense / t_dense[op] / 1e9,
                  "efficiency_vs_dense": (flops_sparse / t_kern[op]) / (flops_dense / t_dense[op]),
                  "fraction_of_peak": flops_sparse / t_kern[op] / 1e9 / peak_gflops,
                  "dense_fraction_of_peak": flops_dense / t_dense[op] / 1e9 / peak_gflops,
-                 "fraction_of_tile": (flops_sparse / t_kern[op] / 1e9 / tile_gflops
-                                      if tile_gflops else None),
+                 "tile_gflops": tile[op],
+                 "fraction_of_tile": flops_sparse / t_kern[op] / 1e9 / tile[op] if tile[op] else None,
                  "speedup_vs_dense": t_dense[op] / t_kern[op]}
             for op in t_kern}
 
@@ -153,9 +159,10 @@ def kernel_block(out_f, in_f, density, block, x, gy, W, reps, peak, dense_rows=N
     # bf16 kernels are measured against the bf16 peak where the CPU has one, else against
     # the fp32 FMA peak and the fp32 tile probe (they widen to fp32 and run the fp32 tiles)
     native = peak["bf16_gflops"] is not None
-    for key, dt, pk, tk in (("kernels", torch.float32, peak["fp32_best"], peak["tile_best"]),
+    probe = functools.partial(tile_rate, peak["threads"])
+    for key, dt, pk, tk in (("kernels", torch.float32, peak["fp32_best"], probe),
                             ("kernels_bf16", torch.bfloat16, peak["bf16_gflops"] or peak["fp32_best"],
-                             None if native else peak["tile_best"])):
+                             None if native else probe)):
         td = None if dense_rows is None else {op: k["dense_time_s"] for op, k in dense_rows[key].items()}
         row[key] = bench_kernels(dt, x, gy, blocks, it, lay, W, block, reps, pk, td, tk)
     return row
@@ -236,7 +243,7 @@ def print_table(results, peak, small=()):
         print(f"(dense bf16 is PyTorch's fallback on this CPU: timed on 1/{SUBSAMPLE} of the rows, scaled)")
     print("Kernels (pure flat butterfly at the density; ratios measured in this run; "
           "'of peak': effective GFLOP/s over the peak above, bf16 over the bf16 peak if any; "
-          "'of tile': over the fp32 tile probe, the register tile in L1)")
+          "'of tile': over the fp32 tile probe, the register tile in L1, run right before each kernel)")
     print(f"{'shape':>10} {'dens':>6} {'block':>5} {'dtype':>5} {'op':>6} {'eff GF/s':>9} {'of peak':>7} "
           f"{'of tile':>7} {'dense GF/s':>10} {'dense/peak':>10} {'eff/dense':>9} {'speedup':>8}")
     for r in results:
@@ -306,7 +313,7 @@ def plot(results, path, peak=None):
     axes[1].axhline(1.0, color="k", lw=0.8)
     if peak:
         axes[1].axhline(peak["tile_best"] / peak["fp32_best"], color="C3", lw=0.8, ls="--",
-                        label="tile probe (register tile in L1)")
+                        label="tile probe (register tile in L1), start of run")
     axes[1].set_title("kernel fraction of the measured FMA peak (block 32)")
     for i, name in enumerate(["pixelfly", "masked_dense", "pixelfly_bf16_autocast"]):
         vals = [r["speedup_vs_dense"][name]["fwdbwd"] if name != "pixelfly_bf16_autocast"

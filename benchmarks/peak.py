@@ -47,6 +47,14 @@ def _rate(fn, threads: int, seconds: float, rounds: int = 3) -> float:
     return best / 1e9
 
 
+def tile_rate(threads: int, seconds: float = 0.1) -> float:
+    """GFLOP/s of the tile probe in the best ISA now (a short run, to sit right beside the
+    measurement it is compared with)."""
+    from pixelfly import _C, ops
+    isa = min(int(ops.cpu_isa()), 3)
+    return _rate(lambda n: _C.peak_tile(isa, n), threads, seconds, rounds=3)
+
+
 def measure(threads: int | None = None, seconds: float = 0.25) -> dict:
     """``{"threads", "fp32_gflops": {isa name: GFLOP/s}, "fp32_best", "bf16_gflops",
     "tile_gflops": {isa name: GFLOP/s}, "tile_best"}``: every ISA this CPU runs
