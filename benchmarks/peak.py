@@ -47,11 +47,17 @@ def _rate(fn, threads: int, seconds: float, rounds: int = 3) -> float:
     return best / 1e9
 
 
+def _best_isa() -> int:
+    """The best fp32 ISA of this CPU (4, AVX512_BF16, has AVX-512's fp32 FMA and tile)."""
+    from pixelfly import ops
+    return min(int(ops.cpu_isa()), 3)
+
+
 def tile_rate(threads: int, seconds: float = 0.1) -> float:
     """GFLOP/s of the tile probe in the best ISA now (a short run, to sit right beside the
     measurement it is compared with)."""
-    from pixelfly import _C, ops
-    isa = min(int(ops.cpu_isa()), 3)
+    from pixelfly import _C
+    isa = _best_isa()
     return _rate(lambda n: _C.peak_tile(isa, n), threads, seconds, rounds=3)
 
 
@@ -61,9 +67,9 @@ def measure(threads: int | None = None, seconds: float = 0.25) -> dict:
     (``bf16_gflops`` is None without AVX512_BF16)."""
     import torch
 
-    from pixelfly import _C, ops
+    from pixelfly import _C
     threads = threads or torch.get_num_threads()
-    best_isa = min(int(ops.cpu_isa()), 3)  # 4 (AVX512_BF16) has AVX-512's fp32 FMA
+    best_isa = _best_isa()
     fp32 = {ISA_NAMES[i]: _rate(lambda n, i=i: _C.peak_fma(i, n), threads, seconds)
             for i in sorted(ISA_NAMES) if i <= best_isa}
     tile = {ISA_NAMES[i]: _rate(lambda n, i=i: _C.peak_tile(i, n), threads, seconds)
