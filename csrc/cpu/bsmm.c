@@ -29,13 +29,15 @@
  *       most PF_INPLACE_REUSE blocks per activation column runs on pairs reading x / dy as
  *       stored instead (no copy to amortise).
  *     BWD_W: task = a contiguous range of blocks in CSR order (blocks sharing a block-row
- *       of dy are adjacent), at most max_tasks of them, each with a workspace slot of its
- *       own. A task cuts T into chunks of TW rows (outermost); per chunk it packs the x
- *       panels its blocks need (once each, block-major) and the dy panel of each block-row
- *       (fp32, widened from bf16 on the fly; on bf16 pairs, pairs of rows) into its slot,
- *       then reduces a register tile of
- *       dw over the chunk's rows for every block; partial sums round-trip through fp32
- *       (dw itself for fp32, the workspace for bf16).
+ *       of dy are adjacent; CSC order, sharing a block-column of x, when x is the wider
+ *       operand and there are several tasks: each task then copies half of x and all of dy
+ *       rather than all of x, the larger one), at most max_tasks of them, each with a
+ *       workspace slot of its own. A task cuts T into chunks of TW rows (outermost); per
+ *       chunk it packs the x panels its blocks need (once each, block-major) and the dy
+ *       panel of each block-row (CSC order: the other way round) (fp32, widened from bf16
+ *       on the fly; on bf16 pairs, pairs of rows) into its slot, then reduces a register
+ *       tile of dw over the chunk's rows for every block; partial sums round-trip through
+ *       fp32 (dw itself for fp32, the workspace for bf16), the next block's prefetched.
  *   FWD / BWD_X with T <= PF_SMALL_T rows (inference, decoding) skip the packing, whose
  *     cost (a copy of every block) would exceed the product's: phase 0 transposes the
  *     activation (T x width, small), phase 1 computes y^T = B x^T (dx^T = B^T dy^T) with
@@ -103,6 +105,7 @@ typedef struct {
     /* workspace (bytes offsets) */
     int64_t ws_pack, ws_acc, ws_slots, ws_total;
     int64_t TW, slot_bytes;   /* BWD_W: rows per chunk (even); bytes of one task's slot */
+    int by_cols;              /* BWD_W: tasks own ranges of blocks in CSC order (see run_bwd_w_task) */
     int64_t Np;               /* padded N of packed blocks (FWD: b1, BWD_X: b2) */
     /* phase 1 */
     int64_t TC, nTC, nG, n1;  /* FWD/BWD_X: T chunk, #chunks, #groups per chunk, #tasks */
@@ -187,7 +190,15 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
         }
     }
     if (op == PF_OP_BWD_W) {
-        const int64_t per_row = p->in + b1;
+        const int64_t cap = a->max_tasks > 0 ? a->max_tasks : 1;
+        const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
+                            (double)nnz * (double)b1 * (double)b2;
+        p->n1 = nnz == 0 ? 0 : clamp64((int64_t)(work / PF_TASK_FLOPS), 1,
+                                       nnz < cap ? nnz : cap);
+        /* each task packs the panels of the side it splits once (1 / n1 of it) and those of
+         * the other side it meets (up to all of it): split the wider one */
+        p->by_cols = p->n1 > 1 && p->in > p->out;
+        const int64_t per_row = p->by_cols ? p->out + b2 : p->in + b1;
         /* even, so chunks start on a pair (bf16 sums steps in pairs, kernels.h) */
         p->TW = clamp64(PF_SLOT_FLOATS / (per_row > 0 ? per_row : 1), 16, PF_TW) & ~(int64_t)1;
         if (T > 0 && T < p->TW) p->TW = T;
@@ -195,12 +206,8 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
             p->ws_acc = off;
             off += round_up(nnz * b1 * b2 * 4, 64);
         }
-        const int64_t cap = a->max_tasks > 0 ? a->max_tasks : 1;
-        const double work = 2.0 * (double)T * (double)nnz * (double)b1 * (double)b2 +
-                            (double)nnz * (double)b1 * (double)b2;
-        p->n1 = nnz == 0 ? 0 : clamp64((int64_t)(work / PF_TASK_FLOPS), 1,
-                                       nnz < cap ? nnz : cap);
-        p->slot_bytes = T == 0 ? 0 : round_up(p->C * 8, 64) + round_up(per_row * round_up(p->TW, 2) * pes, 64);
+        p->slot_bytes = T == 0 ? 0 : round_up((p->by_cols ? p->R : p->C) * 8, 64) +
+                                     round_up(per_row * round_up(p->TW, 2) * pes, 64);
         p->ws_slots = off;
         off += p->n1 * p->slot_bytes;
     }
@@ -513,15 +520,25 @@ static void prefetch_l2(const void *p, int64_t bytes) {
 #endif
 }
 
+/* rows [s0, s1) of the w columns from col0 of x / dy into a BWD_W panel: fp32 rows, or
+ * bf16 pairs of rows on pairs */
+static void pack_bwd_w_panel(const pf_plan *p, void *dst, const void *src, int64_t ld,
+                             int64_t col0, int64_t w, int64_t s0, int64_t s1) {
+    if (p->pairs) pack_panel_pairs((uint16_t *)dst, (const uint16_t *)src, ld, col0, w, s0, s1);
+    else pack_panel(dst, src, p->bf16 ? PANEL_WIDEN : PANEL_F32, ld, col0, w, s0, s1);
+}
+
 /* BWD_W task w. T is cut into chunks of TW rows (outermost); per chunk the task walks its
- * blocks in CSR order. Its workspace slot holds the chunk's x panels, block-major
- * (xp[c] = [rows][b2], each packed the first time one of the task's blocks needs it in this
- * chunk), and the dy panel [rows][b1] of the current block-row (blocks sharing it are
- * adjacent). So every element of x and dy is copied once per task, and the tile kernel
- * reads dense rows from L1 / L2 instead of rows ldx / ldy apart (which alias in L1 sets
- * and in the TLB when the feature sizes are powers of two). Partial sums over the chunks
- * round-trip through fp32 (dw itself for fp32, the workspace for bf16); the last chunk
- * writes dw. */
+ * blocks in CSR order (by_cols: CSC order). Its workspace slot holds the chunk's panels of
+ * the other side, block-major: the x panels xp[c] = [rows][b2] (by_cols: the dy panels
+ * [rows][b1] of the block-rows), each packed the first time one of the task's blocks needs
+ * it in this chunk, and the panel of the current block-row of dy (by_cols: block-column
+ * of x; blocks sharing it are adjacent). So every element of x and dy is copied once per
+ * task, and the tile kernel reads dense rows from L1 / L2 instead of rows ldx / ldy apart
+ * (which alias in L1 sets and in the TLB when the feature sizes are powers of two). Partial
+ * sums over the chunks round-trip through fp32 (dw itself for fp32, the workspace for
+ * bf16); the last chunk writes dw. Each element sums the same products in the same order
+ * in either block order (bitwise equal). */
 static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *k, int64_t w) {
     const pf_bsr_index *ix = a->ix;
     const int64_t lo = task_first_block(p, w), hi = task_first_block(p, w + 1);
@@ -532,12 +549,19 @@ static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, const pf_ker
         memset((char *)a->out + lo * b1 * b2 * es, 0, (size_t)((hi - lo) * b1 * b2 * es));
         return;
     }
+    const int cols = p->by_cols;
+    /* the task's units (CSR: block-rows, dy; CSC: block-columns, x) and the other side */
+    const int64_t *ptr = cols ? ix->col_ptr : ix->row_ptr, *other = cols ? ix->row_idx : ix->col_idx;
+    const int64_t n_other = cols ? p->R : p->C;
+    const void *usrc = cols ? a->x : a->dy, *osrc = cols ? a->dy : a->x;
+    const int64_t uld = cols ? a->ldx : a->ldy, old = cols ? a->ldy : a->ldx;
+    const int64_t uw = cols ? b2 : b1, ow = cols ? b1 : b2; /* panel widths */
     char *slot = (char *)a->work + p->ws_slots + w * p->slot_bytes;
-    int64_t *stamp = (int64_t *)slot; /* stamp[c]: chunk + 1 whose rows xp[c] holds */
+    int64_t *stamp = (int64_t *)slot; /* stamp[o]: chunk + 1 whose rows op[o] holds */
     /* panels: fp32 [rows][width], or bf16 pairs of rows [rows / 2][width][2] (pes = 2) */
     const int64_t pes = p->pairs ? 2 : 4, TWp = round_up(TW, 2);
-    char *xp = slot + round_up(p->C * 8, 64), *pa = xp + p->in * TWp * pes;
-    for (int64_t c = 0; c < p->C; ++c) stamp[c] = 0;
+    char *op = slot + round_up(n_other * 8, 64), *up = op + n_other * ow * TWp * pes;
+    for (int64_t o = 0; o < n_other; ++o) stamp[o] = 0;
     float *acc = p->bf16 ? (float *)((char *)a->work + p->ws_acc) : (float *)a->out;
     const pf_tile_fn fn = p->pairs ? k->tile_pairs : k->tile;
     pf_tile t;
@@ -551,36 +575,34 @@ static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, const pf_ker
     t.N = b2;
     t.ldcin = b2;
     t.ldc = b2;
-    t.A = (const float *)(const void *)pa;
     const int64_t nchunks = ceil_div(T, TW);
-    const int64_t r_first = pf_block_row(ix->row_ptr, p->R, lo);
+    const int64_t u_first = pf_block_row(ptr, cols ? p->C : p->R, lo);
     for (int64_t ch = 0; ch < nchunks; ++ch) {
         const int64_t s0 = ch * TW, s1 = s0 + TW < T ? s0 + TW : T;
         const int last = s1 == T;
-        int64_t r = r_first, packed_r = -1;
+        int64_t u = u_first, packed_u = -1;
         for (int64_t j = lo; j < hi; ++j) {
-            while (ix->row_ptr[r + 1] <= j) ++r;
-            const int64_t c = ix->col_idx[j];
-            char *xc = xp + c * TWp * b2 * pes;
-            if (r != packed_r) {
-                if (p->pairs) pack_panel_pairs((uint16_t *)(void *)pa, (const uint16_t *)a->dy, a->ldy, r * b1, b1, s0, s1);
-                else pack_panel(pa, a->dy, p->bf16 ? PANEL_WIDEN : PANEL_F32, a->ldy, r * b1, b1, s0, s1);
-                packed_r = r;
+            while (ptr[u + 1] <= j) ++u;
+            const int64_t o = other[j], blk = cols ? ix->csc_blk[j] : j;
+            char *oc = op + o * TWp * ow * pes;
+            if (u != packed_u) {
+                pack_bwd_w_panel(p, up, usrc, uld, u * uw, uw, s0, s1);
+                packed_u = u;
             }
-            if (stamp[c] != ch + 1) {
-                if (p->pairs) pack_panel_pairs((uint16_t *)(void *)xc, (const uint16_t *)a->x, a->ldx, c * b2, b2, s0, s1);
-                else pack_panel(xc, a->x, p->bf16 ? PANEL_WIDEN : PANEL_F32, a->ldx, c * b2, b2, s0, s1);
-                stamp[c] = ch + 1;
+            if (stamp[o] != ch + 1) {
+                pack_bwd_w_panel(p, oc, osrc, old, o * ow, ow, s0, s1);
+                stamp[o] = ch + 1;
             }
-            t.B = (const float *)(const void *)xc;
+            t.A = (const float *)(const void *)(cols ? oc : up);
+            t.B = (const float *)(const void *)(cols ? up : oc);
             t.K = p->pairs ? ceil_div(s1 - s0, 2) : s1 - s0;
-            t.Cin = ch == 0 ? NULL : acc + j * b1 * b2;
-            t.C = last ? (char *)a->out + j * b1 * b2 * (p->bf16 ? 2 : 4) : (void *)(acc + j * b1 * b2);
+            t.Cin = ch == 0 ? NULL : acc + blk * b1 * b2;
+            t.C = last ? (char *)a->out + blk * b1 * b2 * (p->bf16 ? 2 : 4) : (void *)(acc + blk * b1 * b2);
             t.c_bf16 = last && p->bf16;
             if (j + 1 < hi) { /* the next block's operands, from L3, while this one computes */
-                const int64_t cn = ix->col_idx[j + 1];
-                if (ch > 0) prefetch_l2(acc + (j + 1) * b1 * b2, b1 * b2 * 4);
-                if (stamp[cn] == ch + 1) prefetch_l2(xp + cn * TWp * b2 * pes, round_up(s1 - s0, 2) * b2 * pes);
+                const int64_t on = other[j + 1];
+                if (ch > 0) prefetch_l2(acc + (cols ? ix->csc_blk[j + 1] : j + 1) * b1 * b2, b1 * b2 * 4);
+                if (stamp[on] == ch + 1) prefetch_l2(op + on * TWp * ow * pes, round_up(s1 - s0, 2) * ow * pes);
             }
             fn(&t);
         }

@@ -397,7 +397,8 @@ static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
 /* FWD / BWD_X results do not depend on how the rows and output units are split into
  * tasks (max_tasks: one task over several row chunks, a task per chunk, chunks split
  * into groups of output units), nor on the ISA or the bf16 pair choice: bitwise equal to
- * the portable single-task run. */
+ * the portable single-task run. Nor BWD_W's (ranges of blocks in CSR order, or in CSC
+ * order with several tasks when x is wider than dy: 16 x 48 blocks here). */
 static void test_task_splits(int64_t b1, int64_t b2, int64_t T, int bf, int sparse) {
     const int64_t R = 9, C = 7;
     uint8_t layout[63];
@@ -412,9 +413,10 @@ static void test_task_splits(int64_t b1, int64_t b2, int64_t T, int bf, int spar
     const int isas[4] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512, PF_ISA_AVX512BF16};
     const int have[4] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512(), pf_cpu_has_avx512_bf16()};
     const int64_t caps[6] = {1, 2, 3, 5, 16, 64};
-    for (int op = 0; op < 2; ++op) {
+    for (int op = 0; op < 3; ++op) {
         const int64_t width = op == 0 ? out : in;
-        void *ref = malloc((size_t)(T * width * es)), *got = malloc((size_t)(T * width * es));
+        const int64_t n_out = op == PF_OP_BWD_W ? I.ix.nnz * b1 * b2 : T * width;
+        void *ref = malloc((size_t)(n_out * es) + 1), *got = malloc((size_t)(n_out * es) + 1);
         pf_bsmm_args a;
         memset(&a, 0, sizeof a);
         a.dtype = bf ? PF_BFLOAT16 : PF_FLOAT32;
@@ -435,9 +437,9 @@ static void test_task_splits(int64_t b1, int64_t b2, int64_t T, int bf, int spar
                     a.max_tasks = caps[ci];
                     a.bf16_pairs = pairs;
                     a.out = got;
-                    fill_sentinel(got, T * width, bf);
+                    fill_sentinel(got, n_out, bf);
                     run_op(op, &a, (int)rndi(2));
-                    CHECK(memcmp(ref, got, (size_t)(T * width * es)) == 0,
+                    CHECK(memcmp(ref, got, (size_t)(n_out * es)) == 0,
                           "op %d b=%lldx%lld T=%lld %s isa %d max_tasks %lld pairs %d: differs from one portable task",
                           op, (long long)b1, (long long)b2, (long long)T, bf ? "bf16" : "fp32", isas[k],
                           (long long)caps[ci], pairs);
