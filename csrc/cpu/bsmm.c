@@ -542,6 +542,11 @@ static void pack_bwd_w_panel(const pf_plan *p, void *dst, const void *src, int64
     else pack_panel(dst, src, p->bf16 ? PANEL_WIDEN : PANEL_F32, ld, col0, w, s0, s1);
 }
 
+/* BWD_W: the block (CSR position) at position j of the task order */
+static int64_t bwd_w_block(const pf_plan *p, const pf_bsr_index *ix, int64_t j) {
+    return p->by_cols ? ix->csc_blk[j] : j;
+}
+
 /* BWD_W task w. T is cut into chunks of TW rows (outermost); per chunk the task walks its
  * blocks in CSR order (by_cols: CSC order). Its workspace slot holds the chunk's panels of
  * the other side, block-major: the x panels xp[c] = [rows][b2] (by_cols: the dy panels
@@ -568,7 +573,7 @@ static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, const pf_ker
     const int64_t *ptr = cols ? ix->col_ptr : ix->row_ptr, *other = cols ? ix->row_idx : ix->col_idx;
     const int64_t n_other = cols ? p->R : p->C;
     const void *usrc = cols ? a->x : a->dy, *osrc = cols ? a->dy : a->x;
-    const int64_t uld = cols ? a->ldx : a->ldy, old = cols ? a->ldy : a->ldx;
+    const int64_t u_ld = cols ? a->ldx : a->ldy, o_ld = cols ? a->ldy : a->ldx;
     const int64_t uw = cols ? b2 : b1, ow = cols ? b1 : b2; /* panel widths */
     char *slot = (char *)a->work + p->ws_slots + w * p->slot_bytes;
     int64_t *stamp = (int64_t *)slot; /* stamp[o]: chunk + 1 whose rows op[o] holds */
@@ -597,14 +602,14 @@ static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, const pf_ker
         int64_t u = u_first, packed_u = -1;
         for (int64_t j = lo; j < hi; ++j) {
             while (ptr[u + 1] <= j) ++u;
-            const int64_t o = other[j], blk = cols ? ix->csc_blk[j] : j;
+            const int64_t o = other[j], blk = bwd_w_block(p, ix, j);
             char *oc = op + o * TWp * ow * pes;
             if (u != packed_u) {
-                pack_bwd_w_panel(p, up, usrc, uld, u * uw, uw, s0, s1);
+                pack_bwd_w_panel(p, up, usrc, u_ld, u * uw, uw, s0, s1);
                 packed_u = u;
             }
             if (stamp[o] != ch + 1) {
-                pack_bwd_w_panel(p, oc, osrc, old, o * ow, ow, s0, s1);
+                pack_bwd_w_panel(p, oc, osrc, o_ld, o * ow, ow, s0, s1);
                 stamp[o] = ch + 1;
             }
             t.A = (const float *)(const void *)(cols ? oc : up);
@@ -615,7 +620,7 @@ static void run_bwd_w_task(const pf_plan *p, const pf_bsmm_args *a, const pf_ker
             t.c_bf16 = last && p->bf16;
             if (j + 1 < hi) { /* the next block's operands, from L3, while this one computes */
                 const int64_t on = other[j + 1];
-                if (ch > 0) prefetch_l2(acc + (cols ? ix->csc_blk[j + 1] : j + 1) * b1 * b2, b1 * b2 * 4);
+                if (ch > 0) prefetch_l2(acc + bwd_w_block(p, ix, j + 1) * b1 * b2, b1 * b2 * 4);
                 if (stamp[on] == ch + 1) prefetch_l2(op + on * TWp * ow * pes, round_up(s1 - s0, 2) * ow * pes);
             }
             fn(&t);
