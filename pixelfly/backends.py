@@ -37,6 +37,8 @@ COMPOSITE_OPS = {
     "bsmm_fwd": composite.bsmm_fwd,
     "bsmm_bwd_x": composite.bsmm_bwd_x,
     "bsmm_bwd_w": composite.bsmm_bwd_w,
+    "bsmm_fwd_lowrank": composite.bsmm_fwd_lowrank,
+    "bsmm_bwd_x_lowrank": composite.bsmm_bwd_x_lowrank,
     "bsattn_fwd": composite_attention.bsattn_fwd,
     "bsattn_bwd": composite_attention.bsattn_bwd,
 }

@@ -14,7 +14,9 @@ Written as one ``torch.autograd.Function`` over the block-sparse ops so that eve
 ``addmm``: the low-rank and bias terms are added in place to the kernel's output, and in
 backward the low-rank share of ``dx`` is added in place to ``bsmm_bwd_x``'s output (autograd
 would otherwise allocate it and then a second tensor for the sum). On the CPU each fresh
-allocation of tens of MiB costs page faults comparable to the matmul itself.
+allocation of tens of MiB costs page faults comparable to the matmul itself. Where
+:mod:`pixelfly.epilogue` finds it faster, the kernel forms those terms in its output tile
+instead (``bsmm_fwd_lowrank`` / ``bsmm_bwd_x_lowrank``: ``y`` / ``dx`` written once).
 
 The backward is built from differentiable ops, so second derivatives work as well. The
 function follows ``torch.func``'s protocol (``setup_context`` and a ``vmap`` rule), so
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ops
+from . import epilogue, ops
 from .lowrank_mm import addmm_, mm
 from .ops_func import kernel_rows
 
@@ -41,6 +43,10 @@ class PixelflyLinearFn(torch.autograd.Function):
         rows = gamma is not None and _scale_rows(x.shape[0], blocks, idx)
         if gamma is not None and not rows:
             blocks = blocks * g
+        if V is not None and not rows and epilogue.fused(x.device):  # y written once, by the kernel
+            h = mm(x, V)
+            y = ops.internal("bsmm_fwd_lowrank", x, blocks, *idx, h if gamma is None else h * c, U, bias)
+            return y, h
         y = ops.internal("bsmm_fwd", x, blocks, *idx)
         fold = rows and V is not None and isinstance(g, float)  # y = g y + c h U^T: one addmm_
         if rows and not fold:
@@ -78,10 +84,19 @@ class PixelflyLinearFn(torch.autograd.Function):
         graph = torch.is_grad_enabled()  # double backward: differentiable, out of place
         g, c = _mixing(gamma, graph)
         dx = db = dg = dV = dU = dbias = None
-        if need_x:
+        gh = ghs = None
+        if V is not None and (need_x or need_v or need_u or need_g):
+            gh = mm(gy, U)  # gy U [T, r]; the low-rank term's gradients carry 1 - gamma
+            ghs = gh if gamma is None else gh * c
+        rows = gamma is not None and _scale_rows(gy.shape[0], blocks, idx)
+        fused = need_x and V is not None and not rows and not graph and epilogue.fused(gy.device)
+        if fused:  # dx written once, by the kernel
+            dx = ops.internal("bsmm_bwd_x_lowrank", gy, blocks if gamma is None else blocks * g,
+                              *idx, ghs, V, None)
+        elif need_x:
             if gamma is None:
                 dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
-            elif _scale_rows(gy.shape[0], blocks, idx):
+            elif rows:
                 dx = ops.internal("bsmm_bwd_x", gy, blocks, *idx)
                 dx = dx * g if graph else dx.mul_(g)
             else:
@@ -95,12 +110,10 @@ class PixelflyLinearFn(torch.autograd.Function):
                 db = db * g if graph else db.mul_(g)
             if not need_b:
                 db = None
-        if V is not None and (need_x or need_v or need_u or need_g):
+        if gh is not None:
             if graph and (need_u or need_g):  # double backward: h must carry its graph to x, V
                 h = mm(x, V)
-            gh = mm(gy, U)  # gy U [T, r]; the low-rank term's gradients carry 1 - gamma
-            ghs = gh if gamma is None else gh * c
-            if need_x:  # with grad enabled (double backward, torch.func) out of place
+            if need_x and not fused:  # with grad enabled (double backward, torch.func) out of place
                 dx = addmm_(dx, ghs, V.t()) if not graph else dx + mm(ghs, V.t())
             if need_v:
                 dV = mm(x.t(), ghs)

@@ -10,23 +10,13 @@ product in both dtypes; "slow" is over 4x fp32's time: native bf16 runs at 0.5-1
 """
 from __future__ import annotations
 
-import time
-
 import torch
+
+from .timing import best_time
 
 __all__ = ["bf16_matmul_is_slow", "mm", "addmm_"]
 
 _SLOW: bool | None = None
-
-
-def _best(fn, reps=3):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def bf16_matmul_is_slow() -> bool:
@@ -37,7 +27,7 @@ def bf16_matmul_is_slow() -> bool:
         a, b = torch.randn(256, 512, generator=g), torch.randn(512, 64, generator=g)
         ab, bb = a.bfloat16(), b.bfloat16()
         with torch.no_grad(), torch.autocast("cpu", enabled=False):  # first use may be under autocast
-            _SLOW = _best(lambda: ab @ bb) > 4 * _best(lambda: a @ b)
+            _SLOW = best_time(lambda: ab @ bb) > 4 * best_time(lambda: a @ b)
     return _SLOW
 
 

@@ -15,7 +15,7 @@ import torch
 
 from ._memory import physical_memory
 
-__all__ = ["INDEX_FIELDS", "ATTENTION_INDEX_FIELDS", "bsmm_args", "attention_args",
+__all__ = ["INDEX_FIELDS", "ATTENTION_INDEX_FIELDS", "bsmm_args", "bsmm_lowrank_args", "attention_args",
            "attention_bwd_args", "rows_ok", "int_arg"]
 
 INDEX_FIELDS = ("row_ptr", "col_idx", "col_ptr", "row_idx", "csc_blk")
@@ -180,6 +180,30 @@ def bsmm_args(op: str, act, other, idx, b1=None, b2=None):
     else:
         _dense("dy", act, R * b1, _features("out_features", R, "block-rows", "b1", b1), act.device)
         _fits("dy", act, "dx", act.shape[0], C * b2)
+
+
+def bsmm_lowrank_args(op: str, act, blocks, idx, lr_a, lr_b, bias=None):
+    """Check the arguments of ``bsmm_fwd_lowrank`` / ``bsmm_bwd_x_lowrank(act, blocks, *idx,
+    lr_a, lr_b, bias)``: those of the plain op, then ``lr_a [T, r]``, ``lr_b [width, r]`` and
+    ``bias [width]`` (``width``: the output's columns) in ``act``'s dtype and device."""
+    plain = op[: -len("_lowrank")]
+    bsmm_args(plain, act, blocks, idx)
+    act_name = "x" if plain == "bsmm_fwd" else "dy"
+    R, C = idx[0].shape[0] - 1, idx[2].shape[0] - 1
+    width = R * blocks.shape[1] if plain == "bsmm_fwd" else C * blocks.shape[2]
+    for name, t in (("lr_a", lr_a), ("lr_b", lr_b)) + ((("bias", bias),) if bias is not None else ()):
+        _tensor(name, t)
+        if t.device != act.device:
+            _fail(ValueError, f"{name} must be on {act.device} ({act_name}'s device), got {t.device}")
+        if t.dtype != act.dtype:
+            _fail(TypeError, f"{name} ({t.dtype}) must have {act_name}'s dtype ({act.dtype})")
+    if lr_a.dim() != 2 or lr_a.shape[0] != act.shape[0]:
+        _fail(ValueError, f"lr_a must have shape [T = {act.shape[0]}, rank], got {list(lr_a.shape)}")
+    if list(lr_b.shape) != [width, lr_a.shape[1]]:
+        _fail(ValueError, f"lr_b must have shape [{width}, rank = {lr_a.shape[1]}] (the output's "
+                          f"columns x lr_a's), got {list(lr_b.shape)}")
+    if bias is not None and list(bias.shape) != [width]:
+        _fail(ValueError, f"bias must have shape [{width}] (the output's columns), got {list(bias.shape)}")
 
 
 # ------------------------------------------------------------------ block-sparse attention

@@ -15,9 +15,10 @@ import torch
 
 from . import _ops
 from .backends import HAS_CUDA_KERNELS, implementation, use_composite, use_native_cuda
-from .op_checks import INDEX_FIELDS, bsmm_args, int_arg
+from .op_checks import INDEX_FIELDS, bsmm_args, bsmm_lowrank_args, int_arg
 
-__all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "index_tensors", "HAS_CUDA_KERNELS",
+__all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "bsmm_fwd_lowrank", "bsmm_bwd_x_lowrank",
+           "index_tensors", "HAS_CUDA_KERNELS",
            "empty_cache", "set_cache_limit", "cache_held", "cpu_isa", "set_cpu_isa",
            "use_composite", "use_native_cuda", "implementation"]
 
@@ -95,6 +96,30 @@ def bsmm_bwd_w(dy, x, *idx, b1: int, b2: int):
     return _run("bsmm_bwd_w", dy, x, *idx, b1, b2)
 
 
+def bsmm_fwd_lowrank(x, blocks, *idx, lr_a, lr_b, bias=None):
+    """``y[T, out] = x B^T + lr_a lr_b^T + bias`` (``lr_a [T, r]``, ``lr_b [out, r]``, ``bias
+    [out]`` or ``None``): on the CPU the low-rank term and the bias are formed in the
+    kernel's output tile, so ``y`` is written once (PixelflyLinear's forward)."""
+    bsmm_lowrank_args("bsmm_fwd_lowrank", x, blocks, idx, lr_a, lr_b, bias)
+    if _func_active():  # torch.func: from the ops it supports
+        return _plus_lowrank(bsmm_fwd(x, blocks, *idx), lr_a, lr_b, bias)
+    return _ops_ns.bsmm_fwd_lowrank(x, blocks, *idx, lr_a, lr_b, bias)
+
+
+def bsmm_bwd_x_lowrank(dy, blocks, *idx, lr_a, lr_b, bias=None):
+    """``dx[T, in] = dy B + lr_a lr_b^T + bias`` (``lr_a [T, r]``, ``lr_b [in, r]``, ``bias
+    [in]`` or ``None``), formed as :func:`bsmm_fwd_lowrank`'s."""
+    bsmm_lowrank_args("bsmm_bwd_x_lowrank", dy, blocks, idx, lr_a, lr_b, bias)
+    if _func_active():
+        return _plus_lowrank(bsmm_bwd_x(dy, blocks, *idx), lr_a, lr_b, bias)
+    return _ops_ns.bsmm_bwd_x_lowrank(dy, blocks, *idx, lr_a, lr_b, bias)
+
+
+def _plus_lowrank(out, lr_a, lr_b, bias):
+    out = torch.addmm(out, lr_a, lr_b.t())
+    return out if bias is None else out + bias
+
+
 def internal(name, *args):
     """``torch.ops.pixelfly.<name>(*args)`` (schema order) for a caller whose operands are
     its own, already checked (:class:`~pixelfly.PixelflyLinear`'s function): with grad mode
@@ -104,7 +129,8 @@ def internal(name, *args):
     while ``torch.compile`` traces, it is the checked, differentiable op."""
     if torch.is_grad_enabled() or _func_active() or torch.compiler.is_compiling():
         act, other, *rest = args
-        bsmm_args(name, act, other, rest[:len(INDEX_FIELDS)], *rest[len(INDEX_FIELDS):])
+        check = bsmm_lowrank_args if name.endswith("_lowrank") else bsmm_args
+        check(name, act, other, rest[:len(INDEX_FIELDS)], *rest[len(INDEX_FIELDS):])
         return _run(name, *args)
     with torch._C._AutoDispatchBelowAutograd():
         return getattr(_ops_ns, name).default(*args)
@@ -130,6 +156,16 @@ def _bwd_x_fake(dy, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk):
     return dy.new_empty(dy.shape[0], _rows(col_ptr) * blocks.shape[2])
 
 
+@torch.library.register_fake("pixelfly::bsmm_fwd_lowrank")
+def _fwd_lowrank_fake(x, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk, lr_a, lr_b, bias=None):
+    return _fwd_fake(x, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk)
+
+
+@torch.library.register_fake("pixelfly::bsmm_bwd_x_lowrank")
+def _bwd_x_lowrank_fake(dy, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk, lr_a, lr_b, bias=None):
+    return _bwd_x_fake(dy, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk)
+
+
 @torch.library.register_fake("pixelfly::bsmm_bwd_w")
 def _bwd_w_fake(dy, x, row_ptr, col_idx, col_ptr, row_idx, csc_blk, b1, b2):
     return x.new_empty(col_idx.shape[0], b1, b2)
@@ -148,22 +184,28 @@ def _c(t):
     return t.contiguous()
 
 
+def _fwd_grads(need, gy, x, blocks, idx):
+    """(dx, dB) of ``y = x B^T`` (gy contiguous)"""
+    dx = _run("bsmm_bwd_x", gy, blocks, *idx) if need[0] else None
+    db = _run("bsmm_bwd_w", gy, x, *idx, blocks.shape[1], blocks.shape[2]) if need[1] else None
+    return dx, db
+
+
+def _bwd_x_grads(need, g, dy, blocks, idx):
+    """(d dy, dB) of ``dx = dy B`` (g contiguous)"""
+    d_dy = _run("bsmm_fwd", g, blocks, *idx) if need[0] else None
+    db = _run("bsmm_bwd_w", dy, g, *idx, blocks.shape[1], blocks.shape[2]) if need[1] else None
+    return d_dy, db
+
+
 def _fwd_backward(ctx, gy):
     x, blocks, *idx = ctx.saved_tensors
-    gy = _c(gy)
-    dx = _run("bsmm_bwd_x", gy, blocks, *idx) if ctx.needs_input_grad[0] else None
-    db = (_run("bsmm_bwd_w", gy, x, *idx, blocks.shape[1], blocks.shape[2])
-          if ctx.needs_input_grad[1] else None)
-    return (dx, db) + (None,) * 5
+    return _fwd_grads(ctx.needs_input_grad, _c(gy), x, blocks, idx) + (None,) * 5
 
 
 def _bwd_x_backward(ctx, g):
     dy, blocks, *idx = ctx.saved_tensors
-    g = _c(g)
-    d_dy = _run("bsmm_fwd", g, blocks, *idx) if ctx.needs_input_grad[0] else None
-    db = (_run("bsmm_bwd_w", dy, g, *idx, blocks.shape[1], blocks.shape[2])
-          if ctx.needs_input_grad[1] else None)
-    return (d_dy, db) + (None,) * 5
+    return _bwd_x_grads(ctx.needs_input_grad, _c(g), dy, blocks, idx) + (None,) * 5
 
 
 def _bwd_w_backward(ctx, g):
@@ -174,7 +216,36 @@ def _bwd_w_backward(ctx, g):
     return (d_dy, dx) + (None,) * 7
 
 
+def _save_lowrank(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:9])
+    ctx.has_bias = inputs[9] is not None
+
+
+def _lowrank_grads(ctx, g, lr_a, lr_b):
+    """Gradients of ``+ lr_a lr_b^T + bias``."""
+    need = ctx.needs_input_grad
+    return (g.mm(lr_b) if need[7] else None, g.t().mm(lr_a) if need[8] else None,
+            g.sum(0) if ctx.has_bias and need[9] else None)
+
+
+def _fwd_lowrank_backward(ctx, gy):
+    x, blocks, *idx, lr_a, lr_b = ctx.saved_tensors
+    gy = _c(gy)
+    return (_fwd_grads(ctx.needs_input_grad, gy, x, blocks, idx) + (None,) * 5
+            + _lowrank_grads(ctx, gy, lr_a, lr_b))
+
+
+def _bwd_x_lowrank_backward(ctx, g):
+    dy, blocks, *idx, lr_a, lr_b = ctx.saved_tensors
+    g = _c(g)
+    return (_bwd_x_grads(ctx.needs_input_grad, g, dy, blocks, idx) + (None,) * 5
+            + _lowrank_grads(ctx, g, lr_a, lr_b))
+
+
 torch.library.register_autograd("pixelfly::bsmm_fwd", _fwd_backward, setup_context=_save_all)
+torch.library.register_autograd("pixelfly::bsmm_fwd_lowrank", _fwd_lowrank_backward, setup_context=_save_lowrank)
+torch.library.register_autograd("pixelfly::bsmm_bwd_x_lowrank", _bwd_x_lowrank_backward,
+                                setup_context=_save_lowrank)
 torch.library.register_autograd("pixelfly::bsmm_bwd_x", _bwd_x_backward, setup_context=_save_all)
 torch.library.register_autograd("pixelfly::bsmm_bwd_w", _bwd_w_backward, setup_context=_save_all)
 

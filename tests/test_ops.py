@@ -1,5 +1,4 @@
 """The block-sparse ops against the pure-PyTorch reference (float64 oracle)."""
-import itertools
 import random
 
 import numpy as np
@@ -9,7 +8,7 @@ import torch
 import pixelfly
 from pixelfly import ops, reference
 from pixelfly.layouts import BlockIndex, flat_butterfly_layout, random_layout
-from testing import assert_close_to_oracle, devices, dtypes
+from testing import assert_close_to_oracle, assert_same_across_threads_and_isas, devices, dtypes
 
 BLOCKS = [(16, 16), (32, 32), (64, 64), (16, 32), (32, 16), (8, 24), (3, 5)]
 ROWS = [0, 1, 7, 33, 100]
@@ -101,25 +100,8 @@ def test_opcheck(dtype):
 def test_threads_and_isas_agree(dtype):
     """Bitwise: every ISA (with bf16, 4 computes on bf16 pairs with vdpbf16ps) and thread count."""
     layout, it, blocks, x, dy = make_case(6, 5, 32, 32, 77, dtype, seed=5)
-    prev = torch.get_num_threads()
-    results = {}
-    try:
-        for threads, isa in itertools.product([1, 2], [1, 2, 3, 4]):
-            if isa > ops.cpu_isa():
-                continue
-            torch.set_num_threads(threads)
-            old = ops.set_cpu_isa(isa)
-            try:
-                results[threads, isa] = (ops.bsmm_fwd(x, blocks, *it), ops.bsmm_bwd_x(dy, blocks, *it),
-                                         ops.bsmm_bwd_w(dy, x, *it, b1=32, b2=32))
-            finally:
-                ops.set_cpu_isa(old)
-    finally:
-        torch.set_num_threads(prev)
-    first = next(iter(results.values()))
-    for key, outs in results.items():
-        for a, b in zip(first, outs):
-            assert torch.equal(a, b), f"threads/isa {key}"
+    assert_same_across_threads_and_isas(lambda: (
+        ops.bsmm_fwd(x, blocks, *it), ops.bsmm_bwd_x(dy, blocks, *it), ops.bsmm_bwd_w(dy, x, *it, b1=32, b2=32)))
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -47,6 +47,10 @@
  *     vectorises over the output features instead of the rows (C harness, AVX2, 1 thread,
  *     1024 x 1024 at density 1/8, block 32: FWD 1.6-1.8x faster at T = 1-2, 1.4x at 4,
  *     1.15x at 7; BWD_X alike).
+ *   Epilogue (FWD / BWD_X with pf_bsmm_args rank / bias: PixelflyLinear's low-rank term
+ *     and bias): per task and output unit the fp32 tile sums lr_a lr_b^T of the unit's rows
+ *     into a small buffer (plus the bias), and the block tile adds it before its one store
+ *     (Cadd), so the output is written once (plan_epilogue, epilogue()).
  *   Results are bitwise identical across ISAs (same fmaf order, kernels.h).
  */
 #include <stdint.h>
@@ -86,6 +90,7 @@
 #define PF_SMALL_T 16       /* FWD / BWD_X with at most this many rows: the transposed path */
 #endif
 #define PF_CONV_ELEMS (1 << 16) /* bf16 -> fp32 elements per phase-0 conversion task */
+#define PF_LR_UNITS 8       /* output units per phase-0 task preparing lr_b and the bias */
 #ifndef PF_INPLACE_REUSE
 #define PF_INPLACE_REUSE 2  /* bf16 FWD / BWD_X: at most this many blocks per activation column
                              * (on average) read x / dy in place on pairs */
@@ -110,6 +115,13 @@ typedef struct {
     /* phase 1 */
     int64_t TC, nTC, nG, n1;  /* FWD/BWD_X: T chunk, #chunks, #groups per chunk, #tasks */
     int64_t nRT;              /* FWD/BWD_X: tasks over the chunks (each a range of them) */
+    /* FWD / BWD_X epilogue (pf_bsmm_args rank, lr_a, lr_b, bias; see lowrank_tile) */
+    int64_t rank, n_lr;       /* rank; phase-0 tasks preparing lr_b and bias (units each) */
+    int64_t ws_lrb, ws_bias;  /* lr_b as the tile reads it: per unit [rank][Np] (small path:
+                               * [width][rank], bf16 only); the bias in fp32 (bf16 only) */
+    int64_t ws_lra, ws_sum;   /* small path: lr_a^T [rank][T] fp32; per task [T][b] sums */
+    int64_t slot_sum, slot_lra; /* packed path, offsets in a task's slot: the low-rank sums
+                               * [TC][Np] and (bf16) lr_a rows widened [TC][rank] */
 } pf_plan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -119,6 +131,46 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo :
 /* Expected distinct units of `units` that `draws` blocks spread evenly over meet. */
 static double meets(int64_t units, double draws) {
     return units > 0 ? (double)units * (1.0 - exp(-draws / (double)units)) : 0.0;
+}
+
+/* The epilogue's workspace (FWD / BWD_X with T > 0): from `off`, returns the new end. Its
+ * phase-0 tasks prepare lr_b (packed per output unit as the tile's B: [rank][Np]; on the
+ * few-row path, where it is the tile's A, widened from bf16) and the bias (fp32). The
+ * packed path's slots grow by the sums of one chunk x unit and the chunk's lr_a rows
+ * (bf16: widened); the few-row path transposes lr_a (its B) and gives each task sums. */
+static int64_t plan_epilogue(const pf_bsmm_args *a, pf_plan *p, int64_t units, int64_t off) {
+    const int64_t width = p->op == PF_OP_FWD ? p->out : p->in, N = p->op == PF_OP_FWD ? p->b1 : p->b2;
+    p->rank = a->rank > 0 ? a->rank : 0;
+    const int bias16 = a->bias && p->bf16;
+    if (!p->rank && !bias16) return off;
+    p->n_lr = ceil_div(units, PF_LR_UNITS);
+    if (p->rank && !p->small) {
+        /* each task's slot: [stamps, panels] (none when a_inplace), sums, lr_a rows; the
+         * slots are the workspace's last part so far */
+        const int64_t base = p->slot_bytes;
+        p->slot_sum = base;
+        p->slot_lra = base + round_up(p->TC * p->Np * 4, 64);
+        p->slot_bytes = p->slot_lra + (p->bf16 ? round_up(p->TC * p->rank * 4, 64) : 0);
+        off += p->n1 * (p->slot_bytes - base);
+    }
+    if (bias16) {
+        p->ws_bias = off;
+        off += round_up(width * 4, 64);
+    }
+    if (!p->rank) return off;
+    if (!p->small) {
+        p->ws_lrb = off;
+        return off + round_up(units * p->rank * p->Np * 4, 64);
+    }
+    if (p->bf16) {
+        p->ws_lrb = off;
+        off += round_up(width * p->rank * 4, 64);
+    }
+    p->ws_lra = off;
+    off += round_up(p->rank * p->T * 4, 64);
+    p->ws_sum = off;
+    off += p->n1 * round_up(p->T * N * 4, 64);
+    return off;
 }
 
 /* Cheap sanity (the full validation is pf_bsmm_check): 0 if the plan cannot be made. */
@@ -225,14 +277,14 @@ static int make_plan(int op, const pf_bsmm_args *a, pf_plan *p) {
         p->ws_slots = off;
         off += p->n1 * p->slot_bytes;
     }
-    p->ws_total = off;
-
     /* phase 1 of the few-row path: groups of output units (block-rows / block-cols) */
-    if (!p->small || units == 0) return 1;
-    /* a few rows: reading the blocks is the cost, split it too */
-    p->nG = clamp64(ceil_div(nnz * b1 * b2 * (p->bf16 ? 2 : 4), PF_TASK_BYTES), want, PF_MAX_TASKS);
-    if (p->nG > units) p->nG = units;
-    p->n1 = p->nG;
+    if (p->small && units > 0) { /* a few rows: reading the blocks is the cost, split it too */
+        p->nG = clamp64(ceil_div(nnz * b1 * b2 * (p->bf16 ? 2 : 4), PF_TASK_BYTES), want, PF_MAX_TASKS);
+        if (p->nG > units) p->nG = units;
+        p->n1 = p->nG;
+    }
+    if (op != PF_OP_BWD_W && T > 0) off = plan_epilogue(a, p, units, off);
+    p->ws_total = off;
     return 1;
 }
 
@@ -264,7 +316,7 @@ int64_t pf_bsmm_num_tasks(int op, int phase, const pf_bsmm_args *a) {
     if (a && a->dtype == PF_FLOAT64) return pf_bsmm_f64_num_tasks(op, phase, a);
     pf_plan p;
     if (!make_plan(op, a, &p)) return 0;
-    if (phase == 0) return p.n_pack + p.n_tr;
+    if (phase == 0) return p.n_pack + p.n_tr + p.n_lr;
     if (phase == 1) return p.n1;
     return 0;
 }
@@ -347,7 +399,39 @@ static void pack_blocks(const pf_plan *p, const pf_bsmm_args *a, int64_t j0, int
     }
 }
 
-/* Phase 0 task: packing tasks first, then (few-row path) the transposes. */
+static float elem_f32(const void *src, int bf16, int64_t i) {
+    return bf16 ? pf_bf16_to_f32(((const uint16_t *)src)[i]) : ((const float *)src)[i];
+}
+
+/* Phase 0 epilogue task: output units [u0, u1) of lr_b and the bias as the tiles read them
+ * (plan_epilogue); the first task also transposes lr_a on the few-row path. */
+static void prepare_epilogue(const pf_plan *p, const pf_bsmm_args *a, int64_t u0, int64_t u1) {
+    char *ws = (char *)a->work;
+    const int64_t N = p->op == PF_OP_FWD ? p->b1 : p->b2, r = p->rank, f0 = u0 * N, f1 = u1 * N;
+    if (a->bias && p->bf16)
+        pf_bf16_to_f32_n((float *)(ws + p->ws_bias) + f0, (const uint16_t *)a->bias + f0, f1 - f0);
+    if (!r) return;
+    if (!p->small) { /* unit u: [rank][Np], dst[s][i] = lr_b[u N + i][s], zero-padded */
+        for (int64_t u = u0; u < u1; ++u) {
+            float *dst = (float *)(ws + p->ws_lrb) + u * r * p->Np;
+            for (int64_t s = 0; s < r; ++s) {
+                for (int64_t i = 0; i < N; ++i) dst[s * p->Np + i] = elem_f32(a->lr_b, p->bf16, (u * N + i) * r + s);
+                for (int64_t i = N; i < p->Np; ++i) dst[s * p->Np + i] = 0.0f;
+            }
+        }
+        return;
+    }
+    if (p->bf16)
+        pf_bf16_to_f32_n((float *)(ws + p->ws_lrb) + f0 * r, (const uint16_t *)a->lr_b + f0 * r, (f1 - f0) * r);
+    if (u0 == 0) { /* lr_a^T [rank][T] */
+        float *dst = (float *)(ws + p->ws_lra);
+        for (int64_t t = 0; t < p->T; ++t)
+            for (int64_t s = 0; s < r; ++s) dst[s * p->T + t] = elem_f32(a->lr_a, p->bf16, t * a->ld_lr_a + s);
+    }
+}
+
+/* Phase 0 task: packing tasks first, then (few-row path) the transposes, then the
+ * epilogue's operands. */
 static void run_phase0(const pf_plan *p, const pf_bsmm_args *a, int64_t task) {
     char *ws = (char *)a->work;
     if (task < p->n_pack) {
@@ -364,9 +448,65 @@ static void run_phase0(const pf_plan *p, const pf_bsmm_args *a, int64_t task) {
         float *dst = (float *)(ws + p->ws_act);
         for (int64_t t = 0; t < T; ++t)
             for (int64_t c = c0; c < c1; ++c)
-                dst[c * T + t] = p->bf16 ? pf_bf16_to_f32(((const uint16_t *)src)[t * ld + c])
-                                         : ((const float *)src)[t * ld + c];
+                dst[c * T + t] = elem_f32(src, p->bf16, t * ld + c);
+        return;
     }
+    task -= p->n_tr;
+    if (task < p->n_lr) {
+        const int64_t units = p->op == PF_OP_FWD ? p->R : p->C, u0 = task * PF_LR_UNITS;
+        prepare_epilogue(p, a, u0, u0 + PF_LR_UNITS < units ? u0 + PF_LR_UNITS : units);
+    }
+}
+
+/* The bias in fp32 (NULL without one) */
+static const float *bias_f32(const pf_plan *p, const pf_bsmm_args *a) {
+    if (!a->bias) return NULL;
+    return p->bf16 ? (const float *)(const void *)((const char *)a->work + p->ws_bias) : (const float *)a->bias;
+}
+
+/* The epilogue of output unit u (features [u N, u N + N)): sets t->Cadd so that its tile
+ * adds lr_a lr_b^T + bias to the block products. With a low-rank term the fp32 tile `fn`
+ * first computes those sums into `sum` (s ascending from +0, then the bias: the order of
+ * pf_bsmm_args), over the same rows and features as t: packed path (t not transposed):
+ * A = lr_a rows `lra` (row stride lra_ld), B = lr_b packed for the unit, sum [M][Np];
+ * few-row path (t->c_trans): A = lr_b rows `lrb` of the unit, B = lr_a^T, sum [T][M].
+ * With only a bias, every row of Cadd is the bias (ldcadd 0). */
+static void epilogue(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn fn, pf_tile *t, int64_t u,
+                     const float *lra, int64_t lra_ld, const float *lrb, float *sum) {
+    const float *bias = bias_f32(p, a);
+    const int64_t N = p->op == PF_OP_FWD ? p->b1 : p->b2;
+    if (!p->rank) {
+        t->Cadd = bias ? bias + u * N : NULL;
+        t->ldcadd = 0;
+        return;
+    }
+    pf_tile e;
+    memset(&e, 0, sizeof e);
+    e.nseg = 1;
+    e.K = p->rank;
+    e.M = t->M;
+    e.N = t->N;
+    e.Cadd = bias ? bias + u * N : NULL; /* ldcadd 0: the bias on every row */
+    e.C = sum;
+    e.c_trans = t->c_trans;
+    e.ass = 1;
+    if (!t->c_trans) {
+        e.A = lra;
+        e.ams = lra_ld;
+        e.B = (const float *)(const void *)((const char *)a->work + p->ws_lrb) + u * p->rank * p->Np;
+        e.bss = p->Np;
+        e.b_padded = 1;
+        e.ldc = p->Np;
+    } else {
+        e.A = lrb + u * N * p->rank;
+        e.ams = p->rank;
+        e.B = (const float *)(const void *)((const char *)a->work + p->ws_lra);
+        e.bss = p->T;
+        e.ldc = t->M;
+    }
+    fn(&e);
+    t->Cadd = sum;
+    t->ldcadd = e.ldc;
 }
 
 /* FWD / BWD_X task with T <= PF_SMALL_T: output units [u0, u1) of group `task`, computed
@@ -383,6 +523,9 @@ static void run_rows_small(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn f
     const int64_t u0 = group_start(ptr, units, p->nG, task), u1 = group_start(ptr, units, p->nG, task + 1);
     const float *W = p->bf16 ? (const float *)((const char *)a->work + p->ws_w) : (const float *)a->w;
     const int64_t es = p->bf16 ? 2 : 4;
+    const float *lrb = !p->rank ? NULL : p->bf16 ? (const float *)(const void *)((const char *)a->work + p->ws_lrb)
+                                                 : (const float *)a->lr_b;
+    float *sum = p->rank ? (float *)(void *)((char *)a->work + p->ws_sum + task * round_up(T * (fwd ? b1 : b2) * 4, 64)) : NULL;
     pf_tile t;
     memset(&t, 0, sizeof t);
     t.B = (const float *)((const char *)a->work + p->ws_act);
@@ -410,6 +553,7 @@ static void run_rows_small(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn f
         if (fwd) t.A = W + ptr[u] * b1 * b2;
         else { t.A = W; t.aidx = ix->csc_blk + ptr[u]; }
         t.C = (char *)a->out + u * t.M * es;
+        epilogue(p, a, fn, &t, u, NULL, 0, lrb, sum);
         fn(&t);
     }
 }
@@ -452,10 +596,12 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *
     const int64_t ld = fwd ? a->ldx : a->ldy;
     const int mode = p->pairs ? PANEL_BF16 : (p->bf16 ? PANEL_WIDEN : PANEL_F32);
     const int64_t aes = p->pairs ? 2 : 4; /* bytes of an element of A (the slot) and of the pack */
-    char *slot = p->a_inplace ? NULL : (char *)a->work + p->ws_slots + task * p->slot_bytes;
-    int64_t *stamp = (int64_t *)(void *)slot;
-    char *panels = slot ? slot + round_up((fwd ? p->C : p->R) * 8, 64) : NULL;
-    for (int64_t c = 0; slot && c < (fwd ? p->C : p->R); ++c) stamp[c] = 0;
+    char *slot = p->slot_bytes ? (char *)a->work + p->ws_slots + task * p->slot_bytes : NULL;
+    int64_t *stamp = p->a_inplace ? NULL : (int64_t *)(void *)slot;
+    char *panels = stamp ? slot + round_up((fwd ? p->C : p->R) * 8, 64) : NULL;
+    for (int64_t c = 0; stamp && c < (fwd ? p->C : p->R); ++c) stamp[c] = 0;
+    float *sum = p->rank ? (float *)(void *)(slot + p->slot_sum) : NULL;
+    float *lra16 = p->rank && p->bf16 ? (float *)(void *)(slot + p->slot_lra) : NULL;
     const char *pack = (const char *)a->work + p->ws_pack;
     const int64_t es = p->bf16 ? 2 : 4;
     pf_tile t;
@@ -485,6 +631,10 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *
         const int64_t t0 = ch * TC, t1 = t0 + TC < p->T ? t0 + TC : p->T;
         t.M = t1 - t0;
         t.A = (const float *)(const void *)(p->a_inplace ? (const char *)src + t0 * ld * 2 : panels);
+        const float *lra = p->rank && !lra16 ? (const float *)a->lr_a + t0 * a->ld_lr_a : lra16;
+        for (int64_t r = t0; lra16 && r < t1; ++r) /* the chunk's lr_a rows widened: [rows][rank] */
+            pf_bf16_to_f32_n(lra16 + (r - t0) * p->rank, (const uint16_t *)a->lr_a + r * a->ld_lr_a, p->rank);
+        const int64_t lra_ld = lra16 ? p->rank : a->ld_lr_a;
         for (int64_t u = u0; u < u1; ++u) {
             for (int64_t j = ptr[u]; j < ptr[u + 1] && !p->a_inplace; ++j) {
                 const int64_t c = idx[j];
@@ -496,6 +646,7 @@ static void run_rows(const pf_plan *p, const pf_bsmm_args *a, const pf_kernels *
             t.nseg = ptr[u + 1] - ptr[u];
             t.B = (const float *)(const void *)(pack + ptr[u] * K * p->Np * aes);
             t.C = (char *)a->out + (t0 * a->ldo + u * N) * es;
+            epilogue(p, a, k->tile, &t, u, lra, lra_ld, NULL, sum);
             fn(&t);
         }
     }
@@ -639,7 +790,7 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
     if (!make_plan(op, a, &p)) return;
     if (begin < 0) begin = 0;
     if (phase == 0) {
-        const int64_t n = p.n_pack + p.n_tr;
+        const int64_t n = p.n_pack + p.n_tr + p.n_lr;
         if (end > n) end = n;
         for (int64_t task = begin; task < end; ++task) run_phase0(&p, a, task);
         return;

@@ -89,10 +89,34 @@ static pf_err check_operands(int op, const pf_bsmm_args *a) {
     return NULL;
 }
 
+static const char *const LR_MSG[4] = {
+    "pf_bsmm: ld_lr_a must be >= rank", "pf_bsmm: T * ld_lr_a too large", "pf_bsmm: lr_a is NULL",
+    "pf_bsmm: lr_a is not aligned to its element size"};
+
+/* The low-rank term and the bias (FWD / BWD_X only). */
+static pf_err check_epilogue(int op, const pf_bsmm_args *a) {
+    if (op == PF_OP_BWD_W)
+        return a->rank || a->lr_a || a->lr_b || a->bias ? "pf_bsmm: rank, lr_a, lr_b and bias are for FWD / BWD_X only" : NULL;
+    const pf_bsr_index *ix = a->ix;
+    const int64_t width = op == PF_OP_FWD ? ix->R * ix->b1 : ix->C * ix->b2;
+    const uintptr_t al = a->dtype == PF_BFLOAT16 ? 2 : (a->dtype == PF_FLOAT64 ? 8 : 4);
+    if ((uintptr_t)a->bias % al) return "pf_bsmm: bias is not aligned to its element size";
+    if (a->rank < 0) return "pf_bsmm: rank must be >= 0";
+    if (a->rank == 0) return NULL;
+    if (a->rank > LIM_BLOCK) return "pf_bsmm: rank too large";
+    if (!mul_ok(width, a->rank, LIM_ELEMS / 8)) return "pf_bsmm: rank * features too large";
+    pf_err e = check_dense(a->lr_a, a->T, a->rank, a->ld_lr_a, al, LR_MSG);
+    if (e) return e;
+    if (width > 0 && !a->lr_b) return "pf_bsmm: lr_b is NULL";
+    if ((uintptr_t)a->lr_b % al) return "pf_bsmm: lr_b is not aligned to its element size";
+    return NULL;
+}
+
 pf_err pf_bsmm_check(int op, const pf_bsmm_args *a) {
     pf_err e = check_call(op, a);
     if (!e) e = check_sizes(a);
     if (!e) e = check_index(a->ix);
     if (!e) e = check_operands(op, a);
+    if (!e) e = check_epilogue(op, a);
     return e;
 }

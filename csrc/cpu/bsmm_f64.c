@@ -4,7 +4,8 @@
  * Exact double-precision loops with double accumulation, for gradcheck and float64 models.
  * It is not tuned for speed (float64 training is a correctness tool); it shares the task
  * protocol of bsmm.c: phase 0 has no tasks, phase 1 splits the output into disjoint parts:
- *   FWD:   one task per block-row r      (writes y[:, r*b1 : (r+1)*b1])
+ *   FWD:   one task per block-row r      (writes y[:, r*b1 : (r+1)*b1], plus the epilogue:
+ *          low-rank term and bias, when given, as BWD_X)
  *   BWD_X: one task per block-column c   (writes dx[:, c*b2 : (c+1)*b2])
  *   BWD_W: one task per stored block     (writes dw[blk])
  * Arguments are validated by pf_bsmm_check before any of this runs.
@@ -21,6 +22,20 @@ int64_t pf_bsmm_f64_num_tasks(int op, int phase, const pf_bsmm_args *a)
     case PF_OP_BWD_X: return ix->C;
     case PF_OP_BWD_W: return ix->nnz;
     default: return 0;
+    }
+}
+
+/* o[i] += sum_s lr_a[t, s] lr_b[f0 + i, s] + bias[f0 + i] for i < n (the epilogue of the
+ * output features [f0, f0 + n) of row t: pf_bsmm_args rank, lr_a, lr_b, bias). */
+static void add_epilogue(const pf_bsmm_args *a, double *o, int64_t t, int64_t f0, int64_t n)
+{
+    const double *bias = (const double *)a->bias, *hb = (const double *)a->lr_b;
+    if (!bias && !a->rank) return;
+    const double *ha = a->rank ? (const double *)a->lr_a + t * a->ld_lr_a : NULL;
+    for (int64_t i = 0; i < n; ++i) {
+        double v = 0.0;
+        for (int64_t s = 0; s < a->rank; ++s) v += ha[s] * hb[(f0 + i) * a->rank + s];
+        o[i] += bias ? v + bias[f0 + i] : v;
     }
 }
 
@@ -42,6 +57,7 @@ static void fwd_row(const pf_bsmm_args *a, int64_t r)
                 yr[i] += s;
             }
         }
+        add_epilogue(a, yr, t, r * b1, b1);
     }
 }
 
@@ -60,6 +76,7 @@ static void bwd_x_col(const pf_bsmm_args *a, int64_t c)
             for (int64_t i = 0; i < b1; ++i)
                 for (int64_t k = 0; k < b2; ++k) dxr[k] += dyr[i] * blk[i * b2 + k];
         }
+        add_epilogue(a, dxr, t, c * b2, b2);
     }
 }
 

@@ -8,6 +8,8 @@
  * A(m, s) B(s, n) with fp32 operands and accumulation, where for segment `seg`
  *   A(m, s) = A[aoff(seg) + m*ams + s*ass],   aoff(seg) = aidx ? aidx[seg] * ascale : seg * aseg
  *   B(s, n) = B[boff(seg) + s*bss + n],        boff(seg) = bidx ? bidx[seg] * bscale : seg * bseg
+ * plus, when Cadd is set, Cadd(m, n) (fp32, one addition after the sum: at Cadd[m*ldcadd + n],
+ * or at Cadd[n*ldcadd + m] with c_trans; ldcadd 0: one row for every m, resp. one value per m),
  * and the result goes to C (fp32, or bf16 rounded to nearest even): element (m, n) at
  * C[m*ldc + n], or at C[n*ldc + m] with c_trans (then Cin must be NULL).
  * Exactly one of ams/ass is 1 (a_rows: ass == 1, A rows are x/dy rows; otherwise ams == 1).
@@ -56,6 +58,8 @@ typedef struct {
     int64_t M, N;           /* tile size */
     const float *Cin;       /* NULL: start from 0; else fp32 [M x N] with stride ldcin */
     int64_t ldcin;
+    const float *Cadd;      /* NULL, or fp32 added to the sum before the store (see above) */
+    int64_t ldcadd;
     void *C;                /* output, fp32 or bf16 (uint16_t) */
     int64_t ldc;
     int c_bf16;

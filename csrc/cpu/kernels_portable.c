@@ -55,6 +55,8 @@ static void tile(const pf_tile *t, int bf16_pairs) {
                 else
                     seg_fp32(t, t->A + ao, t->B + bo, acc, nc);
             }
+            for (int64_t n = 0; t->Cadd && n < nc; ++n)
+                acc[n] += t->c_trans ? t->Cadd[(n0 + n) * t->ldcadd + m] : t->Cadd[m * t->ldcadd + n0 + n];
             if (t->c_trans) {
                 for (int64_t n = 0; n < nc; ++n) {
                     const int64_t at = (n0 + n) * t->ldc + m;

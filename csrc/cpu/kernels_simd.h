@@ -104,6 +104,21 @@ VI void acc_init(const int NV, const int MR, const int FULL, const pf_tile *t, i
 
 VI void acc_store(const int NV, const int MR, const int FULL, const pf_tile *t, int64_t m0,
                   int64_t n0, const pf_vmask km[2], const int64_t cnt[2], pf_vf c[PF_MRMAX][2]) {
+    if (t->Cadd && t->c_trans) { /* Cadd(m, n) at Cadd[n * ldcadd + m]: lane by lane */
+        for (int m = 0; m < MR; ++m)
+            for (int v = 0; v < NV; ++v) {
+                float lanes[PF_VL];
+                for (int l = 0; l < PF_VL; ++l)
+                    lanes[l] = FULL || l < cnt[v] ? t->Cadd[(n0 + PF_VL * v + l) * t->ldcadd + m0 + m] : 0.0f;
+                c[m][v] = v_add(c[m][v], v_load(lanes));
+            }
+    } else if (t->Cadd) {
+        for (int m = 0; m < MR; ++m)
+            for (int v = 0; v < NV; ++v) {
+                const float *ca = t->Cadd + (m0 + m) * t->ldcadd + n0 + PF_VL * v;
+                c[m][v] = v_add(c[m][v], FULL ? v_load(ca) : v_load_m(ca, km[v]));
+            }
+    }
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 2
@@ -291,6 +306,7 @@ static void bands(const pf_tile *t, int kind, int64_t aes) {
         b.M = t->M - m0 < PF_BAND ? t->M - m0 : PF_BAND;
         b.A = (const float *)(const void *)((const char *)t->A + m0 * rs * aes);
         if (t->Cin) b.Cin = t->Cin + m0 * t->ldcin;
+        if (t->Cadd) b.Cadd = t->Cadd + m0 * (t->c_trans ? 1 : t->ldcadd);
         b.C = (char *)t->C + m0 * (t->c_trans ? 1 : t->ldc) * es;
         pieces(&b, kind);
     }

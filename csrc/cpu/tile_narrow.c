@@ -117,9 +117,13 @@ VI void narrow_rows(const int N, const int ROWS, const int FULLM, const pf_tile 
             steps(N, 0, pairs, acc, col, b + s0 * N, K - s0);
         }
     }
-    /* C(m, n) at C[n * ldc + m]: the lanes of acc[n] are contiguous */
+    /* C(m, n) at C[n * ldc + m]: the lanes of acc[n] are contiguous (Cadd's likewise) */
 #pragma GCC unroll 8
     for (int n = 0; n < N; ++n) {
+        if (t->Cadd) {
+            const float *ca = t->Cadd + n * t->ldcadd + m0;
+            acc[n] = v_add(acc[n], FULLM ? v_load(ca) : v_load_m(ca, mmask));
+        }
         if (t->c_bf16) {
             uint16_t *c = (uint16_t *)t->C + n * t->ldc + m0;
             if (FULLM) v_store_bf16(c, acc[n]);

@@ -337,6 +337,16 @@ typedef struct {
                                    * (x / dy then read as stored, no copy); 1 always pairs
                                    * (emulated by FMAs without the instruction), -1 never.
                                    * Results do not depend on it. */
+    /* FWD / BWD_X only: a low-rank term and a bias added in the output tile, so the output
+     * is written once: out = act B^T (B) + lr_a lr_b^T + bias. Per output element, in fp32:
+     * P = the block products summed as below, L = lr_a(t, s) lr_b(o, s) summed from +0 with
+     * fused multiply-adds for s ascending, E = L + bias (L without bias; the bias alone
+     * with rank 0), and out = P + E, rounded once to the output dtype. rank 0 and no bias:
+     * no epilogue. */
+    int64_t rank;
+    const void *lr_a; int64_t ld_lr_a; /* [T, rank], row stride >= rank: x V (FWD), dy U (BWD_X) */
+    const void *lr_b;                  /* [out, rank] (FWD: U) / [in, rank] (BWD_X: V), contiguous */
+    const void *bias;                  /* [out] (FWD) / [in] (BWD_X), or NULL */
 } pf_bsmm_args;
 
 /* PF_ISA_AVX512BF16: AVX-512 plus vdpbf16ps, which the bf16 matmuls use on bf16 pairs
@@ -376,7 +386,9 @@ pf_err pf_bsmm_check(int op, const pf_bsmm_args *a);
  * chunk of rows (x / dy, fp32 or bf16 pairs) of at most ~4 MiB (at T <= 16 rows instead:
  * x / dy transposed, and with bf16 the blocks widened); BWD_W per task (max_tasks) a slot
  * of panels (x and dy rows of one chunk, fp32 or bf16 pairs) of at most ~4 MiB, with bf16
- * also fp32 partial sums of dw.
+ * also fp32 partial sums of dw. With an epilogue (rank > 0) FWD / BWD_X also hold lr_b
+ * packed per output unit and, per task, the low-rank sums of a chunk (and its lr_a rows
+ * widened from bf16), or on the few-row path lr_a transposed; a bf16 bias is widened.
  * It must be 8-byte aligned; 64 bytes is best. */
 int64_t pf_bsmm_workspace(int op, const pf_bsmm_args *a);
 

@@ -79,6 +79,45 @@ static void *alloc_fill(int64_t n, int bf) {
     return p;
 }
 
+/* The FWD / BWD_X epilogue of a test (pf_bsmm_args rank, lr_a, lr_b, bias): lr_a [T, ld],
+ * lr_b [width, rank], bias [width] (NULL without) */
+typedef struct { int64_t rank, ld; void *lra, *lrb, *bias; int bf; } epi_t;
+
+static void epi_make(epi_t *e, int64_t T, int64_t width, int64_t rank, int bias, int bf) {
+    e->rank = rank;
+    e->ld = rank + rndi(3);
+    e->bf = bf;
+    e->lra = rank ? alloc_fill(T * e->ld, bf) : NULL;
+    e->lrb = rank ? alloc_fill(width * rank, bf) : NULL;
+    e->bias = bias ? alloc_fill(width, bf) : NULL;
+}
+
+static void epi_set(const epi_t *e, pf_bsmm_args *a) {
+    a->rank = e->rank;
+    a->lr_a = e->lra;
+    a->ld_lr_a = e->ld;
+    a->lr_b = e->lrb;
+    a->bias = e->bias;
+}
+
+/* bias[o] + sum_s lr_a[t, s] lr_b[o, s] in double; *mag += the magnitudes */
+static double epi_ref(const epi_t *e, int64_t t, int64_t o, double *mag) {
+    double v = e->bias ? get(e->bias, e->bf, o) : 0.0;
+    *mag += fabs(v);
+    for (int64_t s = 0; s < e->rank; ++s) {
+        const double p = get(e->lra, e->bf, t * e->ld + s) * get(e->lrb, e->bf, o * e->rank + s);
+        v += p;
+        *mag += fabs(p);
+    }
+    return v;
+}
+
+static void epi_free(epi_t *e) {
+    free(e->lra);
+    free(e->lrb);
+    free(e->bias);
+}
+
 /* Runs op with `isa`, phases in shuffled task order (mode 0) or random contiguous
  * sub-ranges in shuffled order (mode 1); workspace is garbage-filled. */
 static void run_op(int op, pf_bsmm_args *a, int mode) {
@@ -155,9 +194,12 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
         const int64_t ld = op == 0 ? ldo_y : (op == 1 ? ldo_x : width);
         const int64_t total = rows * ld;
         void *res[NR] = {NULL};
-        snprintf(what, sizeof what, "op %d R=%lld C=%lld b=%lldx%lld T=%lld nnz=%lld %s pad=%d", op,
+        static const int64_t ranks[8] = {0, 0, 0, 1, 3, 8, 17, 40};
+        epi_t epi; /* FWD / BWD_X: a random low-rank term and bias, or none */
+        epi_make(&epi, T, op == 2 ? 0 : width, op == 2 ? 0 : ranks[rndi(8)], op != 2 && rndi(2), bf);
+        snprintf(what, sizeof what, "op %d R=%lld C=%lld b=%lldx%lld T=%lld nnz=%lld %s pad=%d rank=%lld bias=%d", op,
                  (long long)R, (long long)C, (long long)b1, (long long)b2, (long long)T,
-                 (long long)nnz, bf ? "bf16" : "fp32", pad);
+                 (long long)nnz, bf ? "bf16" : "fp32", pad, (long long)epi.rank, epi.bias != NULL);
         for (int k = 0; k < NR; ++k) {
             if (!have[k]) continue;
             res[k] = malloc((size_t)(total > 0 ? total : 1) * (size_t)es);
@@ -175,6 +217,7 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
             a.out = res[k];
             a.ldo = ld;
             a.max_tasks = rndi(5); /* 0..4: the BWD_W split (results must not depend on it) */
+            epi_set(&epi, &a);
             pf_err e = pf_bsmm_check(op, &a);
             CHECK(e == NULL, "%s: check failed: %s", what, e ? e : "");
             if (e) continue;
@@ -189,7 +232,8 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
                     if (!is_sentinel(res[0], pos, bf)) { bad = 1; printf("  %s: padding (%lld,%lld) overwritten\n", what, (long long)t, (long long)o); }
                     continue;
                 }
-                double ref = 0.0, mag = 0.0;
+                double mag = 0.0;
+                double ref = op == 2 ? 0.0 : epi_ref(&epi, t, o, &mag);
                 if (op == 0) {
                     const int64_t r = o / b1, i = o % b1;
                     for (int64_t j = I.row_ptr[r]; j < I.row_ptr[r + 1]; ++j)
@@ -230,6 +274,7 @@ static void test_case(int64_t R, int64_t C, int64_t b1, int64_t b2, int64_t T, d
                   "%s: isa %d bf16_pairs %d not bitwise equal to portable", what, isas[k], pairs[k]);
         }
         for (int k = 0; k < NR; ++k) free(res[k]);
+        epi_free(&epi);
     }
     free(blk_row); free(x); free(dy); free(w); free(layout);
     free_index(&I);
@@ -288,6 +333,19 @@ static void test_checks(void) {
     int64_t ri[4]; memcpy(ri, I.row_idx, sizeof ri);
     bad = I.ix; bad.row_idx = ri; ri[0] = 5; expect_err(PF_OP_BWD_X, &b, "row_idx", "row_idx out of range");
     bad = I.ix; bad.col_ptr = NULL; expect_err(PF_OP_FWD, &b, "col_ptr", "NULL col_ptr");
+    /* the epilogue (low-rank term, bias): FWD / BWD_X only, consistent operands */
+    float lra[2 * 3] = {0}, lrb[24 * 3] = {0}, bias[24] = {0};
+    b = a; b.rank = 3; b.lr_a = lra; b.ld_lr_a = 3; b.lr_b = lrb; b.bias = bias;
+    CHECK(pf_bsmm_check(PF_OP_FWD, &b) == NULL, "valid FWD epilogue rejected: %s", pf_bsmm_check(PF_OP_FWD, &b));
+    pf_bsmm_args c = b; c.rank = -1; expect_err(PF_OP_FWD, &c, "rank", "rank < 0");
+    c = b; c.ld_lr_a = 2; expect_err(PF_OP_FWD, &c, "ld_lr_a", "ld_lr_a < rank");
+    c = b; c.lr_a = NULL; expect_err(PF_OP_FWD, &c, "lr_a is NULL", "NULL lr_a");
+    c = b; c.lr_b = NULL; c.ldo = 24; expect_err(PF_OP_BWD_X, &c, "lr_b is NULL", "NULL lr_b");
+    c = b; c.bias = (const char *)bias + 2; expect_err(PF_OP_FWD, &c, "bias", "misaligned bias");
+    c = b; c.lr_b = (const char *)lrb + 1; expect_err(PF_OP_FWD, &c, "lr_b", "misaligned lr_b");
+    c = b; c.rank = 0; c.lr_a = c.lr_b = NULL; expect_err(PF_OP_BWD_W, &c, "FWD / BWD_X only", "bias with BWD_W");
+    c = b; c.rank = 0; c.lr_a = c.lr_b = NULL;
+    CHECK(pf_bsmm_check(PF_OP_FWD, &c) == NULL, "bias alone rejected");
     /* serial needs the workspace it announces */
     CHECK(pf_bsmm_workspace(PF_OP_FWD, &a) > 0, "FWD needs a packing workspace");
     pf_err e = pf_bsmm_serial(PF_OP_FWD, &a);
@@ -364,13 +422,16 @@ static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
     const int64_t smalls[9] = {1, 2, 3, 4, 5, 6, 7, 8, 16};
     const int isas[3] = {PF_ISA_PORTABLE, PF_ISA_AVX2, PF_ISA_AVX512};
     const int have[3] = {1, pf_cpu_has_avx2_fma(), pf_cpu_has_avx512()};
-    for (int op = 0; op < 2; ++op) {
-        const int64_t width = op == 0 ? out : in;
+    for (int op = 0; op < 4; ++op) { /* FWD, BWD_X, then both with a low-rank term and bias */
+        const int64_t width = op % 2 == 0 ? out : in;
         void *big = malloc((size_t)(Tbig * width * es)), *sm = malloc((size_t)(Tbig * width * es));
+        epi_t epi;
+        epi_make(&epi, Tbig, width, op < 2 ? 0 : 13, op >= 2, bf);
         for (int k = 0; k < 3; ++k) {
             if (!have[k]) continue;
             pf_bsmm_args a;
             memset(&a, 0, sizeof a);
+            epi_set(&epi, &a);
             a.dtype = bf ? PF_BFLOAT16 : PF_FLOAT32;
             a.ix = &I.ix;
             a.isa = isas[k];
@@ -378,17 +439,19 @@ static void test_small_t_matches_packed(int64_t b1, int64_t b2, int bf) {
             a.ldo = width;
             a.T = Tbig;
             a.out = big;
-            run_op(op, &a, 0);
+            run_op(op % 2, &a, 0);
             for (int si = 0; si < 9; ++si) {
                 a.T = smalls[si];
                 a.out = sm;
-                run_op(op, &a, 1);
+                run_op(op % 2, &a, 1);
                 CHECK(memcmp(big, sm, (size_t)(smalls[si] * width * es)) == 0,
-                      "op %d b=%lldx%lld %s isa %d: T=%lld rows differ from the packed path's", op,
-                      (long long)b1, (long long)b2, bf ? "bf16" : "fp32", isas[k], (long long)smalls[si]);
+                      "op %d b=%lldx%lld %s isa %d rank %lld: T=%lld rows differ from the packed path's", op % 2,
+                      (long long)b1, (long long)b2, bf ? "bf16" : "fp32", isas[k], (long long)epi.rank,
+                      (long long)smalls[si]);
             }
         }
         free(big); free(sm);
+        epi_free(&epi);
     }
     free(x); free(dy); free(w);
     free_index(&I);
@@ -417,8 +480,12 @@ static void test_task_splits(int64_t b1, int64_t b2, int64_t T, int bf, int spar
         const int64_t width = op == 0 ? out : in;
         const int64_t n_out = op == PF_OP_BWD_W ? I.ix.nnz * b1 * b2 : T * width;
         void *ref = malloc((size_t)(n_out * es) + 1), *got = malloc((size_t)(n_out * es) + 1);
+        epi_t epi; /* FWD / BWD_X with a low-rank term and bias half the time */
+        const int with = op != PF_OP_BWD_W && rndi(2);
+        epi_make(&epi, T, width, with ? 9 : 0, with, bf);
         pf_bsmm_args a;
         memset(&a, 0, sizeof a);
+        epi_set(&epi, &a);
         a.dtype = bf ? PF_BFLOAT16 : PF_FLOAT32;
         a.ix = &I.ix;
         a.x = x; a.ldx = in; a.dy = dy; a.ldy = out; a.w = w;
@@ -445,6 +512,7 @@ static void test_task_splits(int64_t b1, int64_t b2, int64_t T, int bf, int spar
                           (long long)caps[ci], pairs);
                 }
         free(ref); free(got);
+        epi_free(&epi);
     }
     free(x); free(dy); free(w);
     free_index(&I);

@@ -5,10 +5,12 @@
 //   FWD   : bsmm_fwd(x, blocks, idx...)       -> y  [T, R*b1]
 //   BWD_X : bsmm_bwd_x(dy, blocks, idx...)    -> dx [T, C*b2]
 //   BWD_W : bsmm_bwd_w(dy, x, idx..., b1, b2) -> dB [nnz, b1, b2]
+//   FWD / BWD_X with set_epilogue: bsmm_fwd_lowrank / bsmm_bwd_x_lowrank (CPU)
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <vector>
 
 #include "checks.h"
@@ -66,6 +68,34 @@ class BsmmCall {
   const std::vector<int64_t> &out_sizes() const { return out_sizes_; }
   at::TensorOptions options() const { return (x_.defined() ? x_ : dy_).options(); }
 
+  // FWD / BWD_X: the low-rank term lr_a [T, rank] lr_b^T (lr_b [width, rank]) and the
+  // bias [width] added in the kernel's output tile (pf_bsmm_args rank, lr_a, lr_b, bias).
+  void set_epilogue(const at::Tensor &lr_a, const at::Tensor &lr_b,
+                    const std::optional<at::Tensor> &bias) {
+    const at::Tensor &act = x_.defined() ? x_ : dy_;
+    const int64_t width = out_sizes_[1];
+    CHECK_DEVICE(lr_a, "lr_a", act.device());
+    CHECK_DEVICE(lr_b, "lr_b", act.device());
+    PF_CHECK(lr_a.dim() == 2 && lr_a.size(0) == a_.T, "lr_a must have shape [T = ", a_.T,
+             ", rank], got ", lr_a.sizes());
+    CHECK_SHAPE(lr_b, "lr_b", width, lr_a.size(1));
+    CHECK_SAME_DTYPE(lr_a, "lr_a", act, act_name_);
+    CHECK_SAME_DTYPE(lr_b, "lr_b", act, act_name_);
+    lr_a_ = rows_contiguous(lr_a);
+    lr_b_ = lr_b.contiguous();
+    a_.rank = lr_a.size(1);
+    a_.lr_a = lr_a_.data_ptr();
+    a_.ld_lr_a = row_stride(lr_a_);
+    a_.lr_b = lr_b_.data_ptr();
+    if (bias.has_value()) {
+      CHECK_DEVICE(*bias, "bias", act.device());
+      CHECK_SHAPE(*bias, "bias", width);
+      CHECK_SAME_DTYPE(*bias, "bias", act, act_name_);
+      bias_ = bias->contiguous();
+      a_.bias = bias_.data_ptr();
+    }
+  }
+
   // The filled arguments, writing into `out` (contiguous, out_sizes()).
   pf_bsmm_args &args(const at::Tensor &out) {
     a_.out = out.data_ptr();
@@ -118,7 +148,7 @@ class BsmmCall {
   const char *act_name_;
   pf_bsr_index ix_{};
   pf_bsmm_args a_{};
-  at::Tensor x_, dy_, w_;  // what a_'s pointers point into
+  at::Tensor x_, dy_, w_, lr_a_, lr_b_, bias_;  // what a_'s pointers point into
   std::vector<int64_t> out_sizes_;
 };
 

@@ -1,5 +1,5 @@
 // The CPU block-sparse matmul binding: registers the CPU implementations of bsmm_fwd,
-// bsmm_bwd_x and bsmm_bwd_w (schemas in schemas.cpp), which run the torch-free C kernels
+// bsmm_bwd_x and bsmm_bwd_w, and bsmm_fwd_lowrank / bsmm_bwd_x_lowrank (schemas in schemas.cpp), which run the torch-free C kernels
 // of csrc/cpu/bsmm.c with at::parallel_for. Arguments: bsmm_call.h; autograd and fake
 // kernels: pixelfly/ops.py.
 #include <ATen/Parallel.h>
@@ -36,10 +36,9 @@ void run(int op, pf_bsmm_args &a) {
   }
 }
 
-// One op: y and dx come from the CPU output cache (cpu_cache.h), dB from at::empty.
-at::Tensor bsmm(int op, const at::Tensor &act, const at::Tensor &other, const IndexTensors &idx,
-                int64_t b1, int64_t b2) {
-  BsmmCall call(op, act, other, idx, b1, b2, cpu_dtype);
+// Allocates the call's output and runs it: y and dx come from the CPU output cache
+// (cpu_cache.h), dB from at::empty.
+at::Tensor run_call(int op, BsmmCall &call) {
   bool fresh = true;
   const at::Tensor out = op == PF_OP_BWD_W
                              ? at::empty(call.out_sizes(), call.options())
@@ -50,8 +49,28 @@ at::Tensor bsmm(int op, const at::Tensor &act, const at::Tensor &other, const In
   return out;
 }
 
+at::Tensor bsmm(int op, const at::Tensor &act, const at::Tensor &other, const IndexTensors &idx,
+                int64_t b1, int64_t b2) {
+  BsmmCall call(op, act, other, idx, b1, b2, cpu_dtype);
+  return run_call(op, call);
+}
+
+// bsmm_fwd_lowrank / bsmm_bwd_x_lowrank: the op plus lr_a lr_b^T + bias in its output tile.
+template <int op>
+at::Tensor bsmm_lowrank(const at::Tensor &act, const at::Tensor &blocks, const at::Tensor &row_ptr,
+                        const at::Tensor &col_idx, const at::Tensor &col_ptr,
+                        const at::Tensor &row_idx, const at::Tensor &csc_blk,
+                        const at::Tensor &lr_a, const at::Tensor &lr_b,
+                        const std::optional<at::Tensor> &bias) {
+  BsmmCall call(op, act, blocks, {row_ptr, col_idx, col_ptr, row_idx, csc_blk}, 0, 0, cpu_dtype);
+  call.set_epilogue(lr_a, lr_b, bias);
+  return run_call(op, call);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pixelfly, CPU, m) {
   PF_REGISTER_BSMM(m, bsmm);
+  m.impl("bsmm_fwd_lowrank", &bsmm_lowrank<PF_OP_FWD>);
+  m.impl("bsmm_bwd_x_lowrank", &bsmm_lowrank<PF_OP_BWD_X>);
 }
