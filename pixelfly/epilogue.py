@@ -48,7 +48,8 @@ def fused_pays() -> bool:
 def fused(device) -> bool:
     """Whether the layer fuses on ``device``: on the CPU's native kernels as measured (or
     set); never on other devices (their ``*_lowrank`` ops are the unfused sum) nor under
-    ``torch.func`` (whose rules cover the plain ops)."""
+    ``torch.func`` (whose rules cover the plain ops); not measured while ``torch.compile`` or
+    ``torch.jit.trace`` traces (unfused there until measured in eager mode)."""
     global _FUSED
     if device.type != "cpu" or torch._C._are_functorch_transforms_active():
         return False
@@ -56,6 +57,8 @@ def fused(device) -> bool:
     if implementation("cpu", "bsmm_fwd_lowrank") != "native":
         return False
     if _FUSED is None:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # no timing inside a trace
+            return False
         _FUSED = fused_pays()
     return _FUSED
 

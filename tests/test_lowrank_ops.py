@@ -116,7 +116,7 @@ def test_layer_with_and_without_the_fusion(fused, dtype, case):
         epilogue.set_fused(prev)
 
 
-def test_choice_is_measured_once_and_settable():
+def test_choice_is_measured_once_and_settable(monkeypatch):
     prev = epilogue.set_fused(None)
     try:
         choice = epilogue.fused(torch.device("cpu"))  # measured now
@@ -124,10 +124,33 @@ def test_choice_is_measured_once_and_settable():
         assert epilogue.fused(torch.device("meta")) is False
         with pytest.raises(TypeError, match="enabled must be a bool or None"):
             epilogue.set_fused(1)
+        epilogue.set_fused(None)
+        with monkeypatch.context() as m:  # never timed inside a trace
+            m.setattr(torch.jit, "is_tracing", lambda: True)
+            assert epilogue.fused(torch.device("cpu")) is False and epilogue.set_fused(None) is None
         use_composite("cpu")
         try:  # the composite lowrank ops are the unfused sum: nothing to gain
             assert epilogue.fused(torch.device("cpu")) is False
         finally:
             use_composite("cpu", False)
+    finally:
+        epilogue.set_fused(prev)
+
+
+def test_fused_layer_under_torch_compile():
+    """With the fusion on, torch.compile (fullgraph) traces the *_lowrank ops through their
+    fake kernels and autograd: output and input gradient equal eager mode's."""
+    from pixelfly import PixelflyLinear
+    prev = epilogue.set_fused(True)
+    try:
+        layer = PixelflyLinear(64, 48, block_size=16, n_factors=1, rank=3)
+        x = torch.randn(40, 64, requires_grad=True)
+        ref = layer(x)
+        ref.sum().backward()
+        gref, x.grad = x.grad.clone(), None
+        y = torch.compile(layer, fullgraph=True)(x)
+        y.sum().backward()
+        torch.testing.assert_close(y, ref)
+        torch.testing.assert_close(x.grad, gref)
     finally:
         epilogue.set_fused(prev)
