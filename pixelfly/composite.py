@@ -31,7 +31,7 @@ from .index_check import check_block_index
 from .op_checks import bsmm_args, bsmm_lowrank_args
 
 __all__ = ["bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "bsmm_fwd_lowrank", "bsmm_bwd_x_lowrank",
-           "CHUNK_BYTES", "cached_plan"]
+           "add_lowrank", "CHUNK_BYTES", "cached_plan"]
 
 CHUNK_BYTES = 32 << 20   # bound on the gathered operand + result of one batched matmul
 _PLANS: dict = {}
@@ -156,19 +156,24 @@ def bsmm_fwd_lowrank(x, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk, lr_
     """``x B^T + lr_a lr_b^T + bias``."""
     idx = (row_ptr, col_idx, col_ptr, row_idx, csc_blk)
     bsmm_lowrank_args("bsmm_fwd_lowrank", x, blocks, idx, lr_a, lr_b, bias)
-    return _add_lowrank(bsmm_fwd(x, blocks, *idx), lr_a, lr_b, bias)
+    return add_lowrank(bsmm_fwd(x, blocks, *idx), lr_a, lr_b, bias)
 
 
 def bsmm_bwd_x_lowrank(dy, blocks, row_ptr, col_idx, col_ptr, row_idx, csc_blk, lr_a, lr_b, bias=None):
     """``dy B + lr_a lr_b^T + bias``."""
     idx = (row_ptr, col_idx, col_ptr, row_idx, csc_blk)
     bsmm_lowrank_args("bsmm_bwd_x_lowrank", dy, blocks, idx, lr_a, lr_b, bias)
-    return _add_lowrank(bsmm_bwd_x(dy, blocks, *idx), lr_a, lr_b, bias)
+    return add_lowrank(bsmm_bwd_x(dy, blocks, *idx), lr_a, lr_b, bias)
 
 
-def _add_lowrank(out, lr_a, lr_b, bias):
-    out = out.addmm_(lr_a, lr_b.t())
-    return out if bias is None else out.add_(bias)
+def add_lowrank(out, lr_a, lr_b, bias, inplace=True):
+    """``out + lr_a lr_b^T + bias`` (``bias`` may be None): into ``out``, or out of place
+    (``inplace=False``: under ``torch.func``)."""
+    if inplace:
+        out = out.addmm_(lr_a, lr_b.t())
+        return out if bias is None else out.add_(bias)
+    out = torch.addmm(out, lr_a, lr_b.t())
+    return out if bias is None else out + bias
 
 
 def bsmm_bwd_w(dy, x, row_ptr, col_idx, col_ptr, row_idx, csc_blk, b1, b2):

@@ -15,6 +15,7 @@ import torch
 
 from . import _ops
 from .backends import HAS_CUDA_KERNELS, implementation, use_composite, use_native_cuda
+from .composite import add_lowrank
 from .op_checks import INDEX_FIELDS, bsmm_args, bsmm_lowrank_args, int_arg
 
 __all__ = ["bsmm", "bsmm_fwd", "bsmm_bwd_x", "bsmm_bwd_w", "bsmm_fwd_lowrank", "bsmm_bwd_x_lowrank",
@@ -102,7 +103,7 @@ def bsmm_fwd_lowrank(x, blocks, *idx, lr_a, lr_b, bias=None):
     kernel's output tile, so ``y`` is written once (PixelflyLinear's forward)."""
     bsmm_lowrank_args("bsmm_fwd_lowrank", x, blocks, idx, lr_a, lr_b, bias)
     if _func_active():  # torch.func: from the ops it supports
-        return _plus_lowrank(bsmm_fwd(x, blocks, *idx), lr_a, lr_b, bias)
+        return add_lowrank(bsmm_fwd(x, blocks, *idx), lr_a, lr_b, bias, inplace=False)
     return _ops_ns.bsmm_fwd_lowrank(x, blocks, *idx, lr_a, lr_b, bias)
 
 
@@ -111,13 +112,8 @@ def bsmm_bwd_x_lowrank(dy, blocks, *idx, lr_a, lr_b, bias=None):
     [in]`` or ``None``), formed as :func:`bsmm_fwd_lowrank`'s."""
     bsmm_lowrank_args("bsmm_bwd_x_lowrank", dy, blocks, idx, lr_a, lr_b, bias)
     if _func_active():
-        return _plus_lowrank(bsmm_bwd_x(dy, blocks, *idx), lr_a, lr_b, bias)
+        return add_lowrank(bsmm_bwd_x(dy, blocks, *idx), lr_a, lr_b, bias, inplace=False)
     return _ops_ns.bsmm_bwd_x_lowrank(dy, blocks, *idx, lr_a, lr_b, bias)
-
-
-def _plus_lowrank(out, lr_a, lr_b, bias):
-    out = torch.addmm(out, lr_a, lr_b.t())
-    return out if bias is None else out + bias
 
 
 def internal(name, *args):

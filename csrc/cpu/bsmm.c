@@ -115,11 +115,12 @@ typedef struct {
     /* phase 1 */
     int64_t TC, nTC, nG, n1;  /* FWD/BWD_X: T chunk, #chunks, #groups per chunk, #tasks */
     int64_t nRT;              /* FWD/BWD_X: tasks over the chunks (each a range of them) */
-    /* FWD / BWD_X epilogue (pf_bsmm_args rank, lr_a, lr_b, bias; see lowrank_tile) */
+    /* FWD / BWD_X epilogue (pf_bsmm_args rank, lr_a, lr_b, bias; see epilogue()) */
     int64_t rank, n_lr;       /* rank; phase-0 tasks preparing lr_b and bias (units each) */
     int64_t ws_lrb, ws_bias;  /* lr_b as the tile reads it: per unit [rank][Np] (small path:
                                * [width][rank], bf16 only); the bias in fp32 (bf16 only) */
-    int64_t ws_lra, ws_sum;   /* small path: lr_a^T [rank][T] fp32; per task [T][b] sums */
+    int64_t ws_lra, ws_sum;   /* small path: lr_a^T [rank][T] fp32; per task [T][b] sums, */
+    int64_t sum_bytes;        /* sum_bytes apart */
     int64_t slot_sum, slot_lra; /* packed path, offsets in a task's slot: the low-rank sums
                                * [TC][Np] and (bf16) lr_a rows widened [TC][rank] */
 } pf_plan;
@@ -169,8 +170,8 @@ static int64_t plan_epilogue(const pf_bsmm_args *a, pf_plan *p, int64_t units, i
     p->ws_lra = off;
     off += round_up(p->rank * p->T * 4, 64);
     p->ws_sum = off;
-    off += p->n1 * round_up(p->T * N * 4, 64);
-    return off;
+    p->sum_bytes = round_up(p->T * N * 4, 64);
+    return off + p->n1 * p->sum_bytes;
 }
 
 /* Cheap sanity (the full validation is pf_bsmm_check): 0 if the plan cannot be made. */
@@ -525,7 +526,7 @@ static void run_rows_small(const pf_plan *p, const pf_bsmm_args *a, pf_tile_fn f
     const int64_t es = p->bf16 ? 2 : 4;
     const float *lrb = !p->rank ? NULL : p->bf16 ? (const float *)(const void *)((const char *)a->work + p->ws_lrb)
                                                  : (const float *)a->lr_b;
-    float *sum = p->rank ? (float *)(void *)((char *)a->work + p->ws_sum + task * round_up(T * (fwd ? b1 : b2) * 4, 64)) : NULL;
+    float *sum = p->rank ? (float *)(void *)((char *)a->work + p->ws_sum + task * p->sum_bytes) : NULL;
     pf_tile t;
     memset(&t, 0, sizeof t);
     t.B = (const float *)((const char *)a->work + p->ws_act);
