@@ -404,9 +404,9 @@ void pf_bsmm_run(int op, int phase, const pf_bsmm_args *a, int64_t begin, int64_
  * accumulates each output in fp32 with fused multiply-adds in the same order (blocks in
  * index order, then k / t ascending; with bf16 operands k / t go in pairs, the odd one
  * first: 1, 0, 3, 2, ..., the order of vdpbf16ps), so AVX2, AVX-512 and portable are
- * bitwise equal. AVX512_BF16's vdpbf16ps gives the same bits except where a product or a
- * partial sum is subnormal (it flushes those to zero). bf16 outputs are rounded to
- * nearest even once, at the end. */
+ * bitwise equal. AVX512_BF16's vdpbf16ps gives the same bits except where a bf16 operand,
+ * a product or a partial sum is subnormal (it treats those as zero). bf16 outputs are
+ * rounded to nearest even once, at the end. */
 
 /* Convenience: check, then run every phase serially (a->work must hold
  * pf_bsmm_workspace bytes when that is > 0, else an error is returned). */

@@ -1,0 +1,155 @@
+/*
+ * emu_job.c - the C core's block-sparse matmul and peak probes as one freestanding
+ * program, run by tests/emulator.py on an emulated x86-64 CPU (Bochs' Sapphire Rapids,
+ * AVX-512 with AVX512_BF16) so the vdpbf16ps and AVX-512 paths execute on machines whose
+ * CPU lacks them. No operating system, no libc: the emulator maps this program and one
+ * job block, points rdi at the job and rsp at a stack, and stops at the final hlt.
+ *
+ * The job block is an array of int64 slots (J_* below, mirrored in tests/emulator.py);
+ * operand slots hold byte offsets from the block's start (-1: NULL). Build (tests do it):
+ *   gcc -O2 -std=c11 -ffreestanding -nostdlib -static -fno-pic -no-pie -fno-stack-protector
+ *       -fcf-protection=none -Icsrc/include csrc/tests/emu_job.c (+ every .c of csrc/core, csrc/cpu) -lgcc
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../cpu/kernels.h"
+#include "pixelfly.h"
+
+enum {
+    J_KIND,      /* 0: bsmm (op J_OP), 1: pf_peak_dpbf16, 2: pf_peak_fma(J_ISA) */
+    J_OP, J_DTYPE, J_T, J_R, J_C, J_B1, J_B2, J_NNZ, J_ISA, J_PAIRS, J_TASKS, J_RANK,
+    J_LDX, J_LDY, J_LDO, J_LDLR, J_ITERS,
+    J_ROW_PTR, J_COL_IDX, J_COL_PTR, J_ROW_IDX, J_CSC_BLK,
+    J_X, J_W, J_DY, J_OUT, J_LR_A, J_LR_B, J_BIAS, J_WORK, J_WORK_BYTES,
+    J_ERR, J_ERR_BYTES,            /* where an error message goes */
+    /* written by the job */
+    J_STATUS,    /* 0 ok, 1 pf_bsmm_check / pf_bsmm_serial refused (message at J_ERR),
+                  * 2 workspace larger than J_WORK_BYTES, 3 probe returned < 0 */
+    J_HAS_AVX512, J_HAS_BF16,      /* pf_cpu_has_avx512(), pf_cpu_has_avx512_bf16() */
+    J_PICKED, J_PAIRS_NATIVE,      /* pf_kernels_pick(J_ISA): its isa and pairs_native */
+    J_RESULT,    /* probes: FLOPs done */
+    J_SINK,      /* probes: the sink, as the bits of a double */
+    J_WORK_NEED, /* bsmm: pf_bsmm_workspace */
+    J_SLOTS
+};
+
+static void *at(int64_t *j, int slot) { return j[slot] < 0 ? NULL : (char *)j + j[slot]; }
+
+static void put_error(int64_t *j, const char *msg) {
+    char *dst = at(j, J_ERR);
+    int64_t n = 0;
+    for (; dst && msg[n] && n + 1 < j[J_ERR_BYTES]; ++n) dst[n] = msg[n];
+    if (dst && j[J_ERR_BYTES] > 0) dst[n] = 0;
+}
+
+static void run_bsmm(int64_t *j) {
+    const pf_bsr_index ix = {j[J_R], j[J_C], j[J_B1], j[J_B2], j[J_NNZ],
+                             at(j, J_ROW_PTR), at(j, J_COL_IDX), at(j, J_COL_PTR),
+                             at(j, J_ROW_IDX), at(j, J_CSC_BLK)};
+    pf_bsmm_args a = {0};
+    a.dtype = (pf_dtype)j[J_DTYPE];
+    a.T = j[J_T];
+    a.ix = &ix;
+    a.x = at(j, J_X), a.ldx = j[J_LDX];
+    a.w = at(j, J_W);
+    a.dy = at(j, J_DY), a.ldy = j[J_LDY];
+    a.out = at(j, J_OUT), a.ldo = j[J_LDO];
+    a.isa = (int)j[J_ISA];
+    a.max_tasks = j[J_TASKS];
+    a.bf16_pairs = (int)j[J_PAIRS];
+    a.rank = j[J_RANK];
+    a.lr_a = at(j, J_LR_A), a.ld_lr_a = j[J_LDLR];
+    a.lr_b = at(j, J_LR_B);
+    a.bias = at(j, J_BIAS);
+    const int op = (int)j[J_OP];
+    pf_err e = pf_bsmm_check(op, &a);
+    if (e) { j[J_STATUS] = 1; put_error(j, e); return; }
+    j[J_WORK_NEED] = pf_bsmm_workspace(op, &a);
+    if (j[J_WORK_NEED] > j[J_WORK_BYTES]) { j[J_STATUS] = 2; return; }
+    a.work = at(j, J_WORK);
+    e = pf_bsmm_serial(op, &a);
+    if (e) { j[J_STATUS] = 1; put_error(j, e); return; }
+    j[J_STATUS] = 0;
+}
+
+static void run_probe(int64_t *j) {
+    double sink = 0.0;
+    j[J_RESULT] = j[J_KIND] == 1 ? pf_peak_dpbf16(j[J_ITERS], &sink)
+                                 : pf_peak_fma((int)j[J_ISA], j[J_ITERS], &sink);
+    __builtin_memcpy(&j[J_SINK], &sink, sizeof sink);
+    j[J_STATUS] = j[J_RESULT] < 0 ? 3 : 0;
+}
+
+void pf_emu_job(int64_t *j) {
+    j[J_HAS_AVX512] = pf_cpu_has_avx512();
+    j[J_HAS_BF16] = pf_cpu_has_avx512_bf16();
+    const pf_kernels *k = pf_kernels_pick((int)j[J_ISA]);
+    j[J_PICKED] = k->isa;
+    j[J_PAIRS_NATIVE] = k->pairs_native;
+    if (j[J_KIND] == 0) run_bsmm(j);
+    else run_probe(j);
+}
+
+/* ---------------------------------------------------------------- the bare runtime */
+
+__asm__(".text\n.globl _start\n_start:\n"
+        "  and $-64, %rsp\n"
+        "  call pf_emu_job\n"
+        "1: hlt\n  jmp 1b\n");
+
+void *memcpy(void *restrict d, const void *restrict s, size_t n) {
+    unsigned char *dp = d;
+    const unsigned char *sp = s;
+    while (n--) *dp++ = *sp++;
+    return d;
+}
+
+void *memmove(void *d, const void *s, size_t n) {
+    unsigned char *dp = d;
+    const unsigned char *sp = s;
+    if (dp < sp) while (n--) *dp++ = *sp++;
+    else while (n--) dp[n] = sp[n];
+    return d;
+}
+
+void *memset(void *d, int c, size_t n) {
+    unsigned char *dp = d;
+    while (n--) *dp++ = (unsigned char)c;
+    return d;
+}
+
+int memcmp(const void *a, const void *b, size_t n) {
+    const unsigned char *p = a, *q = b;
+    for (; n; --n, ++p, ++q)
+        if (*p != *q) return *p < *q ? -1 : 1;
+    return 0;
+}
+
+/* exp only feeds the plan's cost estimates (which task order bwd_w takes; results do not
+ * depend on it): e^x = 2^k e^r, |r| <= ln2 / 2, by its Taylor series. */
+double exp(double x) {
+    if (x != x) return x;
+    if (x > 709.0) return __builtin_inf();
+    if (x < -745.0) return 0.0;
+    const double ln2 = 0.69314718055994530942;
+    const int k = (int)(x / ln2 + (x < 0 ? -0.5 : 0.5));
+    const double r = x - k * ln2;
+    double term = 1.0, sum = 1.0;
+    for (int n = 1; n < 24; ++n) sum += term *= r / n;
+    union { double d; uint64_t u; } s;
+    double p = 1.0;
+    for (int m = k; m != 0;) { /* 2^k in steps that stay normal */
+        const int e = m > 1000 ? 1000 : m < -1000 ? -1000 : m;
+        s.u = (uint64_t)(e + 1023) << 52;
+        p *= s.d;
+        m -= e;
+    }
+    return sum * p;
+}
+
+/* Everything else the core links but a block-sparse matmul never calls (attention,
+ * budgets): reaching one is a bug, so it stops the emulator with #UD. */
+#define PF_TRAP(name) void name(void) { __builtin_trap(); }
+PF_TRAP(malloc) PF_TRAP(calloc) PF_TRAP(free) PF_TRAP(qsort) PF_TRAP(expf) PF_TRAP(log)
+PF_TRAP(sqrt) PF_TRAP(ceil) PF_TRAP(floor) PF_TRAP(fmaf) PF_TRAP(__assert_fail)
