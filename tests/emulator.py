@@ -80,7 +80,9 @@ def _compile(out_name, sources, args, text=None, libs=(), headers=()):
             with open(srcs[-1], "w") as f:
                 f.write(text)
         tmp = out + f".{os.getpid()}"
-        subprocess.run(["gcc", *args, *srcs, *libs, "-o", tmp], check=True, capture_output=True, text=True)
+        r = subprocess.run(["gcc", *args, *srcs, *libs, "-o", tmp], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"gcc could not build {out_name}:\n{r.stderr[-4000:]}")
         os.replace(tmp, out)
     return out
 
@@ -91,8 +93,10 @@ def _core_sources():
 
 
 def build_program():
-    """The freestanding ELF: csrc/tests/emu_job.c and the core with setup.py's C flags."""
-    flags = ["-O3", "-std=c11", "-fno-math-errno", "-ffreestanding", "-nostdlib", "-static",
+    """The freestanding ELF: csrc/tests/emu_job.c and the core with setup.py's C flags plus
+    UBSan in trap mode (undefined behaviour stops the emulator with #UD, no runtime)."""
+    flags = ["-O3", "-std=c11", "-fno-math-errno", "-fsanitize=undefined",
+             "-fsanitize-undefined-trap-on-error", "-ffreestanding", "-nostdlib", "-static",
              "-fno-pic", "-no-pie", "-fno-stack-protector", "-fcf-protection=none",
              "-I" + os.path.join(ROOT, "csrc", "include")]
     return _compile("emu_job.elf", [os.path.join(ROOT, "csrc", "tests", "emu_job.c")] + _core_sources(),
@@ -157,8 +161,8 @@ def _elf_segments(path):
 
 
 class Emulator:
-    """One emulated CPU with the program, a stack and the job block mapped (identity-mapped
-    guest memory backed by host buffers this object keeps)."""
+    """One emulated CPU: guest memory identity-mapped onto host buffers this object keeps
+    (the program, a stack, the job block); each job gets a page table of its own."""
 
     def __init__(self):
         self.bx = bx = _bochscpu()
@@ -170,14 +174,9 @@ class Emulator:
         for vaddr, data, _ in segs:
             self.code[vaddr - lo:vaddr - lo + len(data)] = data
         self._map(STACK_BASE, STACK_BYTES)
-        self.job = self._map(JOB_BASE, JOB_BYTES)
-        layout = bx.memory.PageMapLevel4Table()
-        for base, size in self._ranges:
-            for a in range(base, base + size, PAGE):
-                layout.insert(a, a, 1)
-        for hva, gpa in layout.commit(PAGE_TABLES):
-            bx.memory.page_insert(gpa, hva)
-        self._layout = layout  # owns the page-table pages
+        self._fixed = self._ranges[:]  # the program and the stack, in every page table
+        self.job = np.frombuffer(self._map(JOB_BASE, JOB_BYTES), dtype=np.uint8)
+        self._layout = None
         self.session = bx.Session()
         self.session.missing_page_handler = self._missing
         self.events = []
@@ -227,38 +226,69 @@ class Emulator:
         st.ds = st.ss = st.es = st.fs = st.gs = ds
         return st
 
-    def run(self, slots, blobs, out_bytes=0, work_bytes=16 << 20):
-        """Lay out `blobs` (slot name -> numpy array) in the job block, set `slots`, run the
-        program to its hlt; returns (slots array, output bytes)."""
-        job = np.frombuffer(self.job, dtype=np.uint8)
+    def _page_table(self, regions):
+        """A fresh page table mapping the program, the stack and `regions` [(gva, bytes)]
+        of the job block (identity), and nothing else: the unmapped page after every
+        region (and before it) turns an access past its end into a page fault."""
+        layout = self.bx.memory.PageMapLevel4Table()
+        pages = set()
+        for base, size in self._fixed + regions:
+            pages.update(range(base & ~(PAGE - 1), base + size, PAGE))
+        for a in sorted(pages):
+            layout.insert(a, a, 1)
+        for hva, gpa in layout.commit(PAGE_TABLES):
+            self.bx.memory.page_insert(gpa, hva)
+        self._layout = layout  # owns the page-table pages until the next job
+
+    def run(self, slots, blobs, out_bytes=0, work_bytes=0):
+        """Lay out `blobs` (slot name -> numpy array) in the job block, each ending at a
+        page whose successor is unmapped, then the output (`out_bytes`, filled with NaN
+        first), the error message and the workspace (`work_bytes`) the same way; set
+        `slots`; run the program to its hlt. Returns (slots, output bytes, error text)."""
+        job = self.job
         head = len(SLOTS) * 8
-        off = (head + 63) & ~63
         s = np.zeros(len(SLOTS), dtype=np.int64)
         s[[J[name] for name in OPERANDS]] = -1  # NULL unless given
         for name, v in slots.items():
             s[J[name]] = v
+        regions, cursor = [(JOB_BASE, head)], PAGE
+
+        def place(nbytes, align):
+            """Offset of `nbytes` ending at a page end (start rounded down to `align`),
+            a guard page before and after."""
+            nonlocal cursor
+            pages = max(1, -(-(nbytes + align - 1) // PAGE))
+            end = cursor + PAGE + pages * PAGE
+            start = (end - nbytes) // align * align
+            if end + PAGE > JOB_BYTES:
+                raise ValueError(f"the job does not fit the {JOB_BYTES >> 20} MiB job block")
+            regions.append((JOB_BASE + start, end - start))
+            cursor = end
+            return start, end
         for name, arr in blobs.items():
             b = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
-            job[off:off + b.size] = b
-            s[J[name]] = off
-            off = (off + b.size + 63) & ~63
-        s[J["OUT"]], s[J["ERR"]], s[J["ERR_BYTES"]] = off, off + out_bytes, 256
-        out_end = off + out_bytes
-        job[off:out_end] = 0xFF  # NaN (fp32 / bf16 / fp64): whatever the job leaves unwritten shows
-        job[out_end:out_end + 256] = 0
-        s[J["WORK"]] = (out_end + 256 + 63) & ~63
-        s[J["WORK_BYTES"]] = work_bytes
-        if s[J["WORK"]] + work_bytes > JOB_BYTES:
-            raise ValueError(f"job needs {s[J['WORK']] + work_bytes} bytes, the block holds {JOB_BYTES}")
+            start, end = place(b.size, 1)
+            job[start:end] = b
+            s[J[name]] = start
+        out, out_end = place(out_bytes, 1)
+        job[out:out_end] = 0xFF  # NaN (fp32 / bf16 / fp64): whatever the job leaves unwritten shows
+        err, err_end = place(256, 1)
+        job[err:err_end] = 0
+        work, _ = place(work_bytes, 64)
+        s[J["OUT"]], s[J["ERR"]], s[J["ERR_BYTES"]] = out, err, 256
+        s[J["WORK"]], s[J["WORK_BYTES"]] = work, work_bytes
         job[:head] = s.view(np.uint8)
+        self._page_table(regions)
         self.events.clear()
         self.session.cpu.state = self._state()
         self.session.run([self.hook])
         if self.events != ["hlt"]:
-            raise RuntimeError(f"emulated job did not finish: {self.events} at rip {self.session.cpu.state.rip:#x}")
+            where = f" (address {self.session.cpu.cr2:#x})" if self.events[-1][1:2] == (14,) else ""
+            raise RuntimeError(f"emulated job did not finish: {self.events}{where} at rip "
+                               f"{self.session.cpu.state.rip:#x}")
         r = np.frombuffer(job[:head].tobytes(), dtype=np.int64)
-        err = bytes(job[out_end:out_end + 256]).split(b"\0")[0].decode(errors="replace")
-        return r, bytes(job[off:out_end]), err
+        text = bytes(job[err:err_end]).split(b"\0")[0].decode(errors="replace")
+        return r, bytes(job[out:out_end]), text
 
     def bsmm(self, op, dtype, isa, index, T, x=None, w=None, dy=None, lr_a=None, lr_b=None,
              bias=None, pairs=0, tasks=1):
@@ -278,7 +308,9 @@ class Emulator:
         for name, arr in (("X", x), ("W", w), ("DY", dy), ("LR_A", lr_a), ("LR_B", lr_b), ("BIAS", bias)):
             if arr is not None:
                 blobs[name] = arr
-        r, out, err = self.run(slots, blobs, out_bytes=n_out * es)
+        r, out, err = self.run(slots, blobs, out_bytes=n_out * es)  # sizes the workspace
+        if r[J["STATUS"]] == 2:
+            r, out, err = self.run(slots, blobs, out_bytes=n_out * es, work_bytes=int(r[J["WORK_NEED"]]))
         if r[J["STATUS"]] != 0:
             raise RuntimeError(f"emulated bsmm failed (status {r[J['STATUS']]}): {err or 'workspace'}")
         np_dtype = {"float32": np.float32, "bfloat16": np.uint16, "float64": np.float64}[dtype]

@@ -227,3 +227,16 @@ def test_vdpbf16ps_flushes_subnormals_as_documented(emu):
     keep = torch.ones_like(got, dtype=torch.bool)
     keep[0, 0] = keep[1, 1] = False
     assert torch.equal(got[keep], want[keep])
+
+
+def test_reads_past_an_operand_fault(emu):
+    """Every operand ends at a page followed by an unmapped one, so an overrun stops the
+    emulated CPU with a page fault (the memory check these paths get instead of ASan)."""
+    c = _case(4, 4, 32, 32, 40, torch.float32, seed=1)
+    R, C = c["layout"].shape
+    short_x = _np(c["x"])[:-1]  # the job is told 40 rows; the last one is missing
+    with pytest.raises(RuntimeError, match=r"\('exception', 14, 0\)"):
+        emu.bsmm("fwd", "float32", "avx512", (R, C, 32, 32, *c["it_np"]), 40, x=short_x,
+                 w=_np(c["blocks"]))
+    got, _ = _emulated(emu, "fwd", c, 32, 32, torch.float32, "avx512")  # and it runs on
+    assert torch.equal(got, _native("fwd", c, 32, 32))
