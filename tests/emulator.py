@@ -32,11 +32,14 @@ PAGE = 4096
 # Slots of the job block, in the order of the enum in csrc/tests/emu_job.c.
 SLOTS = """KIND OP DTYPE T R C B1 B2 NNZ ISA PAIRS TASKS RANK LDX LDY LDO LDLR ITERS
 ROW_PTR COL_IDX COL_PTR ROW_IDX CSC_BLK X W DY OUT LR_A LR_B BIAS WORK WORK_BYTES ERR ERR_BYTES
+BATCH HEADS L D BLOCK SCALE CAUSAL PER_PROBLEM Q K V DOUT LSE DLSE DQ DK DV FEATURES KEY_MASK
 STATUS HAS_AVX512 HAS_BF16 PICKED PAIRS_NATIVE RESULT SINK WORK_NEED""".split()
 J = {name: i for i, name in enumerate(SLOTS)}
-OPERANDS = ("ROW_PTR", "COL_IDX", "COL_PTR", "ROW_IDX", "CSC_BLK", "X", "W", "DY", "LR_A", "LR_B", "BIAS")
+OPERANDS = ("ROW_PTR", "COL_IDX", "COL_PTR", "ROW_IDX", "CSC_BLK", "X", "W", "DY", "OUT", "LR_A", "LR_B",
+            "BIAS", "Q", "K", "V", "DOUT", "LSE", "DLSE", "DQ", "DK", "DV", "FEATURES", "KEY_MASK")
 
 ISA = {"portable": 1, "avx2": 2, "avx512": 3, "avx512bf16": 4}
+NP_DTYPE = {"float32": np.float32, "bfloat16": np.uint16, "float64": np.float64}
 DTYPE = {"float32": 0, "bfloat16": 1, "float64": 3}
 OP = {"fwd": 0, "bwd_x": 1, "bwd_w": 2}
 
@@ -175,7 +178,7 @@ class Emulator:
             self.code[vaddr - lo:vaddr - lo + len(data)] = data
         self._map(STACK_BASE, STACK_BYTES)
         self._fixed = self._ranges[:]  # the program and the stack, in every page table
-        self.job = np.frombuffer(self._map(JOB_BASE, JOB_BYTES), dtype=np.uint8)
+        self.block = np.frombuffer(self._map(JOB_BASE, JOB_BYTES), dtype=np.uint8)  # the job block
         self._layout = None
         self.session = bx.Session()
         self.session.missing_page_handler = self._missing
@@ -240,12 +243,12 @@ class Emulator:
             self.bx.memory.page_insert(gpa, hva)
         self._layout = layout  # owns the page-table pages until the next job
 
-    def run(self, slots, blobs, out_bytes=0, work_bytes=0):
+    def run(self, slots, blobs, outputs, work_bytes=0):
         """Lay out `blobs` (slot name -> numpy array) in the job block, each ending at a
-        page whose successor is unmapped, then the output (`out_bytes`, filled with NaN
-        first), the error message and the workspace (`work_bytes`) the same way; set
-        `slots`; run the program to its hlt. Returns (slots, output bytes, error text)."""
-        job = self.job
+        page whose successor is unmapped, then `outputs` (slot name -> bytes, filled with
+        NaN first), the error message and the workspace (`work_bytes`) the same way; set
+        `slots`; run the program to its hlt. Returns (slots, {output: bytes}, error text)."""
+        job = self.block
         head = len(SLOTS) * 8
         s = np.zeros(len(SLOTS), dtype=np.int64)
         s[[J[name] for name in OPERANDS]] = -1  # NULL unless given
@@ -254,8 +257,8 @@ class Emulator:
         regions, cursor = [(JOB_BASE, head)], PAGE
 
         def place(nbytes, align):
-            """Offset of `nbytes` ending at a page end (start rounded down to `align`),
-            a guard page before and after."""
+            """(start, end) offsets of `nbytes` ending at a page end (start rounded down to
+            `align`), with a guard page before and after."""
             nonlocal cursor
             pages = max(1, -(-(nbytes + align - 1) // PAGE))
             end = cursor + PAGE + pages * PAGE
@@ -270,12 +273,15 @@ class Emulator:
             start, end = place(b.size, 1)
             job[start:end] = b
             s[J[name]] = start
-        out, out_end = place(out_bytes, 1)
-        job[out:out_end] = 0xFF  # NaN (fp32 / bf16 / fp64): whatever the job leaves unwritten shows
+        spans = {}
+        for name, nbytes in outputs.items():
+            spans[name] = place(nbytes, 1)
+            job[spans[name][0]:spans[name][1]] = 0xFF  # NaN in every dtype: what is not written shows
+            s[J[name]] = spans[name][0]
         err, err_end = place(256, 1)
         job[err:err_end] = 0
         work, _ = place(work_bytes, 64)
-        s[J["OUT"]], s[J["ERR"]], s[J["ERR_BYTES"]] = out, err, 256
+        s[J["ERR"]], s[J["ERR_BYTES"]] = err, 256
         s[J["WORK"]], s[J["WORK_BYTES"]] = work, work_bytes
         job[:head] = s.view(np.uint8)
         self._page_table(regions)
@@ -288,7 +294,17 @@ class Emulator:
                                f"{self.session.cpu.state.rip:#x}")
         r = np.frombuffer(job[:head].tobytes(), dtype=np.int64)
         text = bytes(job[err:err_end]).split(b"\0")[0].decode(errors="replace")
-        return r, bytes(job[out:out_end]), text
+        return r, {name: bytes(job[a:b]) for name, (a, b) in spans.items()}, text
+
+    def job(self, slots, blobs, outputs):
+        """run() twice: the first pass sizes the workspace (status 2), the second runs with
+        exactly that much; raises if the job refuses its arguments."""
+        r, out, err = self.run(slots, blobs, outputs)
+        if r[J["STATUS"]] == 2:
+            r, out, err = self.run(slots, blobs, outputs, work_bytes=int(r[J["WORK_NEED"]]))
+        if r[J["STATUS"]] != 0:
+            raise RuntimeError(f"emulated job failed (status {r[J['STATUS']]}): {err}")
+        return r, out
 
     def bsmm(self, op, dtype, isa, index, T, x=None, w=None, dy=None, lr_a=None, lr_b=None,
              bias=None, pairs=0, tasks=1):
@@ -308,18 +324,38 @@ class Emulator:
         for name, arr in (("X", x), ("W", w), ("DY", dy), ("LR_A", lr_a), ("LR_B", lr_b), ("BIAS", bias)):
             if arr is not None:
                 blobs[name] = arr
-        r, out, err = self.run(slots, blobs, out_bytes=n_out * es)  # sizes the workspace
-        if r[J["STATUS"]] == 2:
-            r, out, err = self.run(slots, blobs, out_bytes=n_out * es, work_bytes=int(r[J["WORK_NEED"]]))
-        if r[J["STATUS"]] != 0:
-            raise RuntimeError(f"emulated bsmm failed (status {r[J['STATUS']]}): {err or 'workspace'}")
-        np_dtype = {"float32": np.float32, "bfloat16": np.uint16, "float64": np.float64}[dtype]
+        r, out = self.job(slots, blobs, {"OUT": n_out * es})
         shape = (nnz, b1, b2) if op == "bwd_w" else (T, width)
-        return np.frombuffer(out, dtype=np_dtype).reshape(shape).copy(), r
+        return np.frombuffer(out["OUT"], dtype=NP_DTYPE[dtype]).reshape(shape).copy(), r
+
+    def attention(self, op, dtype, isa, index, block, scale, causal, q, k, v, out=None, lse=None,
+                  dout=None, dlse=None, features=None, key_mask=None, per_problem=0, tasks=1):
+        """One pf_attn_serial call on [batch, heads, L, d] operands (numpy, bf16 as uint16;
+        `index` = (row_ptr, col_idx, col_ptr, row_idx)). FWD returns {"OUT", "LSE"}, BWD
+        {"DQ", "DK", "DV"}, as arrays."""
+        B, H, L, d = q.shape
+        row_ptr, col_idx, col_ptr, row_idx = index
+        es = {"float32": 4, "bfloat16": 2, "float64": 8}[dtype]
+        lse_dtype = np.float64 if dtype == "float64" else np.float32
+        slots = dict(KIND=3, OP=0 if op == "fwd" else 1, DTYPE=DTYPE[dtype], ISA=ISA[isa], TASKS=tasks,
+                     BATCH=B, HEADS=H, L=L, D=d, BLOCK=block, NNZ=len(col_idx),
+                     SCALE=struct.unpack("<q", struct.pack("<d", scale))[0], CAUSAL=int(causal),
+                     PER_PROBLEM=per_problem, RANK=0 if features is None else features.shape[0])
+        blobs = dict(ROW_PTR=row_ptr, COL_IDX=col_idx, COL_PTR=col_ptr, ROW_IDX=row_idx, Q=q, K=k, V=v)
+        for name, arr in (("OUT", out), ("LSE", lse), ("DOUT", dout), ("DLSE", dlse),
+                          ("FEATURES", features), ("KEY_MASK", key_mask)):
+            if arr is not None:
+                blobs[name] = arr
+        n = q.size * es
+        outputs = {"OUT": n, "LSE": B * H * L * np.dtype(lse_dtype).itemsize} if op == "fwd" else \
+            {"DQ": n, "DK": n, "DV": n}
+        _, got = self.job(slots, blobs, outputs)
+        return {name: np.frombuffer(b, dtype=lse_dtype if name == "LSE" else NP_DTYPE[dtype]).reshape(
+            q.shape[:-1] if name == "LSE" else q.shape).copy() for name, b in got.items()}
 
     def probe(self, kind, iters, isa="avx512"):
         """pf_peak_dpbf16 (kind 'dpbf16') or pf_peak_fma(isa) (kind 'fma') for `iters`
         rounds; returns (FLOPs, sink, the job's slots)."""
         slots = dict(KIND=1 if kind == "dpbf16" else 2, ISA=ISA[isa], ITERS=iters)
-        r, _, _ = self.run(slots, {})
+        r, _, _ = self.run(slots, {}, {})
         return int(r[J["RESULT"]]), struct.unpack("<d", struct.pack("<q", int(r[J["SINK"]])))[0], r

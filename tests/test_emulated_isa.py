@@ -240,3 +240,84 @@ def test_reads_past_an_operand_fault(emu):
                  w=_np(c["blocks"]))
     got, _ = _emulated(emu, "fwd", c, 32, 32, torch.float32, "avx512")  # and it runs on
     assert torch.equal(got, _native("fwd", c, 32, 32))
+
+
+# ------------------------------------------------------------------ attention
+ATTN_SHAPES = [(1, 1, 64, 16, 16), (2, 3, 128, 32, 32), (1, 2, 128, 64, 64), (2, 2, 96, 40, 24)]
+
+
+def _emulated_attention(emu, dtype, isa, lay, b, causal, q, k, v, g, per_problem=0, features=None,
+                        key_mask=None):
+    from pixelfly.attention_ops import AttentionIndex
+    index = [t.numpy() for t in AttentionIndex(lay).tensors()]
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float64: "float64"}[dtype]
+    scale = q.shape[-1] ** -0.5
+    extra = dict(features=None if features is None else features.numpy(),
+                 key_mask=None if key_mask is None else key_mask.numpy().astype(np.uint8))
+    fwd = emu.attention("fwd", name, isa, index, b, scale, causal, _np(q), _np(k), _np(v), **extra)
+    bwd = emu.attention("bwd", name, isa, index, b, scale, causal, _np(q), _np(k), _np(v),
+                        out=fwd["OUT"], lse=fwd["LSE"], dout=_np(g), per_problem=per_problem, **extra)
+    return (_torch(fwd["OUT"], dtype), torch.from_numpy(fwd["LSE"]),
+            *(_torch(bwd[n], dtype) for n in ("DQ", "DK", "DV")))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", ATTN_SHAPES)
+@pytest.mark.parametrize("per_problem", [0, 1])
+def test_avx512_attention_against_the_float64_oracle(emu, shape, causal, dtype, per_problem):
+    """The AVX-512 attention kernels (softmax rows, GEMM tiles, both backward schedules)
+    by the tolerance rule; lse as test_attention's."""
+    B, H, L, d, b = shape
+    rng = np.random.default_rng(L * d + b)
+    lay = rng.random((L // b, L // b)) < 0.45
+    lay |= np.eye(L // b, dtype=bool)
+    lay[0] = False  # an empty block-row
+    torch.manual_seed(L + d)
+    q, k, v, g = (torch.randn(B, H, L, d).to(dtype) for _ in range(4))
+    out, lse, dq, dk, dv = _emulated_attention(emu, dtype, "avx512", lay, b, causal, q, k, v, g,
+                                               per_problem=per_problem)
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    o64, l64 = reference.masked_attention(q64, k64, v64, lay, b, causal)
+    grads64 = torch.autograd.grad(o64, (q64, k64, v64), g.double())
+    qb, kb, vb = (t.clone().requires_grad_() for t in (q, k, v))
+    base_o, _ = reference.masked_attention(qb, kb, vb, lay, b, causal)
+    base = torch.autograd.grad(base_o, (qb, kb, vb), g)
+    assert_close_to_oracle(out, o64.detach(), base_o.detach(), "out")
+    fin = torch.isfinite(l64)
+    assert torch.equal(torch.isfinite(lse), fin) and (out[~fin] == 0).all()
+    assert (lse.double()[fin] - l64.detach()[fin]).abs().max() <= 1e-5 * max(1, l64[fin].abs().max())
+    for name, x, x64, xb in zip(("dq", "dk", "dv"), (dq, dk, dv), grads64, base):
+        assert_close_to_oracle(x, x64, xb, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_avx512_attention_low_rank_and_key_mask_close_to_this_cpu(emu, dtype, causal):
+    """The low-rank (random-feature) part and a key mask: the emulated AVX-512 results
+    against this CPU's own op, with its float64 run as the oracle."""
+    from pixelfly import attention_ops
+    from pixelfly.attention_ops import AttentionIndex
+    B, H, L, d, b, rank = 2, 2, 64, 16, 16, 24
+    rng = np.random.default_rng(7)
+    lay = (rng.random((L // b, L // b)) < 0.5) | np.eye(L // b, dtype=bool)
+    torch.manual_seed(3)
+    q, k, v, g = (torch.randn(B, H, L, d).to(dtype) for _ in range(4))
+    features = torch.randn(rank, d)
+    key_mask = torch.rand(B, L) < 0.8
+    got = _emulated_attention(emu, dtype, "avx512", lay, b, causal, q, k, v, g, features=features,
+                              key_mask=key_mask)
+    idx = AttentionIndex(lay).tensors()
+
+    def native(dt):
+        qq, kk, vv, gg = (t.to(dt) for t in (q, k, v, g))
+        feats = features.double() if dt == torch.float64 else features
+        out, lse = attention_ops.bsattn_fwd(qq, kk, vv, *idx, b, d ** -0.5, causal, feats, key_mask)
+        return (out, lse, *attention_ops.bsattn_bwd(gg, None, qq, kk, vv, out, lse, *idx, b, d ** -0.5,
+                                                     causal, feats, key_mask))
+    oracle, base = native(torch.float64), native(dtype)
+    for name, x, x64, xb in zip(("out", "lse", "dq", "dk", "dv"), got, oracle, base):
+        fin = torch.isfinite(x64)
+        assert torch.equal(torch.isfinite(x), fin), name
+        assert_close_to_oracle(x.double().where(fin, 0.0).to(x.dtype), x64.where(fin, 0.0),
+                               xb.double().where(fin, 0.0).to(xb.dtype), name)

@@ -6,6 +6,7 @@
  * job block, points rdi at the job and rsp at a stack, and stops at the final hlt.
  *
  * The job block is an array of int64 slots (J_* below, mirrored in tests/emulator.py);
+ * a job is one block-sparse matmul, one attention forward / backward or one peak probe;
  * operand slots hold byte offsets from the block's start (-1: NULL). Build (tests do it):
  *   gcc -O2 -std=c11 -ffreestanding -nostdlib -static -fno-pic -no-pie -fno-stack-protector
  *       -fcf-protection=none -Icsrc/include csrc/tests/emu_job.c (+ every .c of csrc/core, csrc/cpu) -lgcc
@@ -15,14 +16,20 @@
 
 #include "../cpu/kernels.h"
 #include "pixelfly.h"
+#include "pixelfly_attn.h"
 
 enum {
-    J_KIND,      /* 0: bsmm (op J_OP), 1: pf_peak_dpbf16, 2: pf_peak_fma(J_ISA) */
+    J_KIND,      /* 0: bsmm (op J_OP), 1: pf_peak_dpbf16, 2: pf_peak_fma(J_ISA),
+                  * 3: attention (op J_OP: PF_ATTN_FWD / BWD) */
     J_OP, J_DTYPE, J_T, J_R, J_C, J_B1, J_B2, J_NNZ, J_ISA, J_PAIRS, J_TASKS, J_RANK,
     J_LDX, J_LDY, J_LDO, J_LDLR, J_ITERS,
     J_ROW_PTR, J_COL_IDX, J_COL_PTR, J_ROW_IDX, J_CSC_BLK,
     J_X, J_W, J_DY, J_OUT, J_LR_A, J_LR_B, J_BIAS, J_WORK, J_WORK_BYTES,
     J_ERR, J_ERR_BYTES,            /* where an error message goes */
+    /* attention: [batch, heads, L, d] contiguous operands; J_R = L / block blocks a side,
+     * J_NNZ, J_ROW_PTR .. J_ROW_IDX its index, J_OUT the output (FWD) / input (BWD) */
+    J_BATCH, J_HEADS, J_L, J_D, J_BLOCK, J_SCALE /* double bits */, J_CAUSAL, J_PER_PROBLEM,
+    J_Q, J_K, J_V, J_DOUT, J_LSE, J_DLSE, J_DQ, J_DK, J_DV, J_FEATURES, J_KEY_MASK,
     /* written by the job */
     J_STATUS,    /* 0 ok, 1 pf_bsmm_check / pf_bsmm_serial refused (message at J_ERR),
                   * 2 workspace larger than J_WORK_BYTES, 3 probe returned < 0 */
@@ -81,6 +88,41 @@ static void run_probe(int64_t *j) {
     j[J_STATUS] = j[J_RESULT] < 0 ? 3 : 0;
 }
 
+static pf_attn_tensor dense(int64_t *j, int slot) {
+    const int64_t sl = j[J_D], sh = j[J_L] * sl, sb = j[J_HEADS] * sh;
+    return (pf_attn_tensor){at(j, slot), sb, sh, sl};
+}
+
+static void run_attention(int64_t *j) {
+    pf_attn_args a = {0};
+    a.dtype = (pf_dtype)j[J_DTYPE];
+    a.batch = j[J_BATCH], a.heads = j[J_HEADS], a.L = j[J_L], a.d = j[J_D], a.block = j[J_BLOCK];
+    a.nnz = j[J_NNZ];
+    a.row_ptr = at(j, J_ROW_PTR), a.col_idx = at(j, J_COL_IDX);
+    a.col_ptr = at(j, J_COL_PTR), a.row_idx = at(j, J_ROW_IDX);
+    __builtin_memcpy(&a.scale, &j[J_SCALE], sizeof a.scale);
+    a.causal = (int)j[J_CAUSAL];
+    a.q = dense(j, J_Q), a.k = dense(j, J_K), a.v = dense(j, J_V);
+    a.out = dense(j, J_OUT), a.dout = dense(j, J_DOUT);
+    a.lse = at(j, J_LSE), a.dlse = at(j, J_DLSE);
+    a.dq = dense(j, J_DQ), a.dk = dense(j, J_DK), a.dv = dense(j, J_DV);
+    a.max_tasks = j[J_TASKS];
+    a.per_problem = (int)j[J_PER_PROBLEM];
+    a.isa = (int)j[J_ISA];
+    a.rank = j[J_RANK];
+    a.features = at(j, J_FEATURES);
+    a.key_mask = at(j, J_KEY_MASK);
+    const int op = (int)j[J_OP];
+    pf_err e = pf_attn_check(op, &a);
+    if (e) { j[J_STATUS] = 1; put_error(j, e); return; }
+    j[J_WORK_NEED] = pf_attn_workspace(op, &a);
+    if (j[J_WORK_NEED] > j[J_WORK_BYTES]) { j[J_STATUS] = 2; return; }
+    a.work = at(j, J_WORK);
+    e = pf_attn_serial(op, &a);
+    if (e) { j[J_STATUS] = 1; put_error(j, e); return; }
+    j[J_STATUS] = 0;
+}
+
 void pf_emu_job(int64_t *j) {
     j[J_HAS_AVX512] = pf_cpu_has_avx512();
     j[J_HAS_BF16] = pf_cpu_has_avx512_bf16();
@@ -88,6 +130,7 @@ void pf_emu_job(int64_t *j) {
     j[J_PICKED] = k->isa;
     j[J_PAIRS_NATIVE] = k->pairs_native;
     if (j[J_KIND] == 0) run_bsmm(j);
+    else if (j[J_KIND] == 3) run_attention(j);
     else run_probe(j);
 }
 
@@ -126,30 +169,47 @@ int memcmp(const void *a, const void *b, size_t n) {
     return 0;
 }
 
-/* exp only feeds the plan's cost estimates (which task order bwd_w takes; results do not
- * depend on it): e^x = 2^k e^r, |r| <= ln2 / 2, by its Taylor series. */
+/* The double-precision functions the core calls: exp feeds the plan's cost estimates (no
+ * result depends on them) and, with log and sqrt, attention's log-sum-exp, which tests
+ * compare with tolerance (these are within an ulp or two of glibc's, not bitwise). */
+static double pow2i(int k) { /* 2^k, k in [-1022, 1023] */
+    union { double d; uint64_t u; } s = {.u = (uint64_t)(k + 1023) << 52};
+    return s.d;
+}
+
 double exp(double x) {
     if (x != x) return x;
-    if (x > 709.0) return __builtin_inf();
-    if (x < -745.0) return 0.0;
+    if (x > 709.78) return __builtin_inf();
+    if (x < -745.2) return 0.0;
     const double ln2 = 0.69314718055994530942;
-    const int k = (int)(x / ln2 + (x < 0 ? -0.5 : 0.5));
+    const int k = (int)(x / ln2 + (x < 0 ? -0.5 : 0.5)); /* e^x = 2^k e^r, |r| <= ln2 / 2 */
     const double r = x - k * ln2;
     double term = 1.0, sum = 1.0;
     for (int n = 1; n < 24; ++n) sum += term *= r / n;
-    union { double d; uint64_t u; } s;
-    double p = 1.0;
-    for (int m = k; m != 0;) { /* 2^k in steps that stay normal */
-        const int e = m > 1000 ? 1000 : m < -1000 ? -1000 : m;
-        s.u = (uint64_t)(e + 1023) << 52;
-        p *= s.d;
-        m -= e;
-    }
-    return sum * p;
+    return k < -1000 ? sum * pow2i(k + 1000) * pow2i(-1000) : k > 1000 ? sum * pow2i(k - 1000) * pow2i(1000)
+                                                                     : sum * pow2i(k);
 }
 
-/* Everything else the core links but a block-sparse matmul never calls (attention,
- * budgets): reaching one is a bug, so it stops the emulator with #UD. */
+double log(double x) {
+    if (x != x || x == __builtin_inf()) return x;
+    if (x < 0) return __builtin_nan("");
+    if (x == 0) return -__builtin_inf();
+    int e = 0;
+    if (x < 0x1p-1000) x *= 0x1p100, e = -100; /* subnormal: scale into the normal range */
+    union { double d; uint64_t u; } m = {.d = x};
+    e += (int)((m.u >> 52) & 0x7ff) - 1023;
+    m.u = (m.u & ~(0x7ffULL << 52)) | (1023ULL << 52); /* m in [1, 2) */
+    if (m.d > 1.41421356237309504880) m.d *= 0.5, ++e;
+    const double s = (m.d - 1.0) / (m.d + 1.0), s2 = s * s; /* log m = 2 atanh s */
+    double term = s, sum = 0.0;
+    for (int n = 1; n < 40; n += 2) sum += term / n, term *= s2;
+    return 2.0 * sum + e * 0.69314718055994530942;
+}
+
+double sqrt(double x) { return __builtin_sqrt(x); } /* sqrtsd (-fno-math-errno) */
+
+/* Everything else the core links but these jobs never call (the budget solver, the
+ * portable ISA's scalar code): reaching one is a bug, so it stops the emulator with #UD. */
 #define PF_TRAP(name) void name(void) { __builtin_trap(); }
-PF_TRAP(malloc) PF_TRAP(calloc) PF_TRAP(free) PF_TRAP(qsort) PF_TRAP(expf) PF_TRAP(log)
-PF_TRAP(sqrt) PF_TRAP(ceil) PF_TRAP(floor) PF_TRAP(fmaf) PF_TRAP(__assert_fail)
+PF_TRAP(malloc) PF_TRAP(calloc) PF_TRAP(free) PF_TRAP(qsort) PF_TRAP(expf) PF_TRAP(ceil)
+PF_TRAP(floor) PF_TRAP(fmaf) PF_TRAP(__assert_fail)
