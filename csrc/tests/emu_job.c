@@ -50,6 +50,22 @@ static void put_error(int64_t *j, const char *msg) {
     if (dst && j[J_ERR_BYTES] > 0) dst[n] = 0;
 }
 
+/* A refused call: status 1 and its message. */
+static int refused(int64_t *j, pf_err e) {
+    if (!e) return 0;
+    j[J_STATUS] = 1;
+    put_error(j, e);
+    return 1;
+}
+
+/* The workspace the call needs, and status 2 if the job block gave less. */
+static int no_room(int64_t *j, int64_t need) {
+    j[J_WORK_NEED] = need;
+    if (need <= j[J_WORK_BYTES]) return 0;
+    j[J_STATUS] = 2;
+    return 1;
+}
+
 static void run_bsmm(int64_t *j) {
     const pf_bsr_index ix = {j[J_R], j[J_C], j[J_B1], j[J_B2], j[J_NNZ],
                              at(j, J_ROW_PTR), at(j, J_COL_IDX), at(j, J_COL_PTR),
@@ -70,14 +86,9 @@ static void run_bsmm(int64_t *j) {
     a.lr_b = at(j, J_LR_B);
     a.bias = at(j, J_BIAS);
     const int op = (int)j[J_OP];
-    pf_err e = pf_bsmm_check(op, &a);
-    if (e) { j[J_STATUS] = 1; put_error(j, e); return; }
-    j[J_WORK_NEED] = pf_bsmm_workspace(op, &a);
-    if (j[J_WORK_NEED] > j[J_WORK_BYTES]) { j[J_STATUS] = 2; return; }
+    if (refused(j, pf_bsmm_check(op, &a)) || no_room(j, pf_bsmm_workspace(op, &a))) return;
     a.work = at(j, J_WORK);
-    e = pf_bsmm_serial(op, &a);
-    if (e) { j[J_STATUS] = 1; put_error(j, e); return; }
-    j[J_STATUS] = 0;
+    if (!refused(j, pf_bsmm_serial(op, &a))) j[J_STATUS] = 0;
 }
 
 static void run_probe(int64_t *j) {
@@ -113,14 +124,9 @@ static void run_attention(int64_t *j) {
     a.features = at(j, J_FEATURES);
     a.key_mask = at(j, J_KEY_MASK);
     const int op = (int)j[J_OP];
-    pf_err e = pf_attn_check(op, &a);
-    if (e) { j[J_STATUS] = 1; put_error(j, e); return; }
-    j[J_WORK_NEED] = pf_attn_workspace(op, &a);
-    if (j[J_WORK_NEED] > j[J_WORK_BYTES]) { j[J_STATUS] = 2; return; }
+    if (refused(j, pf_attn_check(op, &a)) || no_room(j, pf_attn_workspace(op, &a))) return;
     a.work = at(j, J_WORK);
-    e = pf_attn_serial(op, &a);
-    if (e) { j[J_STATUS] = 1; put_error(j, e); return; }
-    j[J_STATUS] = 0;
+    if (!refused(j, pf_attn_serial(op, &a))) j[J_STATUS] = 0;
 }
 
 void pf_emu_job(int64_t *j) {
