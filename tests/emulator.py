@@ -95,13 +95,16 @@ def _core_sources():
                   glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.c")))
 
 
-def build_program():
-    """The freestanding ELF: csrc/tests/emu_job.c and the core with setup.py's C flags plus
-    UBSan in trap mode (undefined behaviour stops the emulator with #UD, no runtime)."""
-    flags = ["-O3", "-std=c11", "-fno-math-errno", "-fsanitize=undefined",
-             "-fsanitize-undefined-trap-on-error", "-ffreestanding", "-nostdlib", "-static",
+def build_program(sanitize=True):
+    """The freestanding ELF: csrc/tests/emu_job.c and the core with setup.py's C flags, plus
+    (`sanitize`) UBSan in trap mode: undefined behaviour stops the emulator with #UD, no
+    runtime needed. Without it the program runs the instructions the library runs (for
+    instruction profiles)."""
+    flags = ["-O3", "-std=c11", "-fno-math-errno", "-nostdlib", "-static",
              "-fno-pic", "-no-pie", "-fno-stack-protector", "-fcf-protection=none",
              "-I" + os.path.join(ROOT, "csrc", "include")]
+    if sanitize:
+        flags += ["-fsanitize=undefined", "-fsanitize-undefined-trap-on-error"]
     return _compile("emu_job.elf", [os.path.join(ROOT, "csrc", "tests", "emu_job.c")] + _core_sources(),
                     flags, libs=["-lgcc"], headers=sorted(glob.glob(os.path.join(ROOT, "csrc", "*", "*.h"))))
 
@@ -167,10 +170,11 @@ class Emulator:
     """One emulated CPU: guest memory identity-mapped onto host buffers this object keeps
     (the program, a stack, the job block); each job gets a page table of its own."""
 
-    def __init__(self):
+    def __init__(self, sanitize=True):
         self.bx = bx = _bochscpu()
         self._ranges, self._buffers = [], []
-        self.entry, segs = _elf_segments(build_program())
+        self.program = build_program(sanitize)
+        self.entry, segs = _elf_segments(self.program)
         lo = min(v for v, _, _ in segs) & ~(PAGE - 1)
         hi = max(v + m for v, _, m in segs)
         self.code = self._map(lo, hi - lo)

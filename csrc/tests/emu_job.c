@@ -8,8 +8,9 @@
  * The job block is an array of int64 slots (J_* below, mirrored in tests/emulator.py);
  * a job is one block-sparse matmul, one attention forward / backward or one peak probe;
  * operand slots hold byte offsets from the block's start (-1: NULL). Build (tests do it):
- *   gcc -O2 -std=c11 -ffreestanding -nostdlib -static -fno-pic -no-pie -fno-stack-protector
- *       -fcf-protection=none -Icsrc/include csrc/tests/emu_job.c (+ every .c of csrc/core, csrc/cpu) -lgcc
+ *   gcc -O3 -std=c11 -fno-math-errno -nostdlib -static -fno-pic -no-pie -fno-stack-protector
+ *       -fcf-protection=none [-fsanitize=undefined -fsanitize-undefined-trap-on-error]
+ *       -Icsrc/include csrc/tests/emu_job.c (+ every .c of csrc/core, csrc/cpu) -lgcc
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -142,19 +143,24 @@ void pf_emu_job(int64_t *j) {
 
 /* ---------------------------------------------------------------- the bare runtime */
 
+/* The few libc functions the compiler and the core call. Built like the rest of the
+ * program (no -ffreestanding: small copies inline as in the library), so their loops
+ * must not be turned back into calls to themselves. */
+#define PF_RT __attribute__((optimize("no-tree-loop-distribute-patterns")))
+
 __asm__(".text\n.globl _start\n_start:\n"
         "  and $-64, %rsp\n"
         "  call pf_emu_job\n"
         "1: hlt\n  jmp 1b\n");
 
-void *memcpy(void *restrict d, const void *restrict s, size_t n) {
+PF_RT void *memcpy(void *restrict d, const void *restrict s, size_t n) {
     unsigned char *dp = d;
     const unsigned char *sp = s;
     while (n--) *dp++ = *sp++;
     return d;
 }
 
-void *memmove(void *d, const void *s, size_t n) {
+PF_RT void *memmove(void *d, const void *s, size_t n) {
     unsigned char *dp = d;
     const unsigned char *sp = s;
     if (dp < sp) while (n--) *dp++ = *sp++;
@@ -162,13 +168,13 @@ void *memmove(void *d, const void *s, size_t n) {
     return d;
 }
 
-void *memset(void *d, int c, size_t n) {
+PF_RT void *memset(void *d, int c, size_t n) {
     unsigned char *dp = d;
     while (n--) *dp++ = (unsigned char)c;
     return d;
 }
 
-int memcmp(const void *a, const void *b, size_t n) {
+PF_RT int memcmp(const void *a, const void *b, size_t n) {
     const unsigned char *p = a, *q = b;
     for (; n; --n, ++p, ++q)
         if (*p != *q) return *p < *q ? -1 : 1;
