@@ -177,9 +177,9 @@ class Emulator:
         self.entry, segs = _elf_segments(self.program)
         lo = min(v for v, _, _ in segs) & ~(PAGE - 1)
         hi = max(v + m for v, _, m in segs)
-        self.code = self._map(lo, hi - lo)
+        code = self._map(lo, hi - lo)
         for vaddr, data, _ in segs:
-            self.code[vaddr - lo:vaddr - lo + len(data)] = data
+            code[vaddr - lo:vaddr - lo + len(data)] = data
         self._map(STACK_BASE, STACK_BYTES)
         self._fixed = self._ranges[:]  # the program and the stack, in every page table
         self.block = np.frombuffer(self._map(JOB_BASE, JOB_BYTES), dtype=np.uint8)  # the job block

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.skipif(emulator.unavailable() is not None,
                                 reason=f"CPU emulator: {emulator.unavailable()}")
 
 
+DTYPE_NAME = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float64: "float64"}
+
+
 @pytest.fixture(scope="module")
 def emu():
     e = emulator.Emulator()
@@ -121,7 +124,7 @@ def _emulated(emu, op, c, b1, b2, dtype, isa, pairs=0, tasks=1):
             kw["lr_a"], kw["lr_b"] = _np(c["lr_a"]), _np(c[f"lr_b_{side}"])
         if c[f"bias_{side}"] is not None:
             kw["bias"] = _np(c[f"bias_{side}"])
-    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float64: "float64"}[dtype]
+    name = DTYPE_NAME[dtype]
     out, slots = emu.bsmm(op, name, isa, (R, C, b1, b2, *c["it_np"]), c["x"].shape[0],
                           pairs=pairs, tasks=tasks, **kw)
     return _torch(out, dtype), slots
@@ -250,7 +253,7 @@ def _emulated_attention(emu, dtype, isa, lay, b, causal, q, k, v, g, per_problem
                         key_mask=None):
     from pixelfly.attention_ops import AttentionIndex
     index = [t.numpy() for t in AttentionIndex(lay).tensors()]
-    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float64: "float64"}[dtype]
+    name = DTYPE_NAME[dtype]
     scale = q.shape[-1] ** -0.5
     extra = dict(features=None if features is None else features.numpy(),
                  key_mask=None if key_mask is None else key_mask.numpy().astype(np.uint8))
