@@ -25,7 +25,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+from benchmarks.timing import timeit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [(4096, 4096), (1024, 4096)]
@@ -33,19 +34,9 @@ DENSITIES = [1 / 4, 1 / 8, 1 / 16]
 KERNELS = ("fwd", "bwd_x", "bwd_w")
 
 
-def best_time(fn, reps: int) -> float:
-    """Median of ``reps`` wall times of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def child(shapes, densities, T: int, block: int, reps: int) -> dict:
-    """Runs inside a checkout's process: checks, then GFLOP/s of every kernel and layer."""
+    """Runs inside a checkout's process (its path first on sys.path): checks, then GFLOP/s
+    of every kernel and layer."""
     import torch
     import torch.nn.functional as F
 
@@ -74,7 +65,7 @@ def child(shapes, densities, T: int, block: int, reps: int) -> dict:
                 check_kernels(dt, x[:64], gy[:64], blocks, lay, block, it, ops, reference, F)
                 name = "fp32" if dt == torch.float32 else "bf16"
                 for op, fn in run.items():
-                    row[f"{op} {name}"] = flops / best_time(fn, reps) / 1e9
+                    row[f"{op} {name}"] = flops / timeit(fn, reps) / 1e9
             layer = PixelflyLinear(in_f, out_f, density=density, block_size=block)
             want = layer.to_dense().double()(x[:64].double())
             err = (layer(x[:64]).double() - want).abs().max().item() / max(1.0, want.abs().max().item())
@@ -90,8 +81,8 @@ def child(shapes, densities, T: int, block: int, reps: int) -> dict:
                 y.backward(g.to(y.dtype))
                 layer.zero_grad(set_to_none=True)
                 xg.grad = None
-            row["layer fp32"] = lflops / best_time(lambda: step(False), reps) / 1e9
-            row["layer bf16 autocast"] = lflops / best_time(lambda: step(True), reps) / 1e9
+            row["layer fp32"] = lflops / timeit(lambda: step(False), reps) / 1e9
+            row["layer bf16 autocast"] = lflops / timeit(lambda: step(True), reps) / 1e9
             out[key] = row
     return out
 
@@ -120,11 +111,11 @@ def check_kernels(dt, x, gy, blocks, lay, block, it, ops, reference, F):
 
 
 def run_child(tree: str, a) -> dict:
-    env = dict(os.environ, PYTHONPATH=tree)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--rows", str(a.rows),
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "benchmarks.ab_builds", "--child", os.path.abspath(tree), "--rows", str(a.rows),
            "--block", str(a.block), "--reps", str(a.reps), "--shapes", *a.shapes,
            "--densities", *map(str, a.densities)]
-    done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"the child in {tree} failed:\n{done.stderr[-3000:]}")
     got = json.loads(done.stdout.strip().splitlines()[-1])
@@ -166,13 +157,14 @@ def main(argv=None):
     p.add_argument("--densities", nargs="+", type=float, default=DENSITIES)
     p.add_argument("--json")
     p.add_argument("--plot")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", help=argparse.SUPPRESS)  # the checkout a child process times
     a = p.parse_args(argv)
     for s in a.shapes:
         if len(s.split("x")) != 2 or not all(v.isdigit() for v in s.split("x")):
             p.error(f"--shapes: {s!r} is not OUTxIN")
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes]
     if a.child:
+        sys.path.insert(0, a.child)  # the checkout under test, before this one
         import pixelfly
         print(json.dumps({"pixelfly": os.path.abspath(pixelfly.__file__),
                           "rows": child(shapes, a.densities, a.rows, a.block, a.reps)}))

@@ -60,7 +60,7 @@ def memory(steps: int, kinds=("linear", "pixelfly")) -> dict:
 
 def best(fn, reps: int) -> float:
     """The minimum of ``reps`` wall times (after one warm-up call)."""
-    from benchmarks.bench_linear import timeit
+    from benchmarks.timing import timeit
     return timeit(fn, reps, stat=min)
 
 

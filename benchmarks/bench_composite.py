@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from benchmarks.bench_linear import timeit
+from benchmarks.timing import timeit
 from pixelfly import choose_config, composite, ops
 from pixelfly.layouts import BlockIndex, flat_butterfly_layout
 

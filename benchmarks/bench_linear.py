@@ -29,21 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from benchmarks.timing import timeit
 from benchmarks.peak import describe as describe_peak, measure as measure_peak, tile_rate
 from pixelfly import PixelflyLinear, _C, choose_config, ops, reference
 from pixelfly.layouts import BlockIndex, flat_butterfly_layout
-
-
-def timeit(fn, reps: int, warmup: int = 1, stat=statistics.median) -> float:
-    """``stat`` (default the median) of ``reps`` wall times of ``fn()`` in seconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return stat(times)
 
 
 def phases(forward, params, x):
